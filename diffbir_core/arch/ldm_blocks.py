@@ -1,0 +1,213 @@
+"""Building blocks shared by the stage-2 networks (SD 2.1 UNet, IRControlNet, VAE, CLIP text tower).
+
+Module and parameter names follow the official LDM/DiffBIR code so that checkpoints load with
+`load_state_dict(strict=True)`; e.g. `in_layers.0` below is the key a checkpoint uses for the
+first GroupNorm of a ResBlock, which is why layers sit in index-addressed `nn.Sequential`s.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(timesteps, dim, max_period=10000):
+    """Sinusoidal embedding of (possibly fractional) timesteps, LDM layout: [cos | sin]."""
+    half = dim // 2
+    # The frequencies are computed on the CPU and then moved, as the official code does: exp() on
+    # another device can differ in the last bit, which t up to 999 amplifies to ~1e-4 in the args.
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    args = timesteps[:, None].float() * freqs.to(timesteps.device)[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = F.pad(embedding, (0, 1))
+    return embedding
+
+
+def zero_module(module):
+    # Zero-initialised outputs make a freshly built residual branch / zero conv an identity /
+    # no-op; the official code relies on it when it initialises a ControlNet from the UNet.
+    for p in module.parameters():
+        p.detach().zero_()
+    return module
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm evaluated in float32 and cast back, so fp16/bf16 activations keep their statistics."""
+
+    def forward(self, x):
+        # Affine params are upcast too, so a model cast wholesale with .half() still runs; for
+        # float32 params (DiffBIR's fp16 mode keeps these norms in float32) .float() is free.
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+def normalization(channels):
+    return GroupNorm32(32, channels)
+
+
+def attention(q, k, v, heads, causal=False):
+    """Multi-head scaled dot-product attention on token-major tensors.
+
+    q: (B, Nq, heads * d), k/v: (B, Nk, heads * d) -> (B, Nq, heads * d); the softmax scale is
+    d ** -0.5 as in every official attention of these models.
+    """
+    b, nq, inner = q.shape
+    d = inner // heads
+    q, k, v = (t.reshape(b, t.shape[1], heads, d).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return out.transpose(1, 2).reshape(b, nq, inner)
+
+
+class TimestepBlock(nn.Module):
+    """Marker for children of TimestepEmbedSequential that take the timestep embedding."""
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """One UNet block: hands the timestep embedding to ResBlocks and the text context to transformers."""
+
+    def forward(self, x, emb, context=None):
+        for layer in self:
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
+
+
+class ResBlock(TimestepBlock):
+    """LDM ResBlock without scale-shift norm or up/down resampling (the SD 2.1 variant)."""
+
+    def __init__(self, channels, emb_channels, out_channels=None, dropout=0.0):
+        super().__init__()
+        out_channels = out_channels or channels
+        self.in_layers = nn.Sequential(
+            normalization(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, out_channels, 3, padding=1),
+        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.out_layers = nn.Sequential(
+            normalization(out_channels),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+        )
+        if out_channels == channels:
+            self.skip_connection = nn.Identity()
+        else:
+            self.skip_connection = nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x, emb):
+        h = self.in_layers(x)
+        # In-place adds reuse the fresh conv outputs; no backward needs those buffers.
+        h += self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        h = self.out_layers(h)
+        h += self.skip_connection(x)
+        return h
+
+
+class Downsample(nn.Module):
+    """UNet downsampling: a stride-2 3x3 conv with symmetric padding."""
+
+    def __init__(self, channels, out_channels=None):
+        super().__init__()
+        self.op = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then a 3x3 conv; the UNet and the VAE decoder use the same layer."""
+
+    def __init__(self, channels, out_channels=None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class CrossAttention(nn.Module):
+    """Attention of image tokens over themselves (context None) or over the text context."""
+
+    def __init__(self, query_dim, context_dim=None, heads=8, dim_head=64, dropout=0.0):
+        super().__init__()
+        inner_dim = heads * dim_head
+        context_dim = context_dim or query_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
+        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+
+    def forward(self, x, context=None):
+        context = x if context is None else context
+        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        return self.to_out(out)
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim_in, dim_out):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x):
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim, mult=4, dropout=0.0):
+        super().__init__()
+        inner_dim = dim * mult
+        self.net = nn.Sequential(GEGLU(dim, inner_dim), nn.Dropout(dropout), nn.Linear(inner_dim, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm block: self-attention, cross-attention to the text context, gated feed-forward."""
+
+    def __init__(self, dim, n_heads, d_head, context_dim, dropout=0.0):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, None, n_heads, d_head, dropout)
+        self.ff = FeedForward(dim, dropout=dropout)
+        self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x, context):
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer over the pixels of a feature map, linear in/out projections (use_linear=True)."""
+
+    def __init__(self, in_channels, n_heads, d_head, depth=1, context_dim=None, dropout=0.0):
+        super().__init__()
+        inner_dim = n_heads * d_head
+        # Plain GroupNorm with eps 1e-6 here (not GroupNorm32): the official transformer norm is
+        # a different layer from the ResBlock norms, and DiffBIR's fp16 mode casts it to fp16.
+        self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
+        self.proj_in = nn.Linear(in_channels, inner_dim)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner_dim, n_heads, d_head, context_dim, dropout) for _ in range(depth)
+        )
+        self.proj_out = zero_module(nn.Linear(inner_dim, in_channels))
+
+    def forward(self, x, context=None):
+        b, c, h, w = x.shape
+        tokens = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context)
+        out = self.proj_out(tokens).transpose(1, 2).reshape(b, c, h, w)
+        out += x
+        return out

@@ -1,0 +1,177 @@
+"""Build DiffBIR networks from checkpoint files: read safely, detect, build, load strictly.
+
+A "slot" is what the caller needs (stage 1, ControlNet, ...). A file of another kind is
+refused with an error naming the file, what it looks like and what the slot expects.
+Strict loading reports missing, unexpected and mis-shaped keys by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .arch.ldm_config import clip_text_config, unet_family_config, vae_config
+from .checkpoint import CheckpointError, read_checkpoint
+from .detect import KIND_NAMES, Detection, detect, split_v1_full
+
+
+class WrongCheckpointError(CheckpointError):
+    """The file is readable but is not what this slot needs."""
+
+
+# kind -> arch module exposing build(config) and config_from_state_dict(sd[, metadata])
+_ARCH_MODULES = {
+    "swinir": "swinir",
+    "bsrnet": "bsrnet",
+    "scunet": "scunet",
+    "controlnet": "controlnet",
+    "unet": "unet",
+    "vae": "vae",
+    "clip_text": "clip_text",
+}
+
+
+def arch_module(kind: str):
+    return importlib.import_module(f".arch.{_ARCH_MODULES[kind]}", __package__)
+
+
+def config_from_state_dict(kind: str, sd: dict, metadata: dict | None = None) -> dict:
+    """Hyper-parameters for `kind` read from the weights (metadata `diffbir_config` wins)."""
+    if metadata and metadata.get("diffbir_config") and kind not in ("controlnet", "unet"):
+        return json.loads(metadata["diffbir_config"])
+    if kind == "controlnet":
+        return unet_family_config(sd, controlnet=True, metadata=metadata)
+    if kind == "unet":
+        return unet_family_config(sd, controlnet=False, metadata=metadata)
+    if kind == "vae":
+        return vae_config(sd)
+    if kind == "clip_text":
+        return clip_text_config(sd)
+    return arch_module(kind).config_from_state_dict(sd)
+
+
+def _short_list(keys: Iterable[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], name: str) -> None:
+    """load_state_dict(strict=True) with an error that lists every kind of mismatch."""
+    own = model.state_dict()
+    missing = own.keys() - sd.keys()
+    unexpected = sd.keys() - own.keys()
+    mismatched = [
+        f"{k} (file {tuple(sd[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own.keys() & sd.keys()
+        if tuple(own[k].shape) != tuple(sd[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_short_list(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_short_list(unexpected)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} with another shape: {_short_list(mismatched)}")
+        raise CheckpointError(f"'{name}' does not fit the network it was detected as; " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True, assign=any(p.is_meta for p in model.parameters()))
+
+
+def build_network(kind: str, sd: dict[str, torch.Tensor], name: str = "state dict", config: dict | None = None,
+                  metadata: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """Build the network of `kind` sized from `sd` (or `config`) and load `sd` strictly."""
+    if config is None:
+        config = config_from_state_dict(kind, sd, metadata)
+    with torch.device("meta"):
+        # Built on meta then loaded with assign=True: no time spent initialising weights
+        # that the checkpoint overwrites, and no second copy of a large model in memory.
+        model = arch_module(kind).build(config)
+    load_strict(model, sd, name)
+    _materialise_buffers(model, kind, config)
+    return model.eval().requires_grad_(False), config
+
+
+def _materialise_buffers(model: torch.nn.Module, kind: str, config: dict) -> None:
+    """Non-persistent buffers stay on meta after assign-loading; rebuild them on CPU."""
+    meta_buffers = [n for n, b in model.named_buffers() if b.is_meta]
+    if not meta_buffers:
+        return
+    fresh = arch_module(kind).build(config)
+    fresh_buffers = dict(fresh.named_buffers())
+    for full_name in meta_buffers:
+        owner_name, _, attr = full_name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        owner._buffers[attr] = fresh_buffers[full_name]
+
+
+@dataclass
+class LoadedNetwork:
+    kind: str
+    version: str | None
+    model: torch.nn.Module
+    config: dict
+    name: str
+    detection: Detection
+    extras: dict = field(default_factory=dict)  # v1 full checkpoint: remaining parts
+
+
+def expect_kind(det: Detection, expected: Iterable[str], name: str, slot: str) -> None:
+    expected = tuple(expected)
+    if det.kind in expected:
+        return
+    wanted = " or ".join(KIND_NAMES.get(k, k) for k in expected)
+    raise WrongCheckpointError(f"'{name}' looks like {det.looks_like}, but the {slot} slot expects {wanted}.")
+
+
+def load_network(path: str | os.PathLike, expected: Iterable[str], slot: str, config: dict | None = None) -> LoadedNetwork:
+    """Read `path`, check it is one of the `expected` kinds, build and strictly load it.
+
+    A v1 full checkpoint is accepted where a ControlNet or a stage-1 model is expected: the
+    matching part is loaded and the other parts are returned in `extras`.
+    """
+    path = Path(path)
+    sd, metadata = read_checkpoint(path)
+    det = detect(sd, path.name, metadata)
+    expected = tuple(expected)
+    extras: dict = {}
+    kind = det.kind
+    if det.kind == "diffbir_v1_full" and det.kind not in expected:
+        parts = split_v1_full(sd)
+        part = "controlnet" if "controlnet" in expected else "stage1" if set(expected) & {"swinir"} else None
+        if part is None or part not in parts:
+            expect_kind(det, expected, path.name, slot)
+        extras = {k: v for k, v in parts.items() if k != part}
+        sd = parts[part]
+        kind = "controlnet" if part == "controlnet" else "swinir"
+    else:
+        expect_kind(det, expected, path.name, slot)
+        if kind == "controlnet" and any(k.startswith("control_model.") for k in sd):
+            sd = {k[len("control_model.") :]: v for k, v in sd.items() if k.startswith("control_model.")}
+    model, config = build_network(kind, sd, path.name, config, metadata)
+    return LoadedNetwork(kind, det.version, model, config, path.name, det, extras)
+
+
+# The parts of an SD checkpoint our own networks run (the host runs its own in ComfyUI).
+SD_PART_PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "clip_text": "cond_stage_model."}
+
+
+def load_sd_parts(sd: dict[str, torch.Tensor], name: str = "SD checkpoint") -> dict[str, torch.nn.Module]:
+    """UNet, VAE and CLIP text encoder of an SD 2.1 (or v1 full) state dict, each loaded strictly.
+
+    Keys outside the three prefixes (EMA copies, schedule buffers) are ignored, as the
+    official `load_pretrained_sd` ignores them.
+    """
+    parts = {}
+    for kind, prefix in SD_PART_PREFIXES.items():
+        sub = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not sub:
+            raise WrongCheckpointError(f"'{name}' has no '{prefix}*' weights, so it is not a complete SD 2.1 checkpoint.")
+        parts[kind], _ = build_network(kind, sub, f"{name} [{prefix}*]")
+    return parts

@@ -1,0 +1,216 @@
+"""The real-ComfyUI test harness itself: in-process host, UI-workflow conversion, HTTP server."""
+
+import io
+import os
+import pathlib
+import time
+
+import pytest
+
+import comfy_host as ch
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _empty_image_save(width, height, prefix, color=0):
+    return {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": width, "height": height, "batch_size": 1, "color": color}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
+    }
+
+
+def _saved_file(host, image):
+    assert image["type"] == "output"
+    return host.output_dir / image["subfolder"] / image["filename"]
+
+
+# (a) ---------------------------------------------------------------------------------------------
+def test_stock_graph_runs_in_process(comfy_host):
+    from PIL import Image
+
+    outputs = comfy_host.run(_empty_image_save(64, 48, "host_smoke", color=0x336699))
+    images = outputs["2"]["images"]
+    assert len(images) == 1
+    path = _saved_file(comfy_host, images[0])
+    assert path.is_file()
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert img.size == (64, 48)
+        assert img.convert("RGB").getpixel((10, 10)) == (0x33, 0x66, 0x99)
+
+
+def test_invalid_prompt_raises_with_comfy_validation_text(comfy_host):
+    prompt = _empty_image_save(64, 48, "host_bad")
+    prompt["1"]["inputs"]["width"] = 0  # below EmptyImage's minimum of 1
+    with pytest.raises(AssertionError, match=r"(?s)node 1 \(EmptyImage\).*width"):
+        comfy_host.run(prompt)
+
+
+def test_execution_error_raises_with_executor_message(comfy_host):
+    prompt = _empty_image_save(8, 8, "../../outside_output")  # SaveImage refuses at execution time
+    with pytest.raises(ch.PromptExecutionError, match=r"node 2 \(SaveImage\).*outside the output folder"):
+        comfy_host.run(prompt)
+    assert comfy_host.run(_empty_image_save(8, 8, "after_error"))["2"]["images"]  # host still usable
+
+
+def test_model_folders_resolve_to_session_models_dir(comfy_host, comfy_models_dir):
+    import folder_paths
+
+    for name in ("checkpoints", "controlnet", "upscale_models", "diffbir"):
+        assert folder_paths.get_folder_paths(name)[0] == str(comfy_models_dir / name)
+    before = comfy_host.node_info("CheckpointLoaderSimple")["input"]["required"]["ckpt_name"][0]
+    assert "late_added.safetensors" not in before
+    (comfy_models_dir / "checkpoints" / "late_added.safetensors").write_bytes(b"")
+    try:
+        comfy_host.refresh_models()
+        after = comfy_host.node_info("CheckpointLoaderSimple")["input"]["required"]["ckpt_name"][0]
+        assert "late_added.safetensors" in after
+    finally:
+        (comfy_models_dir / "checkpoints" / "late_added.safetensors").unlink()
+        comfy_host.refresh_models()
+
+
+# (b) ---------------------------------------------------------------------------------------------
+def test_extension_loaded_without_import_error(comfy_host):
+    loaded = comfy_host.loaded_modules
+    assert ch.EXTENSION_NAME in loaded, f"{ch.EXTENSION_NAME} missing from nodes.LOADED_MODULE_DIRS"
+    assert pathlib.Path(loaded[ch.EXTENSION_NAME]).resolve() == REPO_ROOT
+    # Only our extension was offered to ComfyUI as a custom node.
+    custom = [d for d in loaded.values() if pathlib.Path(d).parent == ch.custom_nodes_dir()]
+    assert custom == [loaded[ch.EXTENSION_NAME]]
+
+    ext = comfy_host.extension_module
+    assert ext is not None and pathlib.Path(ext.__file__).resolve() == REPO_ROOT / "__init__.py"
+    mappings = getattr(ext, "NODE_CLASS_MAPPINGS", None)
+    assert isinstance(mappings, dict)
+    for name, cls in mappings.items():  # every node the extension exports is registered and describable
+        assert comfy_host.node_classes.get(name) is cls, f"{name} not registered (name clash with a builtin?)"
+        info = comfy_host.node_info(name)
+        assert info["name"] == name
+        assert info["python_module"] == f"custom_nodes.{ch.EXTENSION_NAME}"
+
+
+def test_node_info_matches_object_info_shape(comfy_host):
+    info = comfy_host.node_info("EmptyImage")
+    assert info["input_order"]["required"] == ["width", "height", "batch_size", "color"]
+    assert info["output"] == ["IMAGE"] and info["output_node"] is False
+    with pytest.raises(KeyError):
+        comfy_host.node_info("NoSuchNode_xyz")
+
+
+# (c) ---------------------------------------------------------------------------------------------
+def _ui_invert_workflow():
+    return {
+        "last_node_id": 5, "last_link_id": 3, "version": 0.4, "groups": [], "config": {}, "extra": {},
+        "nodes": [
+            {"id": 1, "type": "EmptyImage", "mode": 0, "pos": [0, 0], "size": [300, 130],
+             "inputs": [{"name": "width", "type": "INT", "widget": {"name": "width"}, "link": None}],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1], "slot_index": 0}],
+             "properties": {"Node name for S&R": "EmptyImage"}, "widgets_values": [40, 24, 1, 0]},
+            {"id": 2, "type": "ImageInvert", "mode": 0, "pos": [350, 0], "size": [200, 30],
+             "inputs": [{"name": "image", "type": "IMAGE", "link": 1}],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [2], "slot_index": 0}],
+             "properties": {}},
+            {"id": 5, "type": "Reroute", "mode": 0, "pos": [600, 0], "size": [75, 26],
+             "inputs": [{"name": "", "type": "*", "link": 2}],
+             "outputs": [{"name": "", "type": "IMAGE", "links": [3], "slot_index": 0}],
+             "properties": {"showOutputText": False, "horizontal": False}},
+            {"id": 3, "type": "SaveImage", "mode": 0, "pos": [700, 0], "size": [300, 300],
+             "inputs": [{"name": "images", "type": "IMAGE", "link": 3}], "outputs": [],
+             "properties": {}, "widgets_values": ["ui_invert"]},
+            {"id": 4, "type": "Note", "mode": 0, "pos": [0, 200], "size": [300, 100],
+             "properties": {"text": ""}, "widgets_values": ["A note the backend never sees."]},
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 5, 0, "*"], [3, 5, 0, 3, 0, "IMAGE"]],
+    }
+
+
+def test_workflow_to_api_converts_and_runs(comfy_host):
+    from PIL import Image
+
+    api = comfy_host.workflow_to_api(_ui_invert_workflow())
+    assert {k: (v["class_type"], v["inputs"]) for k, v in api.items()} == {
+        "1": ("EmptyImage", {"width": 40, "height": 24, "batch_size": 1, "color": 0}),
+        "2": ("ImageInvert", {"image": ["1", 0]}),
+        "3": ("SaveImage", {"images": ["2", 0], "filename_prefix": "ui_invert"}),
+    }
+    outputs = comfy_host.run(api)
+    with Image.open(_saved_file(comfy_host, outputs["3"]["images"][0])) as img:
+        assert img.size == (40, 24)
+        assert img.convert("RGB").getpixel((0, 0)) == (255, 255, 255)  # inverted black
+
+
+def test_workflow_to_api_skips_control_after_generate_value(comfy_host):
+    workflow = {"version": 0.4, "links": [], "nodes": [
+        {"id": 9, "type": "KSampler", "mode": 0,
+         "inputs": [{"name": n, "type": t, "link": None} for n, t in
+                    (("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                     ("latent_image", "LATENT"))],
+         "widgets_values": [123, "randomize", 20, 7.5, "euler", "normal", 0.6]}]}
+    api = comfy_host.workflow_to_api(workflow)
+    assert api["9"]["inputs"] == {"seed": 123, "steps": 20, "cfg": 7.5, "sampler_name": "euler",
+                                  "scheduler": "normal", "denoise": 0.6}
+
+
+def test_workflow_to_api_unknown_node_type(comfy_host):
+    workflow = _ui_invert_workflow()
+    workflow["nodes"][1]["type"] = "NoSuchNode_xyz"
+    with pytest.raises(ch.WorkflowConversionError, match=r"node #2 .*NoSuchNode_xyz.* does not exist"):
+        comfy_host.workflow_to_api(workflow)
+
+
+def test_workflow_to_api_unknown_widget(comfy_host):
+    workflow = _ui_invert_workflow()
+    workflow["nodes"][0]["inputs"].append({"name": "bogus", "type": "INT", "widget": {"name": "bogus"},
+                                           "link": None})
+    with pytest.raises(ch.WorkflowConversionError, match=r"node #1 \('EmptyImage'\): input 'bogus' does not exist"):
+        comfy_host.workflow_to_api(workflow)
+
+    workflow = _ui_invert_workflow()
+    workflow["nodes"][0]["widgets_values"].append(99)
+    with pytest.raises(ch.WorkflowConversionError, match=r"node #1 .*extra values \[99\]"):
+        comfy_host.workflow_to_api(workflow)
+
+
+# (d) ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_server_prompt_history_view(comfy_host):
+    import requests
+    from PIL import Image
+
+    session = requests.Session()
+    session.trust_env = False  # never route 127.0.0.1 through an environment proxy
+    start = time.monotonic()
+    with ch.start_server() as url:
+        assert url.startswith("http://127.0.0.1:")
+        object_info = session.get(f"{url}/object_info/EmptyImage", timeout=30).json()
+        assert object_info["EmptyImage"] == comfy_host.node_info("EmptyImage")
+        all_info = session.get(f"{url}/object_info", timeout=60).json()
+        for name in getattr(comfy_host.extension_module, "NODE_CLASS_MAPPINGS", {}):
+            assert name in all_info, f"server did not register {name}"
+
+        resp = session.post(f"{url}/prompt", json={"prompt": _empty_image_save(72, 40, "server_smoke"),
+                                                   "client_id": "comfyui-diffbir-tests"}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        prompt_id = resp.json()["prompt_id"]
+
+        entry = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            history = session.get(f"{url}/history/{prompt_id}", timeout=10).json()
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                break
+            time.sleep(0.2)
+        assert entry is not None, "prompt did not finish within 120 s"
+        assert entry["status"]["status_str"] == "success", entry["status"]
+
+        image = entry["outputs"]["2"]["images"][0]
+        view = session.get(f"{url}/view", params={"filename": image["filename"], "subfolder": image["subfolder"],
+                                                  "type": image["type"]}, timeout=30)
+        assert view.status_code == 200
+        assert view.content[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(io.BytesIO(view.content)) as img:
+            assert img.format == "PNG" and img.size == (72, 40)
+    print(f"server test wall time {time.monotonic() - start:.1f} s (pid {os.getpid()})")
