@@ -1,0 +1,24 @@
+"""Types that travel between the DiffBIR nodes.
+
+DIFFBIR_STAGE1 carries a stage-1 restorer wrapped in a ComfyUI ModelPatcher (so ComfyUI
+loads and offloads it like its own models) plus what the preprocessing needs to know.
+The ControlNet travels as ComfyUI's own CONTROL_NET type (a ControlBase subclass), so
+the stock nodes accept it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+STAGE1_TYPE = "DIFFBIR_STAGE1"
+
+
+@dataclass
+class Stage1Model:
+    patcher: Any  # comfy.model_patcher.ModelPatcher around the nn.Module
+    kind: str  # "swinir" | "bsrnet" | "scunet" | "upscale_model" (a spandrel model from the stock loader)
+    version: str | None  # DiffBIR version the file belongs to, when known
+    scale: int  # output / input size of the network (4 for BSRNet)
+    size_multiple: int  # H and W must be a multiple of this before the forward (64 for SwinIR)
+    name: str  # file name, for messages
