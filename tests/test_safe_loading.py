@@ -93,3 +93,76 @@ def test_state_dict_wrappers_and_module_prefix(tmp_path):
         torch.save({wrapper: {"module.x.weight": torch.ones(1)}, "other": 3}, path)
         sd, _ = read_checkpoint(path)
         assert list(sd) == ["x.weight"]
+
+
+# ---- hostile payloads: each is refused with a clear error and has no side effect
+
+
+def _zip_pt_with_pickle(path, pickle_bytes):
+    """A torch zip-format .pt whose data.pkl is the given pickle."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle_bytes)
+        z.writestr("archive/version", "3\n")
+        z.writestr("archive/byteorder", "little")
+
+
+def _pickle_calling(module: str, name: str, arg: str) -> bytes:
+    # Protocol-0 pickle: GLOBAL module.name, call it with one string argument.
+    return f"c{module}\n{name}\n(V{arg}\ntR.".encode()
+
+
+HOSTILE = {
+    "posix_system.ckpt": lambda p, m: p.write_bytes(_pickle_calling("os", "system", f"touch {m}")),
+    "unusual_global.pth": lambda p, m: p.write_bytes(_pickle_calling("pathlib", "Path.touch", str(m))),
+    "builtins_exec.pth": lambda p, m: p.write_bytes(_pickle_calling("builtins", "exec", f"open({str(m)!r}, 'w')")),
+    "zip_format.pt": lambda p, m: _zip_pt_with_pickle(p, _pickle_calling("os", "system", f"touch {m}")),
+    "reduce_object.ckpt": lambda p, m: torch.save({"x": _CreatesMarker(str(m))}, p),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_pickles_are_refused_without_side_effect(name, tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / name
+    HOSTILE[name](path, marker)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert not marker.exists()
+    assert name in str(err.value)
+
+
+def _safetensors_bytes(header: dict, data: bytes) -> bytes:
+    h = json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + data
+
+
+@pytest.mark.parametrize(
+    "header, data",
+    [
+        ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8),  # offsets beyond the file
+        ({"w": {"dtype": "F32", "shape": [3, 3], "data_offsets": [0, 16]}}, b"\0" * 16),  # shape does not fit
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 16),  # reversed offsets
+    ],
+)
+def test_safetensors_header_lies_are_refused(header, data, tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(_safetensors_bytes(header, data))
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        read_checkpoint(path)
+
+
+def test_huge_header_length_is_refused(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(struct.pack("<Q", 2**60) + b"{}")
+    with pytest.raises(CheckpointError, match="huge.safetensors"):
+        read_checkpoint(path)
+
+
+def test_truncated_safetensors_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "cut.safetensors"
+    save_file({"w": torch.randn(64, 64)}, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="cut.safetensors"):
+        read_checkpoint(path)

@@ -1,0 +1,135 @@
+"""Degrade node: the DiffBIR training degradations as a seeded, reproducible ComfyUI node.
+
+Thin adapter over ``diffbir_core.degrade``; imports nothing from ComfyUI at module level.
+"""
+
+from __future__ import annotations
+
+from ..diffbir_core.degrade import pipeline as _pipe
+from ..diffbir_core.degrade.presets import PRESETS, PRESET_NAMES, RANGE_INFO, format_range
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+SHARPEN_CHOICES = ("preset", "on", "off")
+
+
+def _interrupt_check():
+    """Raise ComfyUI's interrupt exception if the user pressed cancel (no-op outside ComfyUI)."""
+    try:
+        import comfy.model_management as mm
+    except Exception:  # not running inside ComfyUI
+        return
+    mm.throw_exception_if_processing_interrupted()
+
+
+def _override_tooltip(key: str) -> str:
+    meaning = RANGE_INFO[key][0]
+    uses = [f"{name} {format_range(p['ranges'][key])}" for name, p in PRESETS.items() if key in p["ranges"]]
+    return (
+        f"Override the range of the {meaning}. Empty = the preset's range. Write 'low-high' (e.g. '1-4') or one "
+        f"number for a fixed value. Preset values: {'; '.join(uses)}. Only valid for presets listed here."
+    )
+
+
+class DiffBIRDegrade:
+    """Synthesise a low-quality image from a clean one with DiffBIR's training degradations."""
+
+    DESCRIPTION = (
+        "Degrade a clean image the way DiffBIR's training data was made, repeatably, so a restorer can be "
+        "judged: degrade -> restore -> Compare against hq.\n"
+        "Presets: 'general' / 'face' = CodeFormer-style single order (blur, downsample, Gaussian noise, JPEG, "
+        "resize back); 'realesrgan' = Real-ESRGAN second order (two rounds of blur/resize/noise/JPEG plus a final "
+        "sinc filter); 'realesrgan_v2.1' additionally USM-sharpens the HQ as DiffBIR v2.1 trains.\n"
+        "Every random choice comes from seed + batch index (numpy PCG64). The 'params' output is JSON of all values "
+        "drawn; paste it into params_json to reproduce the exact images (same machine and library versions). JPEG is real libjpeg (Pillow), so the "
+        "Real-ESRGAN JPEG steps differ slightly from the official DiffJPEG."
+    )
+    CATEGORY = "DiffBIR"
+    FUNCTION = "degrade"
+    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING")
+    RETURN_NAMES = ("lq", "hq", "params")
+    OUTPUT_TOOLTIPS = (
+        "The degraded (low-quality) images, same size as hq.",
+        "The clean reference aligned pixel for pixel with lq: the input, centre-cropped if hq_size > 0 and "
+        "USM-sharpened if sharpening is on. Compare restorations against this.",
+        "JSON of every parameter drawn (one object, or a list for a batch). Feed it to params_json to reproduce.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        optional = {
+            key: ("STRING", {"default": "", "multiline": False, "tooltip": _override_tooltip(key)}) for key in RANGE_INFO
+        }
+        optional["sharpen_hq"] = (
+            list(SHARPEN_CHOICES),
+            {
+                "default": "preset",
+                "tooltip": "USM-sharpen the HQ before degrading it (DiffBIR v2.1 'use_sharpener'); the hq output is "
+                "then the sharpened image. 'preset' = on for realesrgan_v2.1, off otherwise.",
+            },
+        )
+        optional["hq_size"] = (
+            "INT",
+            {
+                "default": 0,
+                "min": 0,
+                "max": 16384,
+                "step": 1,
+                "tooltip": "0 = degrade at the input size. >0 = first centre-crop the HQ to this square size like the "
+                "official datasets (BOX halving, bicubic resize of the short side, centre crop; DiffBIR trains at 512).",
+            },
+        )
+        optional["params_json"] = (
+            "STRING",
+            {
+                "default": "",
+                "multiline": True,
+                "tooltip": "Optional: the 'params' output of an earlier run. When set, nothing is drawn: preset, seed, "
+                "overrides, sharpen_hq and hq_size are ignored and these exact parameters are applied. A single object "
+                "applies to every image of the batch; a list needs one entry per image.",
+            },
+        )
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "Clean (high-quality) images to degrade; every image of a batch gets its own draws."}),
+                "preset": (
+                    list(PRESET_NAMES),
+                    {"default": "general", "tooltip": "Which DiffBIR training degradation and ranges to use (see the node description)."},
+                ),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": SEED_MAX,
+                        "control_after_generate": True,
+                        "tooltip": "Seed of all random choices; image i of a batch uses seed + i. Same seed, same output.",
+                    },
+                ),
+            },
+            "optional": optional,
+        }
+
+    def degrade(self, image, preset, seed, sharpen_hq="preset", hq_size=0, params_json="", **overrides):
+        if image is None or getattr(image, "ndim", 0) != 4 or image.shape[-1] != 3:
+            shape = tuple(getattr(image, "shape", ()))
+            raise ValueError(f"image: expected an RGB IMAGE batch [B, H, W, 3], got shape {shape}")
+        unknown = sorted(set(overrides) - set(RANGE_INFO))
+        if unknown:
+            raise ValueError(f"unknown input(s) {unknown}; known range overrides: {', '.join(RANGE_INFO)}")
+        b = int(image.shape[0])
+        if params_json and params_json.strip():
+            params = _pipe.params_from_json(params_json, b, name="params_json")
+        else:
+            if sharpen_hq not in SHARPEN_CHOICES:
+                raise ValueError(f"sharpen_hq: expected one of {SHARPEN_CHOICES}, got {sharpen_hq!r}")
+            sharpen = None if sharpen_hq == "preset" else sharpen_hq == "on"
+            params = [
+                _pipe.draw_params(preset, _pipe.make_rng(int(seed) + i), overrides, sharpen_hq=sharpen, hq_size=int(hq_size), seed=int(seed) + i)
+                for i in range(b)
+            ]
+        lq, hq = _pipe.apply_batch(image, params, on_image=lambda i: _interrupt_check())
+        return (lq, hq, _pipe.params_to_json(params))
+
+
+NODE_CLASS_MAPPINGS = {"DiffBIRDegrade": DiffBIRDegrade}
+NODE_DISPLAY_NAME_MAPPINGS = {"DiffBIRDegrade": "Degrade"}
