@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import complete_config
+
 # configs/inference/bsrnet.yaml (DiffBIR v2 BSR, BSRNet.pth).
 OFFICIAL_CONFIG: dict = {"in_nc": 3, "out_nc": 3, "nf": 64, "nb": 23, "gc": 32, "sf": 4}
 
@@ -87,11 +89,7 @@ class RRDBNet(nn.Module):
 def build(config: dict | None = None) -> nn.Module:
     """Build the network for ``config`` (official argument names; missing keys take OFFICIAL_CONFIG values,
     None means OFFICIAL_CONFIG). The module is in eval mode with random weights: load a state dict next."""
-    config = dict(config or {})
-    unknown = set(config) - set(OFFICIAL_CONFIG)
-    if unknown:
-        raise ValueError(f"RRDBNet: unknown config keys {sorted(unknown)}")
-    return RRDBNet(**{**OFFICIAL_CONFIG, **config}).eval()
+    return RRDBNet(**complete_config("RRDBNet", config, OFFICIAL_CONFIG)).eval()
 
 
 def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from spandrel.architectures.SCUNet import SCUNet as _SpandrelSCUNet
 from torch import nn
 
+from .config import complete_config
 from .spandrel_compat import LinspaceOnCPU
 
 # configs/inference/scunet.yaml (DiffBIR v2 BID, scunet_color_real_psnr.pth).
@@ -49,11 +50,7 @@ class SCUNet(_SpandrelSCUNet):
 def build(config: dict | None = None) -> nn.Module:
     """Build the network for ``config`` (official argument names; missing keys take OFFICIAL_CONFIG values,
     None means OFFICIAL_CONFIG). The module is in eval mode with random weights: load a state dict next."""
-    config = dict(config or {})
-    unknown = set(config) - set(OFFICIAL_CONFIG) - set(_OPTIONAL_ARGS)
-    if unknown:
-        raise ValueError(f"SCUNet: unknown config keys {sorted(unknown)}")
-    cfg = {**OFFICIAL_CONFIG, **_OPTIONAL_ARGS, **config}
+    cfg = complete_config("SCUNet", config, OFFICIAL_CONFIG, _OPTIONAL_ARGS)
     if len(cfg["config"]) != 7:
         raise ValueError("SCUNet: config must list 7 stage depths")
     with LinspaceOnCPU():

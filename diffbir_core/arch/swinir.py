@@ -25,6 +25,7 @@ import torch
 from spandrel.architectures.SwinIR import SwinIR as _SpandrelSwinIR
 from torch import nn
 
+from .config import complete_config
 from .spandrel_compat import LinspaceOnCPU
 
 # configs/inference/swinir.yaml (DiffBIR v1 general/face, v2 face, v2.1 realesrgan_s4_swinir_100k).
@@ -54,11 +55,7 @@ _OPTIONAL_ARGS = {"qkv_bias": True, "drop_path_rate": 0.1, "ape": False, "patch_
 def build(config: dict | None = None) -> nn.Module:
     """Build the network for ``config`` (official argument names; missing keys take OFFICIAL_CONFIG values,
     None means OFFICIAL_CONFIG). The module is in eval mode with random weights: load a state dict next."""
-    config = dict(config or {})
-    unknown = set(config) - set(OFFICIAL_CONFIG) - set(_OPTIONAL_ARGS)
-    if unknown:
-        raise ValueError(f"SwinIR: unknown config keys {sorted(unknown)}")
-    cfg = {**OFFICIAL_CONFIG, **_OPTIONAL_ARGS, **config}
+    cfg = complete_config("SwinIR", config, OFFICIAL_CONFIG, _OPTIONAL_ARGS)
     if cfg["patch_size"] != 1:
         # SwinIR's PatchEmbed is a reshape, not a conv: patch_size only changes the mask size bookkeeping,
         # which the official code (and spandrel) never exercise with anything but 1.
