@@ -43,7 +43,6 @@ def test_cli_prints_pass_per_output_and_exit_status():
 def test_cli_fails_on_a_tampered_output(tmp_path):
     import shutil
 
-    import torch
     from safetensors.torch import load_file, save_file
 
     shutil.copy(GOLDEN / "bsrnet.json", tmp_path / "bsrnet.json")

@@ -1,9 +1,7 @@
 """PSNR / SSIM (diffbir_core.degrade.metrics) against scikit-image, and the Compare node."""
 
-import importlib.util
 import math
 import os
-import sys
 
 import numpy as np
 import pytest

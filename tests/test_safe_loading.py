@@ -1,6 +1,5 @@
 """Loading a checkpoint never runs code from it (more hostile payloads live in the safety suite)."""
 
-import pickle
 import struct
 import json
 import zipfile

@@ -1,0 +1,330 @@
+"""DiffBIR's IRControlNet / LAControlNet as a ComfyUI CONTROL_NET (a ``comfy.controlnet.ControlBase``).
+
+The stock samplers (KSampler, KSamplerAdvanced, SamplerCustom, ...) call ``get_control`` once per model
+evaluation with the batched noisy latent (cond and uncond together), the sigmas and the batched
+conditioning. We return ComfyUI's control dict, which the host UNet consumes in
+``openaimodel.apply_control``:
+
+* ``control["middle"] = [c12]``: popped after the middle block and added to its output;
+* ``control["output"] = [c0, ..., c11]``: output block j pops the LAST entry and adds it to the skip
+  connection it concatenates, so output block 0 gets c11 and output block j gets c(11 - j).
+
+That is exactly DiffBIR's injection (``h + control[12]`` after the middle block, ``hs.pop() + control[11 - j]``
+before each decoder block); the ``input`` list stays empty because DiffBIR never adds controls inside the
+encoder. Stock ControlNets use the same layout, so chained ControlNets add up element by element.
+
+The ControlNet sees ``cat(x_t, condition latent)`` where x_t is the VP-space noisy latent
+(``model_sampling.calculate_input(sigma, x)``, as the stock ControlNet feeds its control model) and the
+model timestep ``model_sampling.timestep(sigma)``; cond and uncond share the same condition latent, as in
+the official code.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import logging
+import math
+
+import comfy.controlnet
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+import torch
+import torch.nn.functional as F
+
+from ..diffbir_core.arch.ldm_blocks import GroupNorm32
+from ..diffbir_core.schedule import LATENT_SCALE
+
+log = logging.getLogger(__name__)
+
+# The official code pads the stage-1 image with zeros (bottom/right) to a multiple of 64 before the VAE
+# encode (DiffBIR main `Pipeline.apply_cldm`, untiled path); the VAE's mid-block attention sees the whole
+# padded latent, so the pad size changes every latent pixel slightly and we keep the official 64.
+CONDITION_PAD = 64
+LATENT_DOWNSCALE = 8
+
+
+# ----------------------------------------------------------------------------- model preparation
+
+
+def _ops_classes():
+    """Leaf layer classes -> ComfyUI ops classes that can cast/offload weights (lowvram loading)."""
+    ops = comfy.ops.disable_weight_init
+    mapping = {}
+    for name in ("Linear", "Conv2d", "LayerNorm", "GroupNorm"):
+        cls = getattr(ops, name, None)
+        if cls is not None:
+            mapping[getattr(torch.nn, name)] = cls
+    if torch.nn.GroupNorm in mapping:
+        base = mapping[torch.nn.GroupNorm]
+
+        class ComfyGroupNorm32(base):
+            """GroupNorm evaluated in float32 (DiffBIR's GroupNorm32) on top of ComfyUI's castable GroupNorm."""
+
+            def forward(self, x):
+                return super().forward(x.float()).to(x.dtype)
+
+        mapping[GroupNorm32] = ComfyGroupNorm32
+    return mapping
+
+
+def use_comfy_ops(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap the leaf layers to ComfyUI's ops classes in place (same parameters, same maths).
+
+    ComfyUI's partial ("lowvram") loading keeps the weights of such layers on the offload device and
+    casts them to the compute device per call; plain torch layers would stay behind on the CPU.
+    """
+    try:
+        mapping = _ops_classes()
+    except Exception as err:  # an unknown ComfyUI version: plain layers still work when fully loaded
+        log.debug("DiffBIR: comfy.ops layers unavailable (%s); keeping torch layers", err)
+        return model
+    for module in model.modules():
+        target = mapping.get(type(module))
+        if target is None and _is_groupnorm32(module):
+            target = mapping.get(GroupNorm32)
+        if target is not None:
+            module.__class__ = target
+    return model
+
+
+def _is_groupnorm32(module) -> bool:
+    # By name too: diffbir_core may be imported twice (as part of this package and top-level, e.g. in tests).
+    return isinstance(module, GroupNorm32) or type(module).__name__ == "GroupNorm32"
+
+
+# The blocks DiffBIR casts in its half-precision mode (`ControlLDM.cast_dtype`); the time embedding stays
+# float32 and every GroupNorm32 is cast back to float32.
+_HALF_BLOCKS = ("input_blocks", "middle_block", "zero_convs", "middle_block_out")
+
+
+def cast_controlnet(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """float32 everywhere, then the official half-precision policy for fp16/bf16."""
+    model.float()
+    if dtype in (torch.float16, torch.bfloat16):
+        for name in _HALF_BLOCKS:
+            getattr(model, name).to(dtype)
+        for module in model.modules():
+            if _is_groupnorm32(module):
+                module.float()
+    return model
+
+
+def wrap_in_patcher(model: torch.nn.Module):
+    """A ModelPatcher so ComfyUI loads/offloads the network with the UNet (load device = its torch device)."""
+    return comfy.model_patcher.ModelPatcher(
+        model,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
+
+
+# ----------------------------------------------------------------------------- condition latent
+
+
+def encode_condition(vae, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The official condition latent of `image` (NHWC in [0, 1]): VAE posterior mode of 2x-1, times 0.18215.
+
+    The image is zero padded (bottom/right) to a multiple of 64 like the official untiled pipeline; the
+    latent of the whole padded image is returned with the unpadded pixel size (H, W), and the latent is
+    cropped to the sampler's size when used. ComfyUI's `VAE.encode` maps [0, 1] to [-1, 1] itself and
+    returns the unscaled posterior mode (DiagonalGaussianRegularizer(sample=False)).
+    """
+    if image.ndim != 4 or image.shape[-1] < 3:
+        raise ValueError(f"DiffBIR: the condition image must be an IMAGE batch (B, H, W, 3), got shape {tuple(image.shape)}")
+    latent_channels = getattr(vae, "latent_channels", 4)
+    if latent_channels != 4:
+        raise ValueError(
+            f"DiffBIR: the VAE makes {latent_channels}-channel latents; DiffBIR needs the Stable Diffusion 2.1 VAE "
+            "(4 channels). Connect the VAE of your SD 2.1 checkpoint."
+        )
+    h, w = image.shape[1:3]
+    pad_h, pad_w = (-h) % CONDITION_PAD, (-w) % CONDITION_PAD
+    pixels = image[..., :3].movedim(-1, 1).float()
+    if pad_h or pad_w:
+        pixels = F.pad(pixels, (0, pad_w, 0, pad_h), value=0.0)
+    latent = vae.encode(pixels.movedim(1, -1))
+    return latent.float() * LATENT_SCALE, (h, w)
+
+
+def _accepted(latent_px: int, image_px: int) -> bool:
+    # ComfyUI's own latents of an image this size: floor (VAE Encode crops, Empty Latent rounds down) or
+    # ceil (an image padded to a multiple of 8).
+    return latent_px in (image_px // LATENT_DOWNSCALE, math.ceil(image_px / LATENT_DOWNSCALE))
+
+
+# ----------------------------------------------------------------------------- the control object
+
+
+class DiffBIRControl(comfy.controlnet.ControlBase):
+    """A loaded DiffBIR ControlNet plus (after LAControlNet Apply) its condition latent and strength."""
+
+    def __init__(self, patcher, version: str | None = None, name: str = "", dtype: torch.dtype | None = None):
+        super().__init__()
+        self.control_model_wrapped = patcher
+        self.control_model = patcher.model if patcher is not None else None
+        self.version = version
+        self.name = name
+        self.dtype = dtype
+        self.condition_latent: torch.Tensor | None = None  # (B, 4, h, w), scaled, whole 64-padded image
+        self.condition_size: tuple[int, int] | None = None  # unpadded pixel size (H, W)
+        self.control_scales: list[float] | None = None  # per-control multipliers (before strength)
+        self.model_sampling_current = None
+        self._lazy_latent = None  # encoded in get_control when the stock Apply ControlNet node was used
+        self._hint_cache: dict = {}
+
+    # -- configuration ----------------------------------------------------------------------------
+    @property
+    def num_controls(self) -> int:
+        return len(self.control_model.input_blocks) + 1
+
+    def set_condition(self, latent: torch.Tensor, size: tuple[int, int], strength: float = 1.0,
+                      timestep_percent_range=(0.0, 1.0)):
+        self.condition_latent = latent
+        self.condition_size = tuple(size)
+        self.strength = strength
+        self.timestep_percent_range = timestep_percent_range
+        self._hint_cache = {}
+        return self
+
+    def set_cond_hint(self, cond_hint, strength=1.0, timestep_percent_range=(0.0, 1.0), vae=None, extra_concat=None):
+        """Stock "Apply ControlNet" path: keep the image and VAE; the latent is encoded at the first step."""
+        super().set_cond_hint(cond_hint, strength, timestep_percent_range, vae=vae, extra_concat=extra_concat or [])
+        self.vae = vae
+        self.condition_latent = None
+        self.condition_size = None
+        return self
+
+    def set_control_scales(self, scales):
+        if scales is not None:
+            scales = [float(s) for s in scales]
+            if len(scales) != self.num_controls:
+                raise ValueError(f"{len(scales)} control scales for {self.num_controls} controls")
+        self.control_scales = scales
+        return self
+
+    # -- ControlBase interface ----------------------------------------------------------------------
+    def copy(self):
+        c = DiffBIRControl(self.control_model_wrapped, self.version, self.name, self.dtype)
+        self.copy_to(c)
+        c.condition_latent = self.condition_latent
+        c.condition_size = self.condition_size
+        c.control_scales = None if self.control_scales is None else list(self.control_scales)
+        return c
+
+    def deepclone_multigpu(self, load_device, autoregister=False):  # newer ComfyUI, multi-GPU sampling
+        c = self.copy()
+        model = _copy.deepcopy(self.control_model)
+        c.control_model = model
+        c.control_model_wrapped = comfy.model_patcher.ModelPatcher(
+            model, load_device=load_device, offload_device=comfy.model_management.unet_offload_device())
+        if autoregister and hasattr(self, "multigpu_clones"):
+            self.multigpu_clones[load_device] = c
+        return c
+
+    def get_models(self):
+        out = super().get_models()
+        out.append(self.control_model_wrapped)
+        return out
+
+    def pre_run(self, model, percent_to_timestep_function):
+        super().pre_run(model, percent_to_timestep_function)
+        self.model_sampling_current = model.model_sampling
+        self._check_unet(getattr(model, "diffusion_model", None))
+
+    def _check_unet(self, unet):
+        """Refuse a UNet whose skip connections do not take these controls (ComfyUI would only log them)."""
+        blocks = getattr(unet, "input_blocks", None)
+        channels = getattr(unet, "model_channels", None)
+        if blocks is None or channels is None:
+            return
+        ours = self.control_model
+        if len(blocks) != len(ours.input_blocks) or channels != ours.model_channels:
+            raise ValueError(
+                f"DiffBIR ControlNet '{self.name}' fits an SD 2.1 UNet ({len(ours.input_blocks)} input blocks, "
+                f"{ours.model_channels} channels) but the MODEL's UNet has {len(blocks)} input blocks and {channels} "
+                "channels. Load an SD 2.1 checkpoint (v2.1: sd2.1-base-zsnr-laionaes5.ckpt, v1/v2: "
+                "v2-1_512-ema-pruned.ckpt).")
+
+    def cleanup(self):
+        self.model_sampling_current = None
+        self._lazy_latent = None
+        self._hint_cache = {}
+        super().cleanup()
+
+    def inference_memory_requirements(self, dtype):
+        # The weights are a ModelPatcher returned by get_models(), which ComfyUI budgets and loads with the
+        # UNet; like the stock ControlNet we add no extra estimate of our own (only the chained ones').
+        return super().inference_memory_requirements(dtype)
+
+    # -- the forward --------------------------------------------------------------------------------
+    def _latent_and_size(self):
+        if self.condition_latent is not None:
+            return self.condition_latent, self.condition_size
+        if self._lazy_latent is None:
+            if self.cond_hint_original is None:
+                raise ValueError(
+                    "DiffBIR ControlNet has no condition image: connect it through 'LAControlNet Apply' "
+                    "with the stage-1 image and the SD 2.1 VAE.")
+            if self.vae is None:
+                raise ValueError(
+                    "DiffBIR ControlNet needs a VAE to encode the condition image: connect the VAE input of the "
+                    "Apply ControlNet node, or use 'LAControlNet Apply'.")
+            loaded = comfy.model_management.loaded_models(only_currently_used=True)
+            self._lazy_latent = encode_condition(self.vae, self.cond_hint_original.movedim(1, -1))
+            comfy.model_management.load_models_gpu(loaded)
+        return self._lazy_latent
+
+    def _hint_for(self, x_noisy: torch.Tensor, batched_number: int) -> torch.Tensor:
+        h, w = x_noisy.shape[-2:]
+        key = (x_noisy.shape[0], h, w, batched_number, x_noisy.device)
+        hint = self._hint_cache.get(key)
+        if hint is not None:
+            return hint
+        latent, (img_h, img_w) = self._latent_and_size()
+        if not (_accepted(h, img_h) and _accepted(w, img_w)) or h > latent.shape[-2] or w > latent.shape[-1]:
+            raise ValueError(
+                f"DiffBIR ControlNet: the sampler's latent is {w}x{h} ({w * 8}x{h * 8} pixels) but the condition "
+                f"image given to LAControlNet Apply is {img_w}x{img_h} pixels (latent {math.ceil(img_w / 8)}x"
+                f"{math.ceil(img_h / 8)}). They must match: sample the latent of the stage-1 image itself (VAE Encode "
+                f"it, or an Empty Latent Image of {img_w}x{img_h}), or resize the image to {w * 8}x{h * 8} before "
+                "LAControlNet Apply.")
+        hint = latent[:, :, :h, :w]
+        batch = x_noisy.shape[0]
+        if hint.shape[0] == 1:
+            hint = hint.expand(batch, -1, -1, -1)
+        elif hint.shape[0] != batch:
+            # cond and uncond are batched together: each chunk gets the images in order (stock rule).
+            hint = comfy.controlnet.broadcast_image_to(hint, batch, batched_number)
+            if hint.shape[0] != batch:
+                raise ValueError(
+                    f"DiffBIR ControlNet: {latent.shape[0]} condition images cannot be spread over a latent batch of "
+                    f"{batch // max(1, batched_number)}; give LAControlNet Apply one image or as many as the latent "
+                    "batch.")
+        hint = hint.to(device=x_noisy.device, dtype=torch.float32).contiguous()
+        self._hint_cache = {key: hint}
+        return hint
+
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options=None, *args, **kwargs):
+        control_prev = None
+        if self.previous_controlnet is not None:
+            control_prev = self.previous_controlnet.get_control(
+                x_noisy, t, cond, batched_number, transformer_options, *args, **kwargs)
+
+        if self.timestep_range is not None and not (self.timestep_range[1] <= t[0] <= self.timestep_range[0]):
+            return control_prev  # outside start/end percent (sigmas: start is the larger)
+
+        hint = self._hint_for(x_noisy, batched_number)
+        context = cond.get("crossattn_controlnet", cond["c_crossattn"])
+        if context.shape[-1] != self.control_model.context_dim:
+            raise ValueError(
+                f"DiffBIR ControlNet '{self.name}' expects SD 2.1 text conditioning ({self.control_model.context_dim} "
+                f"channels) but got {context.shape[-1]}: encode the prompts with the CLIP of the SD 2.1 checkpoint.")
+        sampling = self.model_sampling_current
+        timesteps = sampling.timestep(t)
+        x_in = sampling.calculate_input(t, x_noisy)
+        controls = self.control_model(x_in, hint, timesteps, context.to(x_noisy.device))
+        if self.control_scales is not None:
+            controls = [c * s for c, s in zip(controls, self.control_scales)]
+        out = {"input": [], "middle": [controls[-1]], "output": list(controls[:-1])}
+        return self.control_merge(out, control_prev, output_dtype=None)

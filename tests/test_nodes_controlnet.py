@@ -1,0 +1,484 @@
+"""The ControlNet side of the nodes inside a real ComfyUI: Load DiffBIR Models, LAControlNet Apply and the
+DiffBIRControl that the stock samplers drive.
+
+* Parity: ComfyUI's own UNet (openaimodel, built from the golden small config) driven through
+  DiffBIRControl.get_control reproduces the official ControlLDM forward; ComfyUI's VAE through
+  LAControlNet Apply's encode path reproduces the official condition latent.
+* Stock samplers: KSampler, KSamplerAdvanced and SamplerCustom run a graph with our ControlNet on a small
+  random SD 2.1-layout checkpoint that ComfyUI detects as SD 2.x.
+
+ComfyUI has no small SD 2.x text encoder (its OpenCLIP-H config is fixed, 354 M parameters), so the
+checkpoint carries no CLIP and the graphs get their CONDITIONING as a literal value (zero text context,
+passed with ComfyUI's ``{"__value__": ...}`` wrapper, in-process only). Everything else is stock nodes.
+"""
+
+import copy
+import inspect
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffbir_core.arch import controlnet as controlnet_arch
+from diffbir_core.arch import unet as unet_arch
+from diffbir_core.arch import vae as vae_arch
+from diffbir_core.checkpoint import save_safetensors
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+ATOL = RTOL = 1e-4
+
+# Smallest UNet ComfyUI detects as SD 2.x (model_channels 320, context 1024, linear transformer projections).
+TINY_SD2_UNET = {"image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+                 "attention_resolutions": [1, 2], "num_res_blocks": 1, "channel_mult": [1, 1], "num_head_channels": 64,
+                 "use_spatial_transformer": True, "use_linear_in_transformer": True, "transformer_depth": 1,
+                 "context_dim": 1024, "legacy": False}
+TINY_CKPT = "tiny_sd21_layout.safetensors"
+TINY_CN = {"v2.1": "tiny_controlnet_v2.1.safetensors", "v2": "tiny_controlnet_v2.safetensors"}
+GOLDEN_CN = "golden_small_controlnet_v2.1.safetensors"
+
+
+def check(name, got, want):
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    err = (got.float() - want).abs()
+    print(f"{name}: max abs err {err.max().item():.3e}")
+    assert (err <= ATOL + RTOL * want.abs()).all(), f"{name}: max abs err {err.max().item():.3e}"
+
+
+def random_state_dict(module, seed):
+    """Seeded random weights (N(0, 1/fan_in) matrices, unit norms, small biases) in fp16."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, ref in module.state_dict().items():
+        if ref.dim() > 1:
+            out[key] = (torch.randn(ref.shape, generator=gen) * math.prod(ref.shape[1:]) ** -0.5).half()
+        elif key.endswith("weight"):
+            out[key] = torch.ones(ref.shape, dtype=torch.float16)
+        else:
+            out[key] = (torch.randn(ref.shape, generator=gen) * 0.02).half()
+    return out
+
+
+def cond_literal(dim=1024):
+    """A CONDITIONING value for an API prompt input (ComfyUI unwraps {"__value__": ...})."""
+    return {"__value__": [[torch.zeros(1, 77, dim), {}]]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The networks here are tiny: one thread avoids OpenMP fork/join stalls on a busy shared CPU (20x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def golden_weights():
+    return load_file(GOLDEN / "cldm_weights.safetensors"), json.loads((GOLDEN / "cldm_weights.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model_files(comfy_host, comfy_models_dir, golden_weights):
+    """Writes the module's model files once: the tiny SD 2.x-layout checkpoint, two tiny ControlNets, the
+    golden small ControlNet (converter metadata) and a BSRNet file for the wrong-slot test."""
+    weights, cfg = golden_weights
+    diffbir = comfy_models_dir / "diffbir"
+    golden_cn = {k[len("controlnet."):]: v for k, v in weights.items() if k.startswith("controlnet.")}
+    save_safetensors(golden_cn, diffbir / GOLDEN_CN, {
+        "diffbir_kind": "controlnet", "diffbir_version": "v2.1",
+        "diffbir_config": json.dumps({"num_head_channels": cfg["controlnet_cfg"]["num_head_channels"]})})
+
+    bsr = load_file(GOLDEN / "bsrnet.safetensors")
+    save_safetensors({k[2:]: v for k, v in bsr.items() if k.startswith("w.")}, diffbir / "golden_bsrnet.safetensors")
+
+    with torch.device("meta"):
+        unet = unet_arch.build(TINY_SD2_UNET)
+        vae = vae_arch.build(None)  # ComfyUI detects SD VAEs only at full size
+        cn = controlnet_arch.build({k: v for k, v in TINY_SD2_UNET.items() if k != "out_channels"} | {"hint_channels": 4})
+    ckpt = {"model.diffusion_model." + k: v for k, v in random_state_dict(unet, 1).items()}
+    ckpt.update({"first_stage_model." + k: v for k, v in random_state_dict(vae, 2).items()})
+    save_safetensors(ckpt, comfy_models_dir / "checkpoints" / TINY_CKPT)
+    cn_sd = random_state_dict(cn, 3)
+    for version, name in TINY_CN.items():
+        save_safetensors(cn_sd, diffbir / name, {"diffbir_kind": "controlnet", "diffbir_version": version})
+    comfy_host.refresh_models()
+    return comfy_models_dir
+
+
+def node_module(comfy_host, name):
+    """One of our nodes/ modules as ComfyUI imported it (its package name depends on the host)."""
+    package = comfy_host.node_classes["DiffBIRLoadModels"].__module__.rsplit(".", 1)[0]
+    return sys.modules[f"{package}.{name}"]
+
+
+def load_models_node(comfy_host, controlnet_name, stage1_name="none", dtype="auto"):
+    return comfy_host.node_classes["DiffBIRLoadModels"]().load(stage1_name, controlnet_name, dtype)
+
+
+# ------------------------------------------------------------------------------------------ registration
+
+
+@pytest.mark.parametrize("class_name, display", [("DiffBIRLoadModels", "Load DiffBIR Models"),
+                                                 ("DiffBIRLAControlNetApply", "LAControlNet Apply")])
+def test_node_registration(comfy_host, class_name, display):
+    info = comfy_host.node_info(class_name)
+    assert info["display_name"] == display
+    assert info["category"] == "DiffBIR"
+    assert len(info["description"]) > 80
+    inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
+    for name, spec in inputs.items():
+        assert len(spec) > 1 and spec[1].get("tooltip"), f"{class_name}.{name} has no tooltip"
+    assert len(info["output_tooltips"]) == len(info["output"])
+
+
+def test_loader_lists_folders_with_prefixes(comfy_host, model_files):
+    (model_files / "controlnet" / "elsewhere.safetensors").write_bytes(b"")
+    (model_files / "upscale_models" / "up.pth").write_bytes(b"")
+    try:
+        comfy_host.refresh_models()
+        req = comfy_host.node_info("DiffBIRLoadModels")["input"]["required"]
+        cn_choices, s1_choices = req["controlnet_name"][0], req["stage1_name"][0]
+        assert cn_choices[0] == "none" and s1_choices[0] == "none"
+        assert TINY_CN["v2.1"] in cn_choices and "controlnet/elsewhere.safetensors" in cn_choices
+        assert "upscale_models/up.pth" in s1_choices and "controlnet/elsewhere.safetensors" not in s1_choices
+        assert req["dtype"][0] == ["auto", "fp32", "fp16", "bf16"]
+
+        cls = comfy_host.node_classes["DiffBIRLoadModels"]
+        key = cls.IS_CHANGED("none", TINY_CN["v2"], "auto")
+        assert cls.IS_CHANGED("none", TINY_CN["v2"], "auto") == key
+        first = load_models_node(comfy_host, TINY_CN["v2"])[1]
+        assert load_models_node(comfy_host, TINY_CN["v2"])[1] is first  # cached: no reload
+        path = model_files / "diffbir" / TINY_CN["v2"]
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file was replaced
+        assert cls.IS_CHANGED("none", TINY_CN["v2"], "auto") != key
+        assert load_models_node(comfy_host, TINY_CN["v2"])[1] is not first
+    finally:
+        (model_files / "controlnet" / "elsewhere.safetensors").unlink()
+        (model_files / "upscale_models" / "up.pth").unlink()
+        comfy_host.refresh_models()
+
+
+# ------------------------------------------------------------------------------------------ parity
+
+
+def test_host_unet_with_diffbir_control_matches_official(comfy_host, model_files, golden_weights):
+    import comfy.model_detection
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    weights, cfg = golden_weights
+    unet_sd = {k[len("unet."):]: v for k, v in weights.items() if k.startswith("unet.")}
+    unet_config = comfy.model_detection.detect_unet_config(unet_sd, "")
+    model_config = comfy.supported_models.SD20(unet_config)
+    model_config.unet_config["num_head_channels"] = cfg["unet_cfg"]["num_head_channels"]  # not in any shape
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model(unet_sd, "")
+    model.load_model_weights(unet_sd, "")
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+
+    control, info = load_models_node(comfy_host, GOLDEN_CN, dtype="fp32")[1::4]
+    assert "version v2.1" in info and control.version == "v2.1" and control.num_controls == 13
+    g = load_file(GOLDEN / "controlnet_unet.safetensors")
+    ctl = control.copy().set_condition(g["in.hint"], (128, 128), 1.0, (0.0, 1.0))
+    ctl.set_control_scales(g["in.control_scales"].tolist())  # non-uniform, as in the golden run
+    assert control.condition_latent is None and control.control_scales is None  # copy() left the loader's alone
+
+    ms = model.model_sampling
+    sigma = ms.sigmas[g["in.timesteps"]]  # timestep(sigma) gives back the recorded integer timesteps
+    x = g["in.x_noisy"] * (sigma**2 + 1).sqrt().view(-1, 1, 1, 1)  # the sampler's (VE) latent
+    mm.load_models_gpu([patcher] + ctl.get_models())
+    ctl.pre_run(model, lambda p: ms.percent_to_sigma(p))
+    with torch.no_grad():
+        out = ctl.get_control(x, sigma, {"c_crossattn": g["in.context"]}, 1, {})
+        assert [len(out["input"]), len(out["middle"]), len(out["output"])] == [0, 1, 12]
+        for i in range(12):
+            scale = g["in.control_scales"][i]
+            check(f"control {i}", out["output"][i], g[f"out.control_{i:02d}"] * scale)
+        check("control 12 (middle)", out["middle"][0], g["out.control_12"] * g["in.control_scales"][12])
+        middle = out["middle"][0].clone()  # the host UNet pops the lists it consumes
+        timesteps = ms.timestep(sigma)
+        assert timesteps.tolist() == g["in.timesteps"].tolist()
+        pred = model.diffusion_model(ms.calculate_input(sigma, x), timesteps.float(), context=g["in.context"],
+                                     control=out, transformer_options={})
+    check("host UNet + DiffBIRControl vs cldm_forward", pred, g["out.cldm_forward"])
+
+    # Chained after another DiffBIR ControlNet: controls add up, like stock ControlNets.
+    chained = ctl.copy().set_previous_controlnet(ctl)
+    chained.pre_run(model, lambda p: ms.percent_to_sigma(p))
+    with torch.no_grad():
+        both = chained.get_control(x, sigma, {"c_crossattn": g["in.context"]}, 1, {})
+    check("chained middle", both["middle"][0], 2 * middle)
+    # Outside start/end percent only the previous ControlNet acts; none at all gives no control.
+    late = ctl.copy().set_condition(g["in.hint"], (128, 128), 1.0, (0.9, 1.0))
+    late.pre_run(model, lambda p: ms.percent_to_sigma(p))
+    assert late.get_control(x, sigma, {"c_crossattn": g["in.context"]}, 1, {}) is None
+    late.set_previous_controlnet(ctl)
+    with torch.no_grad():
+        prev_only = late.get_control(x, sigma, {"c_crossattn": g["in.context"]}, 1, {})
+    check("range: previous only", prev_only["middle"][0], middle)
+    for c in (ctl, chained, late):
+        c.cleanup()
+
+
+def test_condition_latent_matches_official(comfy_host, model_files, golden_weights):
+    import comfy.sd
+
+    weights, cfg = golden_weights
+    vae = comfy.sd.VAE(sd={k[4:]: v for k, v in weights.items() if k.startswith("vae.")},
+                       config={"params": cfg["vae_cfg"]})
+    s = load_file(GOLDEN / "sample_spaced5_v21_cfg1.safetensors")
+    control = load_models_node(comfy_host, GOLDEN_CN, dtype="fp32")[1]
+    apply = comfy_host.node_classes["DiffBIRLAControlNetApply"]()
+    positive = [[s["in.c_txt_pos"], {}]]
+    pos, neg, model = apply.apply(positive, positive, control, s["in.cond_img01"].movedim(1, -1), vae, 1.0, 0.0, 1.0)
+    assert model is None
+    ctl = pos[0][1]["control"]
+    assert neg[0][1]["control"] is ctl and "control" not in positive[0][1]
+    assert ctl.condition_size == (128, 128)
+    check("condition latent vs out.c_img", ctl.condition_latent, s["out.c_img"])
+
+    # Not a multiple of 64: zero padded like the official pipeline, and cropped to the sampler's latent.
+    img = s["in.cond_img01"][:, :, :120, :104].movedim(1, -1)
+    ctl2 = apply.apply(positive, positive, control, img, vae, 1.0, 0.0, 1.0)[0][0][1]["control"]
+    assert ctl2.condition_latent.shape[-2:] == (16, 16) and ctl2.condition_size == (120, 104)
+    assert ctl2._hint_for(torch.zeros(2, 4, 15, 13), 2).shape == (2, 4, 15, 13)
+    with pytest.raises(ValueError, match=r"(?s)latent is 16x16.*104x120 pixels.*must match"):
+        ctl2._hint_for(torch.zeros(1, 4, 16, 16), 1)
+
+
+# ------------------------------------------------------------------------------------------ stock samplers
+
+
+def sampler_graph(strength=1.0, controlnet=TINY_CN["v2.1"]):
+    sampler = {"seed": 7, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal"}
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT}},
+        "2": {"class_type": "DiffBIRLoadModels",
+              "inputs": {"stage1_name": "none", "controlnet_name": controlnet, "dtype": "auto"}},
+        "3": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x8040C0}},
+        "4": {"class_type": "DiffBIRLAControlNetApply",
+              "inputs": {"positive": cond_literal(), "negative": cond_literal(), "control_net": ["2", 1],
+                         "image": ["3", 0], "vae": ["1", 2], "strength": strength, "start_percent": 0.0,
+                         "end_percent": 1.0, "model": ["1", 0]}},
+        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["3", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "KSampler",
+              "inputs": {"model": ["4", 2], "positive": ["4", 0], "negative": ["4", 1], "latent_image": ["5", 0],
+                         "denoise": 1.0, **sampler}},
+        "7": {"class_type": "KSamplerAdvanced",
+              "inputs": {"model": ["4", 2], "positive": ["4", 0], "negative": ["4", 1], "latent_image": ["5", 0],
+                         "add_noise": "enable", "noise_seed": 7, "steps": 2, "cfg": 2.0, "sampler_name": "euler",
+                         "scheduler": "normal", "start_at_step": 0, "end_at_step": 10000,
+                         "return_with_leftover_noise": "disable"}},
+        "8": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "9": {"class_type": "BasicScheduler", "inputs": {"model": ["4", 2], "scheduler": "normal", "steps": 2,
+                                                         "denoise": 1.0}},
+        "10": {"class_type": "SamplerCustom",
+               "inputs": {"model": ["4", 2], "add_noise": True, "noise_seed": 7, "cfg": 2.0, "positive": ["4", 0],
+                          "negative": ["4", 1], "sampler": ["8", 0], "sigmas": ["9", 0], "latent_image": ["5", 0]}},
+        # Output nodes that do not serialise the prompt (SaveLatent would json.dumps the literal tensors).
+        "11": {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}},
+        "12": {"class_type": "PreviewAny", "inputs": {"source": ["7", 0]}},
+        "13": {"class_type": "PreviewAny", "inputs": {"source": ["10", 0]}},
+    }
+
+
+def node_output(comfy_host, node_id, index=0):
+    """A node's output value from the executor's output cache (kept until the next prompt)."""
+    entry = comfy_host.executor.caches.outputs.get(node_id)
+    if inspect.isawaitable(entry):  # newer ComfyUI: async caches
+        entry = comfy_host.loop.run_until_complete(entry)
+    return getattr(entry, "outputs", entry)[index][0]
+
+
+def run_latents(comfy_host, prompt):
+    comfy_host.run(prompt)
+    return {node: node_output(comfy_host, node)["samples"].clone() for node in ("6", "7", "10")}
+
+
+def test_stock_samplers_run_with_diffbir_controlnet(comfy_host, model_files):
+    first = run_latents(comfy_host, sampler_graph())
+    for node, latent in first.items():
+        assert latent.shape == (1, 4, 8, 8) and torch.isfinite(latent).all(), node
+    again = run_latents(comfy_host, sampler_graph())
+    for node in first:
+        assert torch.equal(first[node], again[node]), f"node {node} not reproducible"
+    assert torch.equal(first["6"], first["7"])  # KSampler == KSamplerAdvanced over the full range
+    without = run_latents(comfy_host, sampler_graph(strength=0.0))
+    for node in first:
+        assert not torch.allclose(first[node], without[node]), f"node {node}: the ControlNet had no effect"
+
+
+def test_wrong_file_in_controlnet_slot_names_it(comfy_host, model_files):
+    import comfy_host as ch
+
+    prompt = {"1": {"class_type": "DiffBIRLoadModels",
+                    "inputs": {"stage1_name": "none", "controlnet_name": "golden_bsrnet.safetensors", "dtype": "auto"}},
+              "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 5]}}}
+    with pytest.raises(ch.PromptExecutionError,
+                       match=r"'golden_bsrnet.safetensors' looks like a BSRNet.*but the ControlNet slot expects "
+                             r"a DiffBIR ControlNet"):
+        comfy_host.run(prompt)
+
+
+# ------------------------------------------------------------------------------------------ MODEL handling
+
+
+def _model_snapshot(model):
+    # The ModelPatcher's own state; model.model's attributes are shared by all clones and hold whichever
+    # clone's object patches ComfyUI applied last, so they are not the input MODEL's state.
+    return (model.get_model_object("model_sampling"), dict(model.object_patches), copy.deepcopy(model.model_options))
+
+
+def test_inputs_unchanged_and_v21_model_patched(comfy_host, model_files, caplog):
+    import nodes
+
+    from_ckpt = nodes.CheckpointLoaderSimple().load_checkpoint(TINY_CKPT)
+    model, vae = from_ckpt[0], from_ckpt[2]
+    apply = comfy_host.node_classes["DiffBIRLAControlNetApply"]()
+    lacn = node_module(comfy_host, "lacontrolnet")
+    assert lacn.model_sampling_kind(model) == ("eps", False)
+
+    positive = [[torch.zeros(1, 77, 1024), {"pooled_output": None}]]
+    negative = [[torch.ones(1, 77, 1024), {}]]
+    cond_before = copy.deepcopy((positive, negative))
+    model_before = _model_snapshot(model)
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+
+    control = load_models_node(comfy_host, TINY_CN["v2.1"])[1]
+    with caplog.at_level(logging.WARNING):
+        pos, neg, patched = apply.apply(positive, negative, control, image, vae, 1.0, 0.0, 1.0, model=model)
+    assert "v2.1 ControlNet" in caplog.text and "sd2.1-base-zsnr-laionaes5.ckpt" in caplog.text
+    assert patched is not model and lacn.model_sampling_kind(patched) == ("v", True)
+    ms = patched.get_model_object("model_sampling")
+    assert torch.isfinite(ms.sigma_max) and ms.sigma_max > 1000  # ComfyUI keeps the zsnr end finite (~4.5e3)
+
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    out = nodes.common_ksampler(patched, 3, 2, 2.0, "euler", "normal", pos, neg, latent)[0]["samples"]
+    assert torch.isfinite(out).all()
+
+    after = _model_snapshot(model)
+    assert after[0] is model_before[0] and lacn.model_sampling_kind(model) == ("eps", False)
+    assert after[1:] == model_before[1:]
+    assert len(positive) == 1 and set(positive[0][1]) == {"pooled_output"} and set(negative[0][1]) == set()
+    for now, before in zip(positive + negative, cond_before[0] + cond_before[1]):
+        assert torch.equal(now[0], before[0])
+
+    # v2 ControlNet: eps MODEL passes through untouched, no warning; a v-pred zsnr MODEL is flagged.
+    control_v2 = load_models_node(comfy_host, TINY_CN["v2"])[1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert apply.apply(positive, negative, control_v2, image, vae, 1.0, 0.0, 1.0, model=model)[2] is model
+        assert "DiffBIR" not in caplog.text
+        apply.apply(positive, negative, control_v2, image, vae, 1.0, 0.0, 1.0, model=patched)
+    assert "v2 ControlNet" in caplog.text and "v2-1_512-ema-pruned.ckpt" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ precision, lowvram
+
+
+def _golden_controlnet_inputs():
+    g = load_file(GOLDEN / "controlnet_unet.safetensors")
+    return g, (g["in.x_noisy"], g["in.hint"], g["in.timesteps"], g["in.context"])
+
+
+def test_controlnet_lowvram_cast_path_and_half_modes(comfy_host, model_files):
+    """ComfyUI's partial loading casts our swapped layers per call; fp16/bf16 follow DiffBIR's half mode."""
+    from diffbir_core.loader import (
+        load_network,  # top-level copy: the nodes must cope with its classes
+    )
+
+    ctl_module = node_module(comfy_host, "control")
+    path = model_files / "diffbir" / GOLDEN_CN
+    g, args = _golden_controlnet_inputs()
+
+    model = ctl_module.use_comfy_ops(ctl_module.cast_controlnet(load_network(path, ["controlnet"], "c").model,
+                                                                torch.float32))
+    assert all(hasattr(m, "comfy_cast_weights") for m in model.modules() if isinstance(m, torch.nn.Linear))
+    patcher = ctl_module.wrap_in_patcher(model)
+    with torch.no_grad():
+        full = model(*args)
+        check("ops-swapped control 12", full[-1], g["out.control_12"])
+        patcher.load(torch.device("cpu"), lowvram_model_memory=1, full_load=False)  # everything "offloaded"
+        try:
+            assert any(getattr(m, "comfy_cast_weights", False) for m in model.modules())
+            partial = model(*args)
+        finally:
+            patcher.unpatch_model()
+    for a, b in zip(partial, full):
+        assert torch.equal(a, b)
+
+    for dtype in (torch.float16, torch.bfloat16):
+        half = ctl_module.cast_controlnet(load_network(path, ["controlnet"], "c").model, dtype)
+        assert half.time_embed[0].weight.dtype == torch.float32 and half.input_blocks[1][0].in_layers[2].weight.dtype == dtype
+        norms = [m for m in half.modules() if type(m).__name__ == "GroupNorm32"]
+        assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+        with torch.no_grad():
+            out = ctl_module.use_comfy_ops(half)(*args)
+        assert out[-1].dtype == dtype
+        err = (out[-1].float() - g["out.control_12"]).abs().max().item()
+        print(f"{dtype}: control 12 max abs err {err:.2e}")
+        assert err < 0.05 * g["out.control_12"].abs().max().item()
+
+
+def test_stock_apply_controlnet_node_encodes_lazily(comfy_host, model_files):
+    """Our CONTROL_NET also works with the stock 'Apply ControlNet (Advanced)' when its VAE is connected."""
+    import nodes
+
+    model, _, vae = nodes.CheckpointLoaderSimple().load_checkpoint(TINY_CKPT)[:3]
+    control = load_models_node(comfy_host, TINY_CN["v2"])[1]
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+    positive = [[torch.zeros(1, 77, 1024), {}]]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    ours = comfy_host.node_classes["DiffBIRLAControlNetApply"]().apply(positive, positive, control, image, vae,
+                                                                        0.8, 0.0, 1.0)
+    stock = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, positive, control, image, 0.8, 0.0, 1.0, vae=vae)
+    a = nodes.common_ksampler(model, 5, 2, 2.0, "euler", "normal", ours[0], ours[1], latent)[0]["samples"]
+    b = nodes.common_ksampler(model, 5, 2, 2.0, "euler", "normal", stock[0], stock[1], latent)[0]["samples"]
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+    without_vae = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, positive, control, image, 0.8, 0.0, 1.0)
+    with pytest.raises(ValueError, match="needs a VAE"):
+        nodes.common_ksampler(model, 5, 1, 2.0, "euler", "normal", without_vae[0], without_vae[1], latent)
+
+    # A ControlNet that does not fit the MODEL's UNet is refused with the fix, not silently skipped.
+    other = load_models_node(comfy_host, GOLDEN_CN)[1]
+    misfit = comfy_host.node_classes["DiffBIRLAControlNetApply"]().apply(positive, positive, other, image, vae,
+                                                                          1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"fits an SD 2.1 UNet \(12 input blocks, 32 channels\).*4 input blocks"):
+        nodes.common_ksampler(model, 5, 1, 2.0, "euler", "normal", misfit[0], misfit[1], latent)
+
+
+# ------------------------------------------------------------------------------------------ v1 full checkpoint
+
+
+def test_v1_full_checkpoint_fills_both_slots_and_sd_outputs(comfy_host, model_files):
+    import comfy.model_patcher
+
+    from diffbir_core.arch import swinir as swinir_arch
+
+    with torch.device("meta"):
+        stage1 = swinir_arch.build({"embed_dim": 16, "depths": [1], "num_heads": [2]})
+    v1 = load_file(model_files / "checkpoints" / TINY_CKPT)  # model.diffusion_model.* + first_stage_model.*
+    v1.update({"control_model." + k: v for k, v in load_file(model_files / "diffbir" / TINY_CN["v2"]).items()})
+    v1.update({"preprocess_model." + k: v for k, v in random_state_dict(stage1, 4).items()})
+    save_safetensors(v1, model_files / "diffbir" / "tiny_full_v1.safetensors")
+    comfy_host.refresh_models()
+
+    s1, control, model, clip, vae, info = load_models_node(comfy_host, "tiny_full_v1.safetensors",
+                                                           stage1_name="tiny_full_v1.safetensors")
+    assert (s1.kind, s1.version, s1.scale, s1.size_multiple) == ("swinir", "v1", 1, 64)
+    assert isinstance(s1.patcher, comfy.model_patcher.ModelPatcher)
+    assert control.version == "v1" and control.num_controls == 5
+    assert isinstance(model, comfy.model_patcher.ModelPatcher) and vae is not None
+    assert clip is None  # this tiny file carries no text encoder; a real v1 file does
+    assert "v1 full checkpoint" in info and info.count("version v1") == 2
+    # Any other file leaves MODEL/CLIP/VAE empty.
+    assert load_models_node(comfy_host, TINY_CN["v2"])[2:5] == (None, None, None)
