@@ -208,6 +208,8 @@ class SpatialTransformer(nn.Module):
         tokens = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))
         for block in self.transformer_blocks:
             tokens = block(tokens, context)
-        out = self.proj_out(tokens).transpose(1, 2).reshape(b, c, h, w)
-        out += x
-        return out
+        # Made contiguous as the official block does: the reshape above can stay a strided view,
+        # and later convs / GroupNorms reduce in a different order on such a layout (last-bit
+        # differences that long samplers amplify).
+        out = self.proj_out(tokens).transpose(1, 2).reshape(b, c, h, w).contiguous()
+        return out + x

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ldm_blocks import Upsample, attention
+from .ldm_blocks import Upsample
 
 OFFICIAL_CONFIG = {
     "embed_dim": 4,
@@ -61,10 +61,16 @@ class VAEResBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(_swish(self.norm1(x)))
+        h = self.conv2(self.dropout(_swish(self.norm2(h))))
         h += self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
         return h
+
+
+def _swish(x):
+    # Written as x * sigmoid(x) like the official VAE, not F.silu: the fused kernel rounds
+    # differently in the last bit, and parity with the official encoder should be exact.
+    return x * torch.sigmoid(x)
 
 
 class AttnBlock(nn.Module):
@@ -81,11 +87,14 @@ class AttnBlock(nn.Module):
     def forward(self, x):
         b, c, h, w = x.shape
         n = self.norm(x)
-        q, k, v = (proj(n).flatten(2).transpose(1, 2) for proj in (self.q, self.k, self.v))
-        out = attention(q, k, v, heads=1).transpose(1, 2).reshape(b, c, h, w)
-        out = self.proj_out(out)
-        out += x
-        return out
+        # Contiguous (B, HW, C) tensors, as the official SDP block passes them: CPU SDPA picks its
+        # kernel by layout, and a strided view gives results that differ in the last bits, which
+        # long EDM runs amplify into visible differences.
+        q, k, v = (proj(n).flatten(2).transpose(1, 2).contiguous() for proj in (self.q, self.k, self.v))
+        # Back to NCHW as a permuted view (no copy), as the official block does: the 1x1 conv then
+        # keeps that memory layout, and the following GroupNorm reduces in the same order.
+        out = F.scaled_dot_product_attention(q, k, v).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        return x + self.proj_out(out)
 
 
 class Downsample(nn.Module):
@@ -155,7 +164,7 @@ class Encoder(nn.Module):
             if hasattr(down, "downsample"):
                 h = down.downsample(h)
         h = _run_mid(self.mid, h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_swish(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -197,7 +206,7 @@ class Decoder(nn.Module):
                     h = up.attn[i](h)
             if hasattr(up, "upsample"):
                 h = up.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_swish(self.norm_out(h)))
 
 
 class AutoencoderKL(nn.Module):
