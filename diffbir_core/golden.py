@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,12 +215,214 @@ def _run_colorfix(g: Golden) -> list[Check]:
     return [Check(k, v, g.t[k], SINGLE_FORWARD) for k, v in outs.items() if k in g.t]
 
 
+# --------------------------------------------------------------------------------------
+# restoration-guidance pieces (colorfix_guidance_main) and complete sampling runs
+
+SAMPLING = (1e-3, 1e-5)  # |a - b| <= 1e-3 + 1e-5 |b| for complete runs (reference README)
+
+
+def _is_colorfix_guidance(g: Golden) -> bool:
+    return _is_colorfix(g) and "in.guidance_pred" in g.t
+
+
+def _guidance_scale(g: Golden) -> float:
+    """The internal scale the recorded gradients used; these files state it only in their notes."""
+    if "internal_scale" in g.meta:
+        return float(g.meta["internal_scale"])
+    found = re.search(r"(\d+(?:\.\d+)?)\s*\*\s*3000\s*=\s*(\d+(?:\.\d+)?)", g.meta.get("notes", ""))
+    if not found:
+        raise ValueError("guidance scale not found (no 'internal_scale' field and no 'g_scale*3000=...' note)")
+    return float(found.group(2))
+
+
+def _run_colorfix_guidance(g: Golden) -> list[Check]:
+    from .sampling.guidance import mse_guidance, weight_map
+
+    checks = _run_colorfix(g)
+    pred, target, scale = g.t["in.guidance_pred"], g.t["in.guidance_target"], _guidance_scale(g)
+    weights = weight_map((target + 1) / 2)
+    outs = {}
+    outs["out.MSEGuidance.grad"], loss = mse_guidance(pred, target, scale)
+    outs["out.MSEGuidance.loss"] = loss.reshape(1)
+    outs["out.WeightedMSEGuidance.grad"], loss = mse_guidance(pred, target, scale, weights)
+    outs["out.WeightedMSEGuidance.loss"] = loss.reshape(1)
+    outs["out.WeightedMSEGuidance.weight_map"] = weights
+    _refuse_unchecked_outputs(g, set(outs) | {c.name for c in checks})
+    return checks + [Check(k, v, g.t[k], SINGLE_FORWARD) for k, v in outs.items() if k in g.t]
+
+
+# Fields that describe a file without changing what it computes.
+_INFO_FIELDS = {"source", "commit", "what", "torch_seed", "replay_maxabs_diff", "rerun_maxabs_diff", "noise_order",
+                "post", "notes", "tensors", "seed"}
+_MAIN_FIELDS = {"diffusion_cfg", "steps", "sampler", "cfg_scale", "strength", "start_point_type", "cldm_tiled",
+                "cldm_tile_size", "cldm_tile_stride", "tiles_latent", "rescale_cfg", "noise_aug", "s_churn", "s_tmin",
+                "s_tmax", "s_noise", "eta", "order", "weights_file", "n_randn_draws_saved", "n_brownian_draws",
+                "vae_encoder_tiled", "vae_decoder_tiled", "vae_encoder_tile_size", "vae_decoder_tile_size", "cond_fn",
+                "latent_scale_factor"}
+_V2_FIELDS = {"diffusion_cfg", "steps", "cfg_scale", "strength", "tiled", "tile_size", "tile_stride", "cond_fn",
+              "better_start", "weights_file", "n_randn_draws_saved", "n_brownian_draws", "tiles_latent",
+              "latent_scale_factor"}
+_DIFFUSION_FIELDS = {"linear_start", "linear_end", "timesteps", "zero_snr", "parameterization", "beta_schedule"}
+_COND_FN_FIELDS = {"cls", "scale_arg", "internal_scale", "t_start", "t_stop", "space", "repeat"}
+_GUIDANCE_LOSS = {"MSEGuidance": "mse", "WeightedMSEGuidance": "w_mse"}
+# The official samplers whose CFG runs cond and uncond as one batch; the others (spaced, edm_*,
+# and every v2.0.0 run) make two forwards. The maths is the same, the float32 bits are not, and
+# long or guided runs amplify last-bit differences, so the replay follows the official structure.
+_BATCHED_CFG = ("ddim", "dpm++_m2")
+
+
+class UnsupportedField(ValueError):
+    """A golden file sets a field (or value) this runner cannot honour; never silently ignored."""
+
+
+def _check_fields(meta: dict, known: set, what: str) -> None:
+    unknown = sorted(k for k in meta if k not in known and k not in _INFO_FIELDS and not k.endswith("_note"))
+    if unknown:
+        raise UnsupportedField(f"{what}: unsupported field(s) {unknown}")
+
+
+def _refuse_unchecked_outputs(g: Golden, checked: set) -> None:
+    unchecked = sorted(k for k in g.t if k.startswith("out.") and k not in checked)
+    if unchecked:
+        raise UnsupportedField(f"no rule to reproduce output(s) {unchecked}")
+
+
+def _diffusion(meta: dict) -> schedule.DiffusionSchedule:
+    cfg = meta.get("diffusion_cfg")
+    if not isinstance(cfg, dict):
+        raise UnsupportedField("diffusion_cfg missing")
+    _check_fields(cfg, _DIFFUSION_FIELDS, "diffusion_cfg")
+    if cfg.get("beta_schedule", "linear") != "linear":
+        raise UnsupportedField(f"diffusion_cfg.beta_schedule {cfg['beta_schedule']!r} (only 'linear')")
+    if cfg.get("parameterization", "eps") not in ("eps", "v"):
+        raise UnsupportedField(f"diffusion_cfg.parameterization {cfg['parameterization']!r} (only 'eps', 'v')")
+    return schedule.DiffusionSchedule.from_config(cfg)
+
+
+def _stage2_nets(g: Golden):
+    from .sampling.pipeline import StageTwoNets
+
+    cfgs = dict(g.meta)
+    if "weights_file" in g.meta:
+        weights_json = (g.path.parent / g.meta["weights_file"].split()[0]).with_suffix(".json")
+        cfgs = {**json.loads(weights_json.read_text()), **cfgs}
+    nets = {}
+    for kind, key in (("controlnet", "controlnet_cfg"), ("unet", "unet_cfg"), ("vae", "vae_cfg")):
+        nets[kind], _ = build_network(kind, g.weights(f"{kind}."), kind, config=cfgs.get(key))
+    scale = float(cfgs.get("latent_scale_factor", schedule.LATENT_SCALE))
+    return StageTwoNets(nets["controlnet"], nets["unet"], nets["vae"], scale)
+
+
+def _recorded_noise(g: Golden):
+    from .sampling.noise import RecordedNoise
+
+    noise = RecordedNoise.from_tensors(g.t)
+    for field, have in (("n_randn_draws_saved", len(noise.randn_draws)), ("n_brownian_draws", len(noise.brownian_draws))):
+        if field in g.meta and int(g.meta[field]) != have:
+            raise ValueError(f"{field} = {g.meta[field]} but the file holds {have} such draws")
+    return noise
+
+
+def _contexts(g: Golden, cfg_scale: float):
+    neg = g.t.get("in.c_txt_neg")
+    if neg is None and cfg_scale != 1.0:
+        raise ValueError("cfg_scale != 1 needs in.c_txt_neg")
+    return g.t["in.c_txt_pos"], neg
+
+
+def _sampling_checks(g: Golden, res, cond_img01: torch.Tensor) -> list[Check]:
+    from .sampling.pipeline import color_fix
+
+    outs = {"out.c_img": res.c_img, "out.z_final": res.z_final, "out.decoded": res.decoded}
+    if "out.wavelet_fixed01" in g.t:
+        outs["out.wavelet_fixed01"] = color_fix(res.decoded, cond_img01, "wavelet")
+    _refuse_unchecked_outputs(g, set(outs))
+    checks = [Check(k, v, g.t[k], SAMPLING) for k, v in outs.items() if k in g.t]
+    if "tiles_latent" in g.meta:
+        ref = torch.tensor(g.meta["tiles_latent"] or [], dtype=torch.long).reshape(-1, 4)
+        checks.append(Check("tiles_latent", torch.tensor(res.tiles_latent, dtype=torch.long).reshape(-1, 4), ref, EXACT))
+    return checks
+
+
+def _is_main_sampling(g: Golden) -> bool:
+    return "sampler" in g.meta and "in.cond_img01" in g.t
+
+
+def _run_main_sampling(g: Golden) -> list[Check]:
+    from .sampling.options import OFFICIAL_DEFAULTS
+    from .sampling.pipeline import apply_cldm
+
+    m = g.meta
+    _check_fields(m, _MAIN_FIELDS, "main sampling file")
+    for field in ("vae_encoder_tiled", "vae_decoder_tiled"):
+        if m.get(field):
+            raise UnsupportedField(f"{field} = true: the official v2.1 Tiled-VAE (GroupNorm sync) is not reproduced")
+    if m.get("cond_fn"):
+        raise UnsupportedField("cond_fn in a main-code file: the official main pipeline never applies guidance")
+    diffusion = _diffusion(m)
+    nets = _stage2_nets(g)
+    noise = _recorded_noise(g)
+    cfg_scale = float(m.get("cfg_scale", 1.0))
+    pos, neg = _contexts(g, cfg_scale)
+    cond = g.t["in.cond_img01"]
+    res = apply_cldm(
+        nets, cond, pos, neg, diffusion, int(m["steps"]),
+        sampler=m["sampler"], strength=float(m.get("strength", 1.0)), cfg_scale=cfg_scale,
+        start_point_type=m.get("start_point_type", "noise"), noise_aug=int(m.get("noise_aug", 0)),
+        rescale_cfg=bool(m.get("rescale_cfg", False)), cldm_tiled=bool(m.get("cldm_tiled", False)),
+        cldm_tile_size=int(m.get("cldm_tile_size", 0)), cldm_tile_stride=int(m.get("cldm_tile_stride", 0)),
+        noise=noise, batch_cfg=m["sampler"] in _BATCHED_CFG, **{k: m[k] for k in OFFICIAL_DEFAULTS if k in m},
+    )
+    noise.check_consumed()
+    return _sampling_checks(g, res, cond)
+
+
+def _is_v2_sampling(g: Golden) -> bool:
+    return ("cond_fn" in g.meta or "tiled" in g.meta) and "sampler" not in g.meta and "in.cond_img01" in g.t
+
+
+def _v2_guidance(cfg, vae):
+    from .sampling.guidance import RestorationGuidance
+
+    _check_fields(cfg, _COND_FN_FIELDS, "cond_fn")
+    if cfg.get("cls") not in _GUIDANCE_LOSS:
+        raise UnsupportedField(f"cond_fn.cls {cfg.get('cls')!r} (only {sorted(_GUIDANCE_LOSS)})")
+    scale = cfg["internal_scale"] if "internal_scale" in cfg else cfg["scale_arg"] * 3000
+    return RestorationGuidance(vae, loss=_GUIDANCE_LOSS[cfg["cls"]], scale=float(scale),
+                               t_start=int(cfg.get("t_start", 1001)), t_stop=int(cfg.get("t_stop", -1)),
+                               space=cfg.get("space", "rgb"), repeat=int(cfg.get("repeat", 1)), rule="v2")
+
+
+def _run_v2_sampling(g: Golden) -> list[Check]:
+    from .sampling.pipeline import run_stage2_v2
+
+    m = g.meta
+    _check_fields(m, _V2_FIELDS, "v2.0.0 sampling file")
+    diffusion = _diffusion(m)
+    nets = _stage2_nets(g)
+    noise = _recorded_noise(g)
+    cfg_scale = float(m.get("cfg_scale", 1.0))
+    pos, neg = _contexts(g, cfg_scale)
+    cond = g.t["in.cond_img01"]
+    guidance = _v2_guidance(m["cond_fn"], nets.vae) if m.get("cond_fn") else None
+    res = run_stage2_v2(
+        nets, cond, pos, neg, diffusion, int(m["steps"]), strength=float(m.get("strength", 1.0)), cfg_scale=cfg_scale,
+        tiled=bool(m.get("tiled", False)), tile_size=int(m.get("tile_size", 0)), tile_stride=int(m.get("tile_stride", 0)),
+        better_start=bool(m.get("better_start", False)), noise=noise, guidance=guidance, batch_cfg=False,
+    )
+    noise.check_consumed()
+    return _sampling_checks(g, res, cond)
+
+
 CASES = (
     ("schedules", _is_schedules, _run_schedules),
     ("stage1", _is_stage1, _run_stage1),
     ("controlnet_unet", _is_controlnet_unet, _run_controlnet_unet),
     ("vae", _is_vae, _run_vae),
+    ("colorfix_guidance", _is_colorfix_guidance, _run_colorfix_guidance),
     ("colorfix", _is_colorfix, _run_colorfix),
+    ("main_sampling", _is_main_sampling, _run_main_sampling),
+    ("v2_sampling", _is_v2_sampling, _run_v2_sampling),
 )
 
 

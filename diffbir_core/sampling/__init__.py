@@ -1,0 +1,31 @@
+"""DiffBIR sampling in plain torch: the official samplers, CFG, tiling, guidance and the stage-2 pipeline.
+
+Modules, one concept each:
+  noise       injectable noise sources (seeded CPU generator, recorded replay, Brownian tree)
+  options     the official sampler settings and which sampler reads which
+  denoiser    ControlNet + UNet model function: CFG (one batch), rescale_cfg, strength, tiling
+  tiled       tiled model calls and tiled VAE encode/decode (gaussian blending)
+  spaced      respaced ancestral DDPM (v1/v2/v2.1)
+  ddim        DDIM, eta 0 (v2.1)
+  dpm_solver  DPM-Solver++ multistep order 2 over the clipped discrete VP schedule (v2.1)
+  k_solvers   the eleven k-diffusion solvers over an x0-denoiser (ComfyUI KSAMPLER signature)
+  edm         EDM grid and the eps/v -> x0 denoiser wrapping of the k-diffusion solvers
+  registry    SAMPLERS: all fourteen names behind one signature
+  guidance    restoration guidance (MSE / weighted MSE, latent / rgb, v1 / v2 update rules)
+  ksampler    adapters to ComfyUI's KSAMPLER function signature
+  pipeline    apply_cldm (v2.1/main Pipeline.apply_cldm) and run_stage2_v2 (v2.0.0)
+"""
+
+from .noise import GeneratorNoise, GlobalNoise, NoiseSource, RecordedNoise
+from .registry import SAMPLER_NAMES, SAMPLERS, get_sampler, sample
+
+__all__ = [
+           "SAMPLERS",
+           "SAMPLER_NAMES",
+           "GeneratorNoise",
+           "GlobalNoise",
+           "NoiseSource",
+           "RecordedNoise",
+           "get_sampler",
+           "sample",
+]

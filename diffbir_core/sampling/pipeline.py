@@ -1,0 +1,210 @@
+"""Stage 2 end to end: condition image -> condition latent -> sampling -> decode.
+
+`apply_cldm` mirrors the official v2.1/main `Pipeline.apply_cldm` (reference spec C.3-C.6):
+
+1. pad the condition image (stage-1 output, [0, 1]) with zeros at the bottom/right to a
+   multiple of 64, or of 8 when the VAE encoder or the diffusion is tiled;
+2. condition latent `c_img = vae.encode(2 x - 1).mode() * 0.18215` (shared by cond and uncond);
+   with diffusion untiled, c_img is zero-padded to a multiple of 8 (a no-op after the 64-pad);
+3. start point: "noise" = `randn(b, 4, h, w)`; "cond" = `q_sample(c_img, 999, randn)` (the
+   same first draw; with zero-terminal SNR this is pure noise);
+4. noise_aug > 0: one `randn_like(c_img)`, `c_img <- q_sample(c_img, noise_aug, noise)`, shared
+   by the unconditional branch;
+5. sample with control strength, CFG, rescale_cfg, tiling (`denoiser.CLDMDenoiser`);
+6. crop the latent to the unpadded latent size, decode (`z / 0.18215`), crop to the image size.
+The result carries `c_img` as recorded by the golden files (before the latent pad and before
+noise_aug), `z_final` and `decoded` (~[-1, 1]); `color_fix` gives the official final
+`wavelet_reconstruction((decoded + 1) / 2, cond_img01)`.
+
+`run_stage2_v2` mirrors v2.0.0 `Pipeline.run_stage2` (spec B.3-B.7): always pad to 64, v2.0.0
+tiled encode / eps tiles / tiled decode, `better_start`, restoration guidance.
+
+Differences from the official code, by design:
+* tiled VAE (`vae_encoder_tiled` / `vae_decoder_tiled`) uses the v2.0.0 gaussian-blended tiles
+  for every version, not v2.1's Tiled-VAE with synchronised GroupNorm (see `tiled.py`);
+* restoration guidance works with the v2.1 pipeline and every sampler (the v2.1 CLI accepts
+  it but never applies it); like v2.0.0 it refuses tiled diffusion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import colorfix
+from ..schedule import LATENT_SCALE, DiffusionSchedule
+from ..tiling import sliding_windows
+from .denoiser import CLDMDenoiser, Condition
+from .noise import GeneratorNoise, NoiseSource
+from .registry import get_sampler
+from .tiled import vae_decode, vae_decode_tiled, vae_encode, vae_encode_tiled
+
+
+@dataclass
+class StageTwoNets:
+    controlnet: torch.nn.Module
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    latent_scale: float = LATENT_SCALE
+
+
+@dataclass
+class CLDMResult:
+    z_final: torch.Tensor  # sampled latent, cropped to the unpadded latent size
+    decoded: torch.Tensor  # vae decode, cropped to the condition image size, ~[-1, 1]
+    c_img: torch.Tensor  # condition latent before the latent pad and before noise_aug
+    tiles_latent: list  # the latent tiles of tiled diffusion, [] when untiled
+    denoiser: CLDMDenoiser
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero pad at the bottom/right to a multiple (the official `pad_to_multiples_of`)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return x.clone()
+    return F.pad(x, (0, pw, 0, ph), mode="constant", value=0)
+
+
+def q_sample(diffusion: DiffusionSchedule, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+    """sqrt(ac_t) x0 + sqrt(1 - ac_t) noise with float32 coefficients (the official buffers)."""
+    ac = diffusion.alphas_cumprod
+    a = torch.tensor(ac[t] ** 0.5, dtype=torch.float32, device=x0.device)
+    b = torch.tensor((1.0 - ac[t]) ** 0.5, dtype=torch.float32, device=x0.device)
+    return a * x0 + b * noise
+
+
+def color_fix(decoded: torch.Tensor, cond_img01: torch.Tensor, method: str = "wavelet") -> torch.Tensor:
+    """The official post-processing colour fix of `(decoded + 1) / 2` against the stage-1 image."""
+    return colorfix.color_fix((decoded + 1) / 2, cond_img01, method)
+
+
+def _check_tile(name: str, size: int, multiple: int) -> None:
+    if size <= 0 or size % multiple:
+        raise ValueError(f"{name} must be a positive multiple of {multiple}, got {size}")
+
+
+def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Tensor, c_txt_neg: torch.Tensor | None,
+               diffusion: DiffusionSchedule, steps: int, *, sampler: str = "spaced", strength: float = 1.0,
+               cfg_scale: float = 1.0, start_point_type: str = "noise", noise_aug: int = 0, rescale_cfg: bool = False,
+               cldm_tiled: bool = False, cldm_tile_size: int = 512, cldm_tile_stride: int = 256,
+               vae_encoder_tiled: bool = False, vae_encoder_tile_size: int = 256, vae_encoder_tile_stride: int | None = None,
+               vae_decoder_tiled: bool = False, vae_decoder_tile_size: int = 256, vae_decoder_tile_stride: int | None = None,
+               noise: NoiseSource | None = None, guidance=None, callback=None, batch_cfg: bool = True,
+               **sampler_options) -> CLDMResult:
+    sample_fn = get_sampler(sampler)
+    if start_point_type not in ("noise", "cond"):
+        raise ValueError(f"start_point_type must be 'noise' or 'cond', got {start_point_type!r}")
+    noise_aug = int(noise_aug)
+    if not 0 <= noise_aug < len(diffusion.betas):
+        raise ValueError(f"noise_aug must be in [0, {len(diffusion.betas) - 1}], got {noise_aug}")
+    noise = GeneratorNoise() if noise is None else noise
+    vae, scale = nets.vae, nets.latent_scale
+    b, _, h0, w0 = cond_img01.shape
+
+    # 1. pad the condition image
+    cond_img01 = pad_to_multiple(cond_img01, 8 if (vae_encoder_tiled or cldm_tiled) else 64)
+    if vae_encoder_tiled and min(cond_img01.shape[-2:]) < vae_encoder_tile_size:
+        vae_encoder_tiled = False  # "the input size is tiny and unnecessary to tile"
+    # 2. condition latent
+    if vae_encoder_tiled:
+        _check_tile("vae_encoder_tile_size", vae_encoder_tile_size, 8)
+        stride = vae_encoder_tile_stride or vae_encoder_tile_size // 2
+        c_img = vae_encode_tiled(vae, cond_img01 * 2 - 1, vae_encoder_tile_size, stride, scale=scale)
+    else:
+        c_img = vae_encode(vae, cond_img01 * 2 - 1, scale=scale)
+    c_img_recorded = c_img
+    h1, w1 = c_img.shape[-2:]
+    if cldm_tiled and (h1 < cldm_tile_size // 8 or w1 < cldm_tile_size // 8):
+        cldm_tiled = False
+    if cldm_tiled:
+        _check_tile("cldm_tile_size", cldm_tile_size, 64)
+        if cldm_tile_stride <= 0 or cldm_tile_stride // 8 <= 0:
+            raise ValueError(f"cldm_tile_stride must be at least 8 pixels, got {cldm_tile_stride}")
+        if guidance is not None:
+            raise ValueError("restoration guidance is not available with tiled diffusion (it needs the whole image)")
+    else:
+        c_img = pad_to_multiple(c_img, 8)
+    h2, w2 = c_img.shape[-2:]
+    # 3. start point
+    if start_point_type == "cond":
+        x_T = q_sample(diffusion, c_img, len(diffusion.betas) - 1, noise.randn(c_img.shape, c_img.device, c_img.dtype))
+    else:
+        x_T = noise.randn((b, 4, h2, w2), c_img.device, c_img.dtype)
+    # 4. noise augmentation of the condition
+    if noise_aug > 0:
+        c_img = q_sample(diffusion, c_img, noise_aug, noise.randn_like(c_img))
+    if guidance is not None:  # the stage-1 image, zero-padded to the size the latent decodes to
+        ph, pw = h2 * 8 - cond_img01.shape[-2], w2 * 8 - cond_img01.shape[-1]
+        guidance.set_target(F.pad(cond_img01, (0, pw, 0, ph)))
+    # 5. sample
+    tiles = (cldm_tile_size // 8, cldm_tile_stride // 8) if cldm_tiled else None
+    denoiser = CLDMDenoiser(
+        nets.controlnet, nets.unet, Condition(c_txt_pos, c_img),
+        Condition(c_txt_neg, c_img) if c_txt_neg is not None else None,
+        cfg_scale=cfg_scale, strength=strength, rescale_cfg=rescale_cfg, tiles=tiles,
+        rescale_any_cfg=(sampler == "dpm++_m2"), batch_cfg=batch_cfg,
+    )
+    with torch.no_grad():
+        z = sample_fn(denoiser, x_T, diffusion, steps, noise, callback=callback, guidance=guidance, **sampler_options)
+    z = z[..., :h1, :w1]
+    # 6. decode
+    if vae_decoder_tiled and (h1 < vae_decoder_tile_size // 8 or w1 < vae_decoder_tile_size // 8):
+        vae_decoder_tiled = False
+    with torch.no_grad():
+        if vae_decoder_tiled:
+            _check_tile("vae_decoder_tile_size", vae_decoder_tile_size, 8)
+            stride = vae_decoder_tile_stride or vae_decoder_tile_size // 2
+            decoded = vae_decode_tiled(vae, z, vae_decoder_tile_size // 8, max(stride // 8, 1), scale=scale)
+        else:
+            decoded = vae_decode(vae, z, scale=scale)
+    tile_list = sliding_windows(h2, w2, *tiles) if tiles else []
+    return CLDMResult(z_final=z, decoded=decoded[..., :h0, :w0], c_img=c_img_recorded, tiles_latent=tile_list,
+                      denoiser=denoiser)
+
+
+def run_stage2_v2(nets: StageTwoNets, clean01: torch.Tensor, c_txt_pos: torch.Tensor, c_txt_neg: torch.Tensor | None,
+                  diffusion: DiffusionSchedule, steps: int, *, strength: float = 1.0, cfg_scale: float = 1.0,
+                  tiled: bool = False, tile_size: int = 512, tile_stride: int = 256, better_start: bool = False,
+                  noise: NoiseSource | None = None, guidance=None, callback=None, batch_cfg: bool = True) -> CLDMResult:
+    """v2.0.0 `Pipeline.run_stage2` with the spaced sampler (see the module doc)."""
+    noise = GeneratorNoise() if noise is None else noise
+    vae, scale = nets.vae, nets.latent_scale
+    b, _, h0, w0 = clean01.shape
+    pad_clean = pad_to_multiple(clean01, 64)
+    h, w = pad_clean.shape[-2:]
+    if tiled:
+        _check_tile("tile_size", tile_size, 8)
+        if tile_stride // 8 <= 0:
+            raise ValueError(f"tile_stride must be at least 8 pixels, got {tile_stride}")
+        if min(h, w) < tile_size:
+            raise ValueError(f"v2.0.0 tiled sampling needs an image of at least one tile ({tile_size}), got {h}x{w}")
+        if guidance is not None:
+            raise ValueError("tiled sampling doesn't support restoration guidance (as in v2.0.0)")
+        c_img = vae_encode_tiled(vae, pad_clean * 2 - 1, tile_size, tile_stride, scale=scale)
+    else:
+        c_img = vae_encode(vae, pad_clean * 2 - 1, scale=scale)
+    if guidance is not None:
+        guidance.set_target(pad_clean)
+    if better_start:
+        _, low = colorfix.wavelet_decomposition(pad_clean)  # encoded in [0, 1], as officially
+        if tiled:
+            x0 = vae_encode_tiled(vae, low, tile_size, tile_stride, sample=True, noise=noise, scale=scale)
+        else:
+            x0 = vae_encode(vae, low, sample=True, noise=noise, scale=scale)
+        x_T = q_sample(diffusion, x0, len(diffusion.betas) - 1, noise.randn(x0.shape, x0.device, x0.dtype))
+    else:
+        x_T = noise.randn((b, 4, h // 8, w // 8), c_img.device, c_img.dtype)
+    tiles = (tile_size // 8, tile_stride // 8) if tiled else None
+    denoiser = CLDMDenoiser(
+        nets.controlnet, nets.unet, Condition(c_txt_pos, c_img),
+        Condition(c_txt_neg, c_img) if c_txt_neg is not None else None,
+        cfg_scale=cfg_scale, strength=strength, tiles=tiles, batch_cfg=batch_cfg,
+    )
+    with torch.no_grad():
+        z = get_sampler("spaced")(denoiser, x_T, diffusion, steps, noise, callback=callback, guidance=guidance)
+        decoded = vae_decode_tiled(vae, z, *tiles, scale=scale) if tiled else vae_decode(vae, z, scale=scale)
+    tile_list = sliding_windows(h // 8, w // 8, *tiles) if tiles else []
+    return CLDMResult(z_final=z, decoded=decoded[..., :h0, :w0], c_img=c_img, tiles_latent=tile_list, denoiser=denoiser)

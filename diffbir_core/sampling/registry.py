@@ -1,0 +1,45 @@
+"""All fourteen samplers under their official names, behind one signature.
+
+    z0 = SAMPLERS[name](denoise_fn, x_T, diffusion, steps, noise, callback=None, guidance=None, **options)
+
+* `denoise_fn(x, t)`: the model output (eps or v, per `diffusion.parameterization`) for the
+  noisy latent x at model timestep t, a (batch,) tensor; CFG, control strength and tiling are
+  the function's business (`denoiser.CLDMDenoiser`).
+* `x_T`: the start latent at unit variance (pure noise, or q_sample(c_img, 999) for start
+  point "cond"); the EDM samplers scale it by sqrt(1 + sigma_0^2) themselves.
+* `diffusion`: `schedule.DiffusionSchedule` (betas + parameterization); `steps`: int. Each
+  sampler derives its own official grid from these (schedules are data: `diffbir_core.schedule`).
+* `noise`: a `noise.NoiseSource`; `callback(dict)` once per step with at least x, i, denoised;
+  `guidance`: an optional `guidance.RestorationGuidance`.
+* `options`: the official settings s_churn, s_tmin, s_tmax, s_noise, eta, order (defaults are
+  the official CLI defaults 0, 0, 300, 1, 1, 1); each sampler reads its own subset.
+"""
+
+from __future__ import annotations
+
+from .ddim import sample_ddim
+from .dpm_solver import sample_dpmpp_m2
+from .edm import make_edm_sampler
+from .k_solvers import SOLVERS
+from .spaced import sample_spaced
+
+SAMPLERS = {
+    "spaced": sample_spaced,
+    "ddim": sample_ddim,
+    "dpm++_m2": sample_dpmpp_m2,
+    **{f"edm_{kind}": make_edm_sampler(kind) for kind in SOLVERS},
+}
+SAMPLER_NAMES = tuple(SAMPLERS)
+DDPM_FAMILY = ("spaced", "ddim", "dpm++_m2")
+EDM_FAMILY = tuple(n for n in SAMPLER_NAMES if n.startswith("edm_"))
+BROWNIAN_SAMPLERS = ("edm_dpm++_sde", "edm_dpm++_2m_sde", "edm_dpm++_3m_sde")
+
+
+def get_sampler(name: str):
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; supported: {', '.join(SAMPLER_NAMES)}")
+    return SAMPLERS[name]
+
+
+def sample(name: str, denoise_fn, x_T, diffusion, steps: int, noise, callback=None, guidance=None, **options):
+    return get_sampler(name)(denoise_fn, x_T, diffusion, steps, noise, callback=callback, guidance=guidance, **options)

@@ -1,0 +1,304 @@
+"""The sampling core on the small golden ControlLDM: every sampler, noise, CFG batching, tiling, guidance."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffbir_core import golden, schedule
+from diffbir_core.sampling import SAMPLER_NAMES, SAMPLERS, GeneratorNoise, RecordedNoise
+from diffbir_core.sampling.denoiser import CLDMDenoiser, Condition
+from diffbir_core.sampling.edm import EDMDenoiser, edm_schedule
+from diffbir_core.sampling.guidance import RestorationGuidance
+from diffbir_core.sampling.ksampler import X0ToV, ksampler_function
+from diffbir_core.sampling.noise import NoiseExhausted
+from diffbir_core.sampling.pipeline import apply_cldm, run_stage2_v2
+from diffbir_core.sampling.tiled import vae_decode, vae_decode_tiled, vae_encode, vae_encode_tiled
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+VERSIONS = {"eps": schedule.DiffusionSchedule.for_version("v2"), "v": schedule.DiffusionSchedule.for_version("v2.1")}
+STEPS = {"dpm++_m2": 2, "ddim": 2}  # everything else 2 as well; listed where the minimum matters
+# Latents are 16x16: at 8x8 the small UNet's 1/8 level is 1x1 and its GroupNorm(32, 32) fails for batch 1.
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.set_grad_enabled(False)
+    return golden._stage2_nets(golden.load_golden(GOLDEN / "sample_spaced5_v21_cfg1.json"))
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "c_img": torch.randn(1, 4, 16, 16, generator=g) * 0.5,
+        "pos": torch.randn(1, 77, 32, generator=g),
+        "neg": torch.randn(1, 77, 32, generator=g),
+        "x_T": torch.randn(1, 4, 16, 16, generator=g),
+        "img": torch.rand(1, 3, 128, 128, generator=g),
+    }
+
+
+def _denoiser(nets, inputs, cfg=2.0, **kw):
+    return CLDMDenoiser(nets.controlnet, nets.unet, Condition(inputs["pos"], inputs["c_img"]),
+                        Condition(inputs["neg"], inputs["c_img"]), cfg_scale=cfg, **kw)
+
+
+def test_fourteen_samplers():
+    assert len(SAMPLER_NAMES) == 14 and SAMPLER_NAMES[:3] == ("spaced", "ddim", "dpm++_m2")
+
+
+@pytest.mark.parametrize("param", ["eps", "v"])
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_every_sampler_runs(nets, inputs, name, param):
+    diffusion = VERSIONS[param]
+    if name == "spaced" and diffusion.zero_terminal_snr and param == "eps":
+        pytest.skip("eps on zsnr is refused")
+    z = SAMPLERS[name](_denoiser(nets, inputs), inputs["x_T"], diffusion, STEPS.get(name, 2), GeneratorNoise(0),
+                       s_churn=1.0, s_tmax=1e9)
+    assert z.shape == inputs["x_T"].shape and torch.isfinite(z).all()
+
+
+@pytest.mark.parametrize("name", ["spaced", "edm_euler_a", "edm_dpm++_2m_sde", "edm_dpm++_sde"])
+def test_same_seed_same_result_other_seed_other_result(nets, inputs, name):
+    diffusion = VERSIONS["v"]
+
+    def run(seed):
+        return SAMPLERS[name](_denoiser(nets, inputs), inputs["x_T"], diffusion, 3, GeneratorNoise(seed))
+
+    a, b, c = run(7), run(7), run(8)
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-4
+
+
+def test_pipeline_seeded_end_to_end(nets, inputs):
+    def run(seed):
+        return apply_cldm(nets, inputs["img"], inputs["pos"], inputs["neg"], VERSIONS["v"], 2, cfg_scale=3.0,
+                          sampler="edm_dpm++_3m_sde", noise=GeneratorNoise(seed)).decoded
+
+    assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
+
+
+def test_recorded_noise_is_strict():
+    noise = RecordedNoise([torch.zeros(1, 4, 2, 2)])
+    with pytest.raises(NoiseExhausted):
+        noise.randn_like(torch.zeros(1, 4, 3, 3))  # wrong shape
+    noise.randn_like(torch.zeros(1, 4, 2, 2))
+    with pytest.raises(NoiseExhausted):
+        noise.randn_like(torch.zeros(1, 4, 2, 2))  # exhausted
+    noise.check_consumed()
+
+
+def test_brownian_default_is_reproducible():
+    x = torch.zeros(1, 4, 4, 4)
+    draws = []
+    for _ in range(2):
+        f = GeneratorNoise(5).brownian_sampler(x, 0.1, 10.0)
+        draws.append(torch.stack([f(10.0, 3.0), f(3.0, 1.0), f(1.0, 0.1)]))
+    assert torch.equal(draws[0], draws[1])
+    assert 0.5 < draws[0].std() < 1.5  # unit-variance increments
+
+
+@pytest.mark.parametrize("cfg,batch", [(1.0, 1), (3.0, 2)])
+def test_cfg_forward_count(nets, inputs, cfg, batch):
+    den = _denoiser(nets, inputs, cfg=cfg)
+    SAMPLERS["spaced"](den, inputs["x_T"], VERSIONS["v"], 3, GeneratorNoise(0))
+    assert den.forwards == 3 and den.batch_sizes == [batch] * 3
+
+
+def test_cfg_batched_equals_two_forwards(nets, inputs):
+    t = torch.tensor([500])
+    one = _denoiser(nets, inputs, cfg=4.0)(inputs["x_T"], t)
+    two = _denoiser(nets, inputs, cfg=4.0, batch_cfg=False)(inputs["x_T"], t)
+    assert (one - two).abs().max() < 1e-4
+
+
+def test_strength_scales_every_control(nets, inputs):
+    den = _denoiser(nets, inputs, strength=0.3)
+    assert den.control_scales == [0.3] * 13
+    zero = _denoiser(nets, inputs, strength=0.0, cfg=1.0)(inputs["x_T"], torch.tensor([300]))
+    plain = nets.unet(inputs["x_T"], torch.tensor([300]), inputs["pos"])
+    assert torch.allclose(zero, plain, atol=1e-6)
+
+
+class _LocalControlNet(torch.nn.Module):
+    def forward(self, x, hint, t, ctx):
+        return [hint] * 13
+
+
+class _LocalUNet(torch.nn.Module):
+    """Pointwise in space: tiled and untiled calls must agree exactly."""
+
+    def forward(self, x, t, ctx, control=None, control_scales=None):
+        return torch.tanh(x) * (t.float().view(-1, 1, 1, 1) / 1000) + control[0] * control_scales[0] + ctx.mean()
+
+
+def test_tiled_calls_blend_to_the_untiled_result(inputs):
+    """Tile crops (latent and condition) line up and the gaussian weights normalise: a pointwise model is unchanged."""
+    g = torch.Generator().manual_seed(1)
+    c_img, x = torch.randn(1, 4, 24, 40, generator=g), torch.randn(1, 4, 24, 40, generator=g)
+    cond, uncond = Condition(inputs["pos"], c_img), Condition(inputs["neg"], c_img)
+    full = CLDMDenoiser(_LocalControlNet(), _LocalUNet(), cond, uncond, cfg_scale=3.0, strength=0.7)
+    tiled = CLDMDenoiser(_LocalControlNet(), _LocalUNet(), cond, uncond, cfg_scale=3.0, strength=0.7, tiles=(16, 8))
+    t = torch.tensor([700])
+    assert (full(x, t) - tiled(x, t)).abs().max() < 1e-5
+    assert tiled.forwards == 1 and full.forwards == 1  # one (batched) model call, itself tiled
+
+
+def test_tiled_sampling_close_to_untiled(nets):
+    """Real small ControlLDM, 32x32 latent: tiles of 24 (most of the image), stride 8, every call tiled.
+
+    The random small UNet attends globally at every level, so tiling is not exact; one tile covering the
+    whole image is, and most-of-the-image tiles stay close.
+    """
+    g = torch.Generator().manual_seed(2)
+    c_img, x_T = torch.randn(1, 4, 32, 32, generator=g) * 0.5, torch.randn(1, 4, 32, 32, generator=g)
+    ctx = torch.randn(1, 77, 32, generator=g)
+
+    def run(tiles):
+        den = CLDMDenoiser(nets.controlnet, nets.unet, Condition(ctx, c_img), tiles=tiles)
+        return SAMPLERS["ddim"](den, x_T, VERSIONS["v"], 2, GeneratorNoise(0)), den
+
+    untiled, _ = run(None)
+    whole, _ = run((32, 8))
+    assert torch.allclose(untiled, whole, atol=1e-5)
+    tiled, den = run((24, 8))
+    assert den.forwards == 2
+    assert (tiled - untiled).abs().mean() < 0.1 * untiled.abs().mean()
+
+
+def test_pipeline_tiled_diffusion(nets):
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(1, 3, 200, 136, generator=g)
+    ctx = torch.randn(1, 77, 32, generator=g)
+    res = apply_cldm(nets, img, ctx, ctx, VERSIONS["v"], 2, sampler="spaced", cfg_scale=2.0, cldm_tiled=True,
+                     cldm_tile_size=128, cldm_tile_stride=64, noise=GeneratorNoise(0))
+    # padded to 8: 200x136 -> latent 25x17, tiles of 16 with stride 8 and a flush last row/column
+    assert res.tiles_latent == [(0, 16, 0, 16), (0, 16, 1, 17), (8, 24, 0, 16), (8, 24, 1, 17), (9, 25, 0, 16),
+                                (9, 25, 1, 17)]
+    assert res.decoded.shape == img.shape and res.z_final.shape == (1, 4, 25, 17)
+    assert torch.isfinite(res.decoded).all()
+
+
+def _max_activation(module, fn):
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel())) for m in module.modules()]
+    try:
+        out = fn()
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(sizes), out
+
+
+def test_tiled_vae_never_holds_whole_image_activations(nets):
+    """Largest activation inside the VAE (forward hooks: torch memory is invisible to tracemalloc)."""
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(1, 4, 48, 48, generator=g)
+    untiled_peak, full = _max_activation(nets.vae.decoder, lambda: vae_decode(nets.vae, z))
+    tiled_peak, tiled = _max_activation(nets.vae.decoder, lambda: vae_decode_tiled(nets.vae, z, 16, 12))
+    assert tiled_peak * 4 < untiled_peak
+    assert tiled.shape == full.shape == (1, 3, 384, 384) and torch.isfinite(tiled).all()
+    assert (tiled - full).abs().mean() < 0.2 * full.abs().mean()
+
+    img = torch.rand(1, 3, 384, 384, generator=g) * 2 - 1
+    untiled_peak, zf = _max_activation(nets.vae.encoder, lambda: vae_encode(nets.vae, img))
+    tiled_peak, zt = _max_activation(nets.vae.encoder, lambda: vae_encode_tiled(nets.vae, img, 128, 96))
+    assert tiled_peak * 4 < untiled_peak and zt.shape == zf.shape == (1, 4, 48, 48)
+
+
+def test_tiled_vae_single_tile_is_exact(nets):
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(vae_decode_tiled(nets.vae, z, 16, 8), vae_decode(nets.vae, z), atol=1e-6)
+
+
+def _guided(nets, inputs, diffusion, sampler, **gkw):
+    guidance = RestorationGuidance(nets.vae, **gkw)
+    res = apply_cldm(nets, inputs["img"], inputs["pos"], inputs["neg"], diffusion, 4, sampler=sampler, cfg_scale=2.0,
+                     noise=GeneratorNoise(0), guidance=guidance)
+    plain = apply_cldm(nets, inputs["img"], inputs["pos"], inputs["neg"], diffusion, 4, sampler=sampler, cfg_scale=2.0,
+                       noise=GeneratorNoise(0))
+    return res, plain, guidance
+
+
+def test_latent_space_weighted_mse_guidance(nets, inputs):
+    """The official code crashes here (weight map of a 4-channel latent); ours maps the RGB weights down."""
+    res, plain, guidance = _guided(nets, inputs, VERSIONS["eps"], "spaced", loss="w_mse", space="latent", scale=50.0)
+    assert torch.isfinite(res.z_final).all() and not torch.equal(res.z_final, plain.z_final)
+    assert len(guidance.losses) == 4 and guidance._weight.shape == (1, 1, 16, 16)
+
+
+@pytest.mark.parametrize("sampler", ["spaced", "ddim", "dpm++_m2", "edm_dpm++_2m"])
+def test_guidance_on_v21(nets, inputs, sampler):
+    res, plain, guidance = _guided(nets, inputs, VERSIONS["v"], sampler, loss="mse", space="rgb", scale=30.0)
+    assert torch.isfinite(res.z_final).all() and not torch.equal(res.z_final, plain.z_final)
+    assert guidance.losses
+
+
+def test_guidance_window_and_v1_rule(nets, inputs):
+    guidance = RestorationGuidance(nets.vae, inputs["img"], loss="mse", space="latent", scale=1.0, t_start=600,
+                                   t_stop=100, rule="v1", repeat=2)
+    assert [guidance.active(t) for t in (999, 598, 100, 99)] == [False, True, True, False]
+    x0 = torch.zeros(1, 4, 16, 16)
+    noise = GeneratorNoise(0)
+    out = guidance(x0, 300, torch.tensor(0.5), noise)
+    assert len(guidance.losses) == 2 and not torch.equal(out, x0)
+
+
+def test_guidance_refuses_tiled_diffusion(nets, inputs):
+    with pytest.raises(ValueError, match="tiled"):
+        apply_cldm(nets, torch.rand(1, 3, 128, 128), inputs["pos"], None, VERSIONS["v"], 2, cldm_tiled=True,
+                   cldm_tile_size=64, cldm_tile_stride=32, guidance=RestorationGuidance(nets.vae))
+
+
+def test_v2_pipeline_better_start_draws_in_order(nets, inputs):
+    # better start: one posterior draw (low-frequency encode), then x_T's draw, then one per step
+    draws = [torch.randn(1, 4, 16, 16) for _ in range(2 + 3)]
+    noise = RecordedNoise(draws)
+    run_stage2_v2(nets, inputs["img"], inputs["pos"], inputs["neg"], VERSIONS["eps"], 3, cfg_scale=2.0,
+                  better_start=True, noise=noise)
+    noise.check_consumed()
+
+
+def test_ddim_refuses_grids_past_t_1000(nets, inputs):
+    with pytest.raises(ValueError, match="1000"):
+        SAMPLERS["ddim"](_denoiser(nets, inputs), inputs["x_T"], VERSIONS["v"], 3, GeneratorNoise(0))
+
+
+def test_unknown_option_is_refused(nets, inputs):
+    with pytest.raises(TypeError):
+        SAMPLERS["edm_euler"](_denoiser(nets, inputs), inputs["x_T"], VERSIONS["v"], 2, GeneratorNoise(0), churn=1.0)
+
+
+def test_edm_ksampler_function_is_the_solver(nets, inputs):
+    """ComfyUI signature: the EDM solvers run unchanged on an x0-denoiser and the official sigmas."""
+    diffusion = VERSIONS["v"]
+    den = _denoiser(nets, inputs)
+    direct = SAMPLERS["edm_euler_a"](den, inputs["x_T"], diffusion, 3, GeneratorNoise(1))
+    sched = edm_schedule(diffusion, 3)
+    model = EDMDenoiser(den, "v", sched)
+    x = inputs["x_T"] * torch.sqrt(1.0 + sched.sigmas[0] ** 2.0)
+    via = ksampler_function("edm_euler_a")(model, x, sched.sigmas, extra_args={}, noise=GeneratorNoise(1))
+    assert torch.equal(direct, via)
+
+
+def test_ddpm_ksampler_adapter(nets, inputs):
+    """spaced through the KSAMPLER adapter (x0-denoiser -> v) matches spaced on the model directly."""
+    diffusion = VERSIONS["eps"]
+    den = _denoiser(nets, inputs)
+    direct = SAMPLERS["spaced"](den, inputs["x_T"], diffusion, 3, GeneratorNoise(2))
+
+    class X0Model:  # a host-style x0-denoiser: D(x, sigma) with the nearest training timestep
+        sig = torch.tensor(schedule.training_sigmas(diffusion.alphas_cumprod), dtype=torch.float32)
+
+        def __call__(self, x, sigma):
+            t = (sigma[:, None] - self.sig[None]).abs().argmin(dim=1)
+            c_in = 1 / (sigma**2 + 1) ** 0.5
+            return x - sigma.view(-1, 1, 1, 1) * den(x * c_in.view(-1, 1, 1, 1), t)
+
+    sigma_max = float(schedule.training_sigmas(diffusion.alphas_cumprod)[-1])
+    sigmas = torch.linspace(sigma_max, 0, 4)
+    via = ksampler_function("spaced")(X0Model(), inputs["x_T"] * (1 + sigma_max**2) ** 0.5, sigmas,
+                                      alphas_cumprod=diffusion.alphas_cumprod, noise=GeneratorNoise(2))
+    assert (via - direct).abs().max() < 1e-3 * max(1.0, direct.abs().max().item())
+    assert isinstance(X0ToV(X0Model(), diffusion.alphas_cumprod, sigma_max), X0ToV)
