@@ -1,0 +1,357 @@
+"""Weight catalogue and downloader against a local, optionally misbehaving HTTP server.
+
+The server runs on 127.0.0.1 (port 0) in a thread and serves small checkpoints the tests
+write themselves (the golden tiny BSRNet weights); nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save
+
+from diffbir_core import download as dl
+from diffbir_core.detect import KIND_NAMES, version_from_name
+from diffbir_core.weights import CATALOGUE, CHECKPOINTS, DIFFBIR, files_needed, lookup, unknown_files
+
+GOLDEN = Path(__file__).parent / "golden" / "bsrnet.safetensors"
+
+
+# --------------------------------------------------------------------------------------
+# the local server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    timeout = 5  # a stuck client cannot hold a server thread for long
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):
+        st = self.server.state
+        rng = self.headers.get("Range")
+        st.requests.append((self.path, rng))
+        if self.path.startswith("/redirect/"):
+            self.send_response(302)
+            self.send_header("Location", "/files/" + self.path[len("/redirect/") :])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = st.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        size, start = len(body), 0
+        m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+        if m and not st.ignore_range:
+            start = int(m.group(1))
+            if start >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+            self.send_header("Content-Length", str(size - start))
+        else:
+            self.send_response(200)
+            self.send_header("Content-Length", str(size + st.extra_length))
+        self.end_headers()
+        payload, cut = body[start:], st.cut_next > 0
+        if cut:  # send half, then (after an optional stall) close the connection
+            st.cut_next -= 1
+            payload = payload[: len(payload) // 2]
+        for i in range(0, len(payload), 32768):  # bounded: the payload is a few hundred KB
+            self.wfile.write(payload[i : i + 32768])
+        self.wfile.flush()
+        if cut and st.stall:
+            time.sleep(st.stall)
+
+
+class _State:
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self.cut_next = 0  # responses still to cut at half
+        self.extra_length = 0  # announce this many bytes more than a full response has
+        self.ignore_range = False  # answer 200 with the whole file to Range requests
+        self.stall = 0.0  # seconds to wait after a response before closing
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # a client that hung up is expected here
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = _Server(("127.0.0.1", 0), _Handler)
+    httpd.state = _State()
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def _pickle_bytes(sd: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def payloads():
+    golden = load_file(str(GOLDEN))
+    bsrnet = {k[2:]: v for k, v in golden.items() if k.startswith("w.")}
+    changed = {k: v + 1 for k, v in bsrnet.items()}
+    vae = {"encoder.conv_in.weight": torch.zeros(4, 3, 3, 3), "decoder.conv_out.weight": torch.zeros(3, 4, 3, 3)}
+    return {"bsrnet": _pickle_bytes(bsrnet), "changed": _pickle_bytes(changed), "vae": save(vae)}
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def _fetch(server, tmp_path, name="BSRNet.pth", kind="bsrnet", **kw):
+    url = f"{server.base}/files/{name}"
+    dest = tmp_path / "models" / "diffbir" / name
+    lock = tmp_path / "models" / dl.LOCK_FILE_NAME
+    kw.setdefault("retry_wait", 0)
+    kw.setdefault("timeout", 5)
+    kw.setdefault("chunk_size", 16384)
+    return url, dest, lock, (lambda: dl.download(url, dest, kind, lock, **kw))
+
+
+# --------------------------------------------------------------------------------------
+# downloads
+
+
+def test_normal_download_writes_file_and_lock(server, tmp_path, payloads):
+    server.state.files["/files/BSRNet.pth"] = payloads["bsrnet"]
+    calls = []
+    url, dest, lock, run = _fetch(server, tmp_path, progress=lambda d, t: calls.append((d, t)))
+    result = run()
+    assert dest.read_bytes() == payloads["bsrnet"]
+    assert not dl.part_path(dest).exists()
+    assert (result.lock, result.kind, result.resumed) == ("recorded", "bsrnet", False)
+    entry = json.loads(lock.read_text())["files"]["BSRNet.pth"][url]
+    assert entry["sha256"] == _sha(payloads["bsrnet"]) == result.sha256
+    assert entry["size"] == len(payloads["bsrnet"])
+    assert [p.name for p in lock.parent.iterdir() if p.name.endswith(".tmp")] == []  # atomic write left no temp
+    assert calls[-1] == (len(payloads["bsrnet"]),) * 2
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(calls))
+    assert [p.name for p in dest.parent.iterdir()] == ["BSRNet.pth"]  # no check folder left behind
+    # a second, identical download matches the record
+    assert run().lock == "matched"
+
+
+def test_resume_after_dropped_connection(server, tmp_path, payloads):
+    body = payloads["bsrnet"]
+    server.state.files["/files/BSRNet.pth"] = body
+    server.state.cut_next = 1
+    url, dest, lock, run = _fetch(server, tmp_path)
+    result = run()
+    assert dest.read_bytes() == body and result.resumed
+    assert [r for _, r in server.state.requests] == [None, f"bytes={len(body) // 2}-"]
+    assert json.loads(lock.read_text())["files"]["BSRNet.pth"][url]["sha256"] == _sha(body)
+
+
+def test_interrupted_call_keeps_part_and_next_call_resumes(server, tmp_path, payloads):
+    body = payloads["bsrnet"]
+    server.state.files["/files/BSRNet.pth"] = body
+    server.state.cut_next = 2  # the first two calls break off (retries=0: no automatic resume)
+    _, dest, _, run = _fetch(server, tmp_path, retries=0)
+    with pytest.raises(dl.DownloadInterrupted, match=r"BSRNet\.pth.*resume"):
+        run()
+    part = dl.part_path(dest)
+    assert part.stat().st_size == len(body) // 2 and not dest.exists()
+    with pytest.raises(dl.DownloadInterrupted):
+        run()  # second call: Range request, again cut (at half of the rest)
+    assert server.state.requests[1][1] == f"bytes={len(body) // 2}-"
+    result = run()
+    assert dest.read_bytes() == body and result.resumed and result.sha256 == _sha(body)
+    assert server.state.requests[2][1] == f"bytes={part_size_after_two(len(body))}-"
+
+
+def part_size_after_two(n: int) -> int:
+    half = n // 2
+    return half + (n - half) // 2
+
+
+def test_read_timeout_is_retried_with_range(server, tmp_path, payloads):
+    body = payloads["bsrnet"]
+    server.state.files["/files/BSRNet.pth"] = body
+    server.state.cut_next, server.state.stall = 1, 1.0
+    _, dest, _, run = _fetch(server, tmp_path, timeout=0.5)
+    assert run().resumed and dest.read_bytes() == body
+    # resumed from what had arrived before the timeout (at most the half that was sent)
+    ranges = [r for _, r in server.state.requests]
+    assert ranges[0] is None and all(ranges[1:])
+    start = int(re.fullmatch(r"bytes=(\d+)-", ranges[1]).group(1))
+    assert 0 < start <= len(body) // 2
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path, payloads):
+    body = payloads["bsrnet"]
+    server.state.files["/files/BSRNet.pth"] = body
+    server.state.ignore_range = True
+    _, dest, _, run = _fetch(server, tmp_path)
+    dest.parent.mkdir(parents=True)
+    dl.part_path(dest).write_bytes(b"garbage" * 1000)
+    result = run()
+    assert dest.read_bytes() == body and not result.resumed
+    assert server.state.requests[0][1] == "bytes=7000-"
+
+
+def test_complete_part_and_416_finishes(server, tmp_path, payloads):
+    body = payloads["bsrnet"]
+    server.state.files["/files/BSRNet.pth"] = body
+    _, dest, _, run = _fetch(server, tmp_path)
+    dest.parent.mkdir(parents=True)
+    dl.part_path(dest).write_bytes(body)
+    result = run()
+    assert dest.read_bytes() == body and result.sha256 == _sha(body)
+    assert len(server.state.requests) == 1
+
+
+def test_redirect_is_followed_with_range(server, tmp_path, payloads):
+    body = payloads["bsrnet"]
+    server.state.files["/files/BSRNet.pth"] = body
+    server.state.cut_next = 1
+    dest = tmp_path / "BSRNet.pth"
+    dl.download(f"{server.base}/redirect/BSRNet.pth", dest, "bsrnet", retry_wait=0, timeout=5)
+    assert dest.read_bytes() == body
+    assert server.state.requests[-1] == ("/files/BSRNet.pth", f"bytes={len(body) // 2}-")
+
+
+def test_size_mismatch_is_refused_and_part_removed(server, tmp_path, payloads):
+    server.state.files["/files/BSRNet.pth"] = payloads["bsrnet"]
+    server.state.extra_length = 1000  # announces more than it has, sends what it has, closes
+    _, dest, lock, run = _fetch(server, tmp_path)
+    with pytest.raises(dl.SizeMismatchError, match=r"BSRNet\.pth.*announced"):
+        run()
+    assert not dest.exists() and not dl.part_path(dest).exists() and not lock.exists()
+
+
+def test_wrong_kind_is_refused_and_removed(server, tmp_path, payloads):
+    server.state.files["/files/model.safetensors"] = payloads["vae"]
+    _, dest, lock, run = _fetch(server, tmp_path, name="model.safetensors", kind="bsrnet")
+    with pytest.raises(dl.WrongKindError) as err:
+        run()
+    msg = str(err.value)
+    assert "model.safetensors" in msg and "standalone VAE" in msg and "[vae]" in msg and "[bsrnet]" in msg
+    assert not dest.exists() and not dl.part_path(dest).exists() and not lock.exists()
+    assert [p.name for p in dest.parent.iterdir()] == []
+
+
+def test_non_checkpoint_is_refused(server, tmp_path):
+    server.state.files["/files/BSRNet.pth"] = b"<html>sign in</html>"
+    _, dest, _, run = _fetch(server, tmp_path)
+    with pytest.raises(dl.WrongKindError, match=r"BSRNet\.pth.*not a usable checkpoint"):
+        run()
+    assert not dest.exists()
+
+
+def test_changed_file_reports_sha_mismatch_and_keeps_record(server, tmp_path, payloads):
+    server.state.files["/files/BSRNet.pth"] = payloads["bsrnet"]
+    url, dest, lock, run = _fetch(server, tmp_path)
+    run()
+    recorded = lock.read_text()
+    server.state.files["/files/BSRNet.pth"] = payloads["changed"]
+    with pytest.raises(dl.HashMismatchError) as err:
+        run()
+    msg = str(err.value)
+    assert _sha(payloads["changed"]) in msg and _sha(payloads["bsrnet"]) in msg and "changed upstream" in msg
+    assert lock.read_text() == recorded  # the record is not overwritten
+    assert dest.read_bytes() == payloads["bsrnet"] and not dl.part_path(dest).exists()
+    # verify() on the intact file agrees; on a corrupted one it reports the mismatch
+    assert dl.verify(dest, url, lock, "bsrnet") == "matched"
+    dest.write_bytes(payloads["changed"])
+    with pytest.raises(dl.HashMismatchError, match="corrupt or was replaced"):
+        dl.verify(dest, url, lock)
+    # an expected upstream change is accepted only when asked for
+    assert dl.download(url, dest, "bsrnet", lock, update_lock=True, retry_wait=0).lock == "updated"
+    assert json.loads(lock.read_text())["files"]["BSRNet.pth"][url]["sha256"] == _sha(payloads["changed"])
+
+
+def test_http_error_and_bad_scheme_messages(server, tmp_path):
+    dest = tmp_path / "diffbir" / "v2.pth"
+    with pytest.raises(dl.DownloadError, match=r"v2\.pth.*HTTP 404.*manually from .*v2\.pth.*diffbir"):
+        dl.download(f"{server.base}/files/v2.pth", dest, retry_wait=0, timeout=5)
+    assert not dl.part_path(dest).exists()
+    with pytest.raises(dl.DownloadError, match="only http and https"):
+        dl.download("file:///etc/hostname", dest)
+
+
+def test_text_progress_draws_one_throttled_line():
+    out = io.StringIO()
+    bar = dl.TextProgress("BSRNet.pth", stream=out, interval=10.0)
+    for done in range(0, 1001, 10):
+        bar(done, 1000)
+    bar.close()
+    text = out.getvalue()
+    assert text.count("\r") <= 3 and text.endswith("\n") and "\n" not in text[:-1]
+    assert "100.0%" in text and "BSRNet.pth" in text
+
+
+# --------------------------------------------------------------------------------------
+# catalogue and offline message
+
+
+def test_catalogue_is_consistent():
+    expected = {
+        "v2-1_512-ema-pruned.ckpt", "sd2.1-base-zsnr-laionaes5.ckpt", "DiffBIR_v2.1.pt", "v2.pth", "v1_general.pth",
+        "v1_face.pth", "realesrgan_s4_swinir_100k.pth", "general_swinir_v1.ckpt", "face_swinir_v1.ckpt",
+        "codeformer_swinir.ckpt", "BSRNet.pth", "scunet_color_real_psnr.pth", "general_full_v1.ckpt",
+        "face_full_v1.ckpt",
+    }
+    assert set(CATALOGUE) == expected
+    for e in CATALOGUE.values():
+        assert e.url.startswith("https://") and e.url.endswith("/" + e.name)
+        assert e.kind in KIND_NAMES
+        assert e.folder == (CHECKPOINTS if e.kind == "sd21" else DIFFBIR)
+        if e.kind == "controlnet":  # the loader tells ControlNet versions apart by name
+            assert version_from_name(e.name) == e.version
+
+
+def test_files_needed_from_widget_values():
+    values = ["realesrgan_s4_swinir_100k.pth", "controlnet/DiffBIR_v2.1.pt", "none",
+              "sd2.1-base-zsnr-laionaes5.ckpt", "upscale_models/realesrgan_s4_swinir_100k.pth", "mine.safetensors"]
+    assert [e.name for e in files_needed(values)] == [
+        "realesrgan_s4_swinir_100k.pth", "DiffBIR_v2.1.pt", "sd2.1-base-zsnr-laionaes5.ckpt"]
+    assert unknown_files(values) == ["mine.safetensors"]
+    with pytest.raises(ValueError, match="mine.safetensors"):
+        files_needed(values, strict=True)
+    assert lookup("sub\\BSRNet.pth").kind == "bsrnet"
+
+
+def test_offline_message_lists_missing_files_and_folders(tmp_path):
+    models = tmp_path / "models"
+    (models / "upscale_models").mkdir(parents=True)
+    (models / "upscale_models" / "BSRNet.pth").write_bytes(b"x")  # present in an alternative folder
+    files = files_needed(["BSRNet.pth", "v2.pth", "v2-1_512-ema-pruned.ckpt"])
+    msg = dl.missing_files_message(files, models)
+    assert "BSRNet.pth" not in msg and msg.startswith("2 model files are missing")
+    assert f"into {models / 'diffbir'}" in msg and f"into {models / 'checkpoints'}" in msg
+    assert CATALOGUE["v2.pth"].url in msg and CATALOGUE["v2-1_512-ema-pruned.ckpt"].url in msg
+    assert dl.missing_files_message(files[:1], models) == ""
+    with pytest.raises(dl.MissingWeightsError, match=r"v2\.pth"):
+        dl.ensure_weights(files, models, offline=True)
