@@ -174,15 +174,61 @@ def test_workflow_to_api_unknown_widget(comfy_host):
 
 
 # (d) ---------------------------------------------------------------------------------------------
+def _wait_for_history(session, url, prompt_id, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        history = session.get(f"{url}/history/{prompt_id}", timeout=10).json()
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            return history[prompt_id]
+        time.sleep(0.2)
+    raise AssertionError(f"prompt {prompt_id} did not finish within {timeout} s")
+
+
+def _view_png(session, url, image):
+    from PIL import Image
+
+    view = session.get(f"{url}/view", params={"filename": image["filename"], "subfolder": image["subfolder"],
+                                              "type": image["type"]}, timeout=30)
+    assert view.status_code == 200
+    assert view.content[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(view.content)) as img:
+        assert img.format == "PNG"
+        return img.size
+
+
+def _our_nodes_prompt(image_name, model_name):
+    """Degrade -> Stage1 SwinIR Restore (stock Load Upscale Model) -> DiffBIR Color Fix: no SD model needed."""
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image_name}},
+        "2": {"class_type": "DiffBIRDegrade", "inputs": {"image": ["1", 0], "preset": "general", "seed": 5}},
+        "3": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": model_name}},
+        "4": {"class_type": "DiffBIRStage1Restore",
+              "inputs": {"image": ["2", 0], "upscale_model": ["3", 0], "upscale": 2.0, "version": "v2.1",
+                         "min_short_edge": 64, "tile_size": 0, "tile_overlap": 128}},
+        "5": {"class_type": "DiffBIRColorFix", "inputs": {"image": ["4", 0], "reference": ["2", 1],
+                                                         "method": "wavelet"}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "server_diffbir"}},
+    }
+
+
 @pytest.mark.slow
-def test_real_server_prompt_history_view(comfy_host):
+def test_real_server_prompt_history_view(comfy_host, tmp_path):
+    import numpy as np
     import requests
     from PIL import Image
+
+    from tiny_models import write_tiny_stage1
+
+    models = tmp_path / "models"
+    (models / "upscale_models").mkdir(parents=True)
+    write_tiny_stage1(models / "upscale_models" / "tiny_swinir.safetensors", "swinir")
+    png = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(png, "PNG")
 
     session = requests.Session()
     session.trust_env = False  # never route 127.0.0.1 through an environment proxy
     start = time.monotonic()
-    with ch.start_server() as url:
+    with ch.start_server(models_dir=models) as url:
         assert url.startswith("http://127.0.0.1:")
         object_info = session.get(f"{url}/object_info/EmptyImage", timeout=30).json()
         assert object_info["EmptyImage"] == comfy_host.node_info("EmptyImage")
@@ -190,27 +236,30 @@ def test_real_server_prompt_history_view(comfy_host):
         for name in getattr(comfy_host.extension_module, "NODE_CLASS_MAPPINGS", {}):
             assert name in all_info, f"server did not register {name}"
 
+        # The workflows folder is served as templates (Workflow > Browse Templates).
+        templates = session.get(f"{url}/workflow_templates", timeout=30).json()
+        names = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
+        assert sorted(templates.get(ch.EXTENSION_NAME, [])) == names
+        served = session.get(f"{url}/api/workflow_templates/{ch.EXTENSION_NAME}/{names[0]}.json", timeout=30)
+        assert served.status_code == 200 and served.json()["nodes"]
+
         resp = session.post(f"{url}/prompt", json={"prompt": _empty_image_save(72, 40, "server_smoke"),
                                                    "client_id": "comfyui-diffbir-tests"}, timeout=30)
         assert resp.status_code == 200, resp.text
-        prompt_id = resp.json()["prompt_id"]
-
-        entry = None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            history = session.get(f"{url}/history/{prompt_id}", timeout=10).json()
-            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-                entry = history[prompt_id]
-                break
-            time.sleep(0.2)
-        assert entry is not None, "prompt did not finish within 120 s"
+        entry = _wait_for_history(session, url, resp.json()["prompt_id"])
         assert entry["status"]["status_str"] == "success", entry["status"]
+        assert _view_png(session, url, entry["outputs"]["2"]["images"][0]) == (72, 40)
 
-        image = entry["outputs"]["2"]["images"][0]
-        view = session.get(f"{url}/view", params={"filename": image["filename"], "subfolder": image["subfolder"],
-                                                  "type": image["type"]}, timeout=30)
-        assert view.status_code == 200
-        assert view.content[:8] == b"\x89PNG\r\n\x1a\n"
-        with Image.open(io.BytesIO(view.content)) as img:
-            assert img.format == "PNG" and img.size == (72, 40)
+        # Our nodes in the server process: upload an image, run it, fetch the result.
+        upload = session.post(f"{url}/upload/image", files={"image": ("diffbir_server_in.png", png.getvalue(),
+                                                                      "image/png")}, timeout=30)
+        assert upload.status_code == 200, upload.text
+        prompt = _our_nodes_prompt(upload.json()["name"], "tiny_swinir.safetensors")
+        resp = session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": "comfyui-diffbir-tests"},
+                            timeout=30)
+        assert resp.status_code == 200, resp.text
+        entry = _wait_for_history(session, url, resp.json()["prompt_id"])
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        # 40x24 x2 = 80x48; short edge 48 < 64 -> 64, long side int(80 * 64 / 48) = 106 (v2.1 rounding).
+        assert _view_png(session, url, entry["outputs"]["6"]["images"][0]) == (106, 64)
     print(f"server test wall time {time.monotonic() - start:.1f} s (pid {os.getpid()})")

@@ -4,12 +4,9 @@ DiffBIRControl that the stock samplers drive.
 * Parity: ComfyUI's own UNet (openaimodel, built from the golden small config) driven through
   DiffBIRControl.get_control reproduces the official ControlLDM forward; ComfyUI's VAE through
   LAControlNet Apply's encode path reproduces the official condition latent.
-* Stock samplers: KSampler, KSamplerAdvanced and SamplerCustom run a graph with our ControlNet on a small
-  random SD 2.1-layout checkpoint that ComfyUI detects as SD 2.x.
-
-ComfyUI has no small SD 2.x text encoder (its OpenCLIP-H config is fixed, 354 M parameters), so the
-checkpoint carries no CLIP and the graphs get their CONDITIONING as a literal value (zero text context,
-passed with ComfyUI's ``{"__value__": ...}`` wrapper, in-process only). Everything else is stock nodes.
+* Stock samplers: KSampler, KSamplerAdvanced and SamplerCustom run a graph with our ControlNet on the tiny
+  SD 2.1 shape-alike (tests/tiny_models.py: the golden small UNet, a tiny OpenCLIP-H-layout text tower, the SD
+  VAE), loaded and prompted by the stock Load Checkpoint and CLIP Text Encode nodes.
 """
 
 import copy
@@ -26,21 +23,21 @@ import torch
 from safetensors.torch import load_file
 
 from diffbir_core.arch import controlnet as controlnet_arch
-from diffbir_core.arch import unet as unet_arch
-from diffbir_core.arch import vae as vae_arch
 from diffbir_core.checkpoint import save_safetensors
+from tiny_models import TINY_CLIP, TINY_SD21_NAME, tiny_sd21_checkpoint, write_tiny_controlnet
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 ATOL = RTOL = 1e-4
 
-# Smallest UNet ComfyUI detects as SD 2.x (model_channels 320, context 1024, linear transformer projections).
-TINY_SD2_UNET = {"image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
-                 "attention_resolutions": [1, 2], "num_res_blocks": 1, "channel_mult": [1, 1], "num_head_channels": 64,
-                 "use_spatial_transformer": True, "use_linear_in_transformer": True, "transformer_depth": 1,
-                 "context_dim": 1024, "legacy": False}
-TINY_CKPT = "tiny_sd21_layout.safetensors"
+TINY_CKPT = TINY_SD21_NAME  # the tiny SD 2.1 (eps, like SD 2.1-base)
+# The golden small ControlNet: it fits the tiny SD 2.1's UNet (12 input blocks, 32 channels).
 TINY_CN = {"v2.1": "tiny_controlnet_v2.1.safetensors", "v2": "tiny_controlnet_v2.safetensors"}
-GOLDEN_CN = "golden_small_controlnet_v2.1.safetensors"
+# A ControlNet for another UNet shape (4 input blocks, 64 channels): the wrong-UNet error and the v1 full file.
+OTHER_CN_CONFIG = {"image_size": 32, "in_channels": 4, "hint_channels": 4, "model_channels": 64,
+                   "attention_resolutions": [1, 2], "num_res_blocks": 1, "channel_mult": [1, 1],
+                   "num_head_channels": 64, "use_spatial_transformer": True, "use_linear_in_transformer": True,
+                   "transformer_depth": 1, "context_dim": TINY_CLIP["width"], "legacy": False}
+OTHER_CN = "tiny_other_unet_controlnet_v2.safetensors"
 
 
 def check(name, got, want):
@@ -64,11 +61,6 @@ def random_state_dict(module, seed):
     return out
 
 
-def cond_literal(dim=1024):
-    """A CONDITIONING value for an API prompt input (ComfyUI unwraps {"__value__": ...})."""
-    return {"__value__": [[torch.zeros(1, 77, dim), {}]]}
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """The networks here are tiny: one thread avoids OpenMP fork/join stalls on a busy shared CPU (20x)."""
@@ -84,31 +76,30 @@ def golden_weights():
 
 
 @pytest.fixture(scope="module")
-def model_files(comfy_host, comfy_models_dir, golden_weights):
-    """Writes the module's model files once: the tiny SD 2.x-layout checkpoint, two tiny ControlNets, the
-    golden small ControlNet (converter metadata) and a BSRNet file for the wrong-slot test."""
-    weights, cfg = golden_weights
+def model_files(comfy_host, comfy_models_dir):
+    """Writes the module's model files once: the tiny SD 2.1, the golden small ControlNet as a v2.1 and a v2
+    file, a ControlNet for another UNet shape and a BSRNet file for the wrong-slot test."""
+    assert tiny_sd21_checkpoint(comfy_models_dir) == TINY_CKPT
     diffbir = comfy_models_dir / "diffbir"
-    golden_cn = {k[len("controlnet."):]: v for k, v in weights.items() if k.startswith("controlnet.")}
-    save_safetensors(golden_cn, diffbir / GOLDEN_CN, {
-        "diffbir_kind": "controlnet", "diffbir_version": "v2.1",
-        "diffbir_config": json.dumps({"num_head_channels": cfg["controlnet_cfg"]["num_head_channels"]})})
+    for version, name in TINY_CN.items():
+        write_tiny_controlnet(diffbir / name, version)
 
     bsr = load_file(GOLDEN / "bsrnet.safetensors")
     save_safetensors({k[2:]: v for k, v in bsr.items() if k.startswith("w.")}, diffbir / "golden_bsrnet.safetensors")
 
     with torch.device("meta"):
-        unet = unet_arch.build(TINY_SD2_UNET)
-        vae = vae_arch.build(None)  # ComfyUI detects SD VAEs only at full size
-        cn = controlnet_arch.build({k: v for k, v in TINY_SD2_UNET.items() if k != "out_channels"} | {"hint_channels": 4})
-    ckpt = {"model.diffusion_model." + k: v for k, v in random_state_dict(unet, 1).items()}
-    ckpt.update({"first_stage_model." + k: v for k, v in random_state_dict(vae, 2).items()})
-    save_safetensors(ckpt, comfy_models_dir / "checkpoints" / TINY_CKPT)
-    cn_sd = random_state_dict(cn, 3)
-    for version, name in TINY_CN.items():
-        save_safetensors(cn_sd, diffbir / name, {"diffbir_kind": "controlnet", "diffbir_version": version})
+        other = controlnet_arch.build(OTHER_CN_CONFIG)
+    save_safetensors(random_state_dict(other, 3), diffbir / OTHER_CN,
+                     {"diffbir_kind": "controlnet", "diffbir_version": "v2"})
     comfy_host.refresh_models()
     return comfy_models_dir
+
+
+def encode(clip, text):
+    """CONDITIONING from the stock CLIP Text Encode node."""
+    import nodes
+
+    return nodes.CLIPTextEncode().encode(clip, text)[0]
 
 
 def node_module(comfy_host, name):
@@ -185,7 +176,7 @@ def test_host_unet_with_diffbir_control_matches_official(comfy_host, model_files
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
 
-    control, info = load_models_node(comfy_host, GOLDEN_CN, dtype="fp32")[1::4]
+    control, info = load_models_node(comfy_host, TINY_CN["v2.1"], dtype="fp32")[1::4]
     assert "version v2.1" in info and control.version == "v2.1" and control.num_controls == 13
     g = load_file(GOLDEN / "controlnet_unet.safetensors")
     ctl = control.copy().set_condition(g["in.hint"], (128, 128), 1.0, (0.0, 1.0))
@@ -236,7 +227,7 @@ def test_condition_latent_matches_official(comfy_host, model_files, golden_weigh
     vae = comfy.sd.VAE(sd={k[4:]: v for k, v in weights.items() if k.startswith("vae.")},
                        config={"params": cfg["vae_cfg"]})
     s = load_file(GOLDEN / "sample_spaced5_v21_cfg1.safetensors")
-    control = load_models_node(comfy_host, GOLDEN_CN, dtype="fp32")[1]
+    control = load_models_node(comfy_host, TINY_CN["v2.1"], dtype="fp32")[1]
     apply = comfy_host.node_classes["DiffBIRLAControlNetApply"]()
     positive = [[s["in.c_txt_pos"], {}]]
     pos, neg, model = apply.apply(positive, positive, control, s["in.cond_img01"].movedim(1, -1), vae, 1.0, 0.0, 1.0)
@@ -265,8 +256,10 @@ def sampler_graph(strength=1.0, controlnet=TINY_CN["v2.1"]):
         "2": {"class_type": "DiffBIRLoadModels",
               "inputs": {"stage1_name": "none", "controlnet_name": controlnet, "dtype": "auto"}},
         "3": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x8040C0}},
+        "p": {"class_type": "CLIPTextEncode", "inputs": {"text": "a sharp photo", "clip": ["1", 1]}},
+        "n": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
         "4": {"class_type": "DiffBIRLAControlNetApply",
-              "inputs": {"positive": cond_literal(), "negative": cond_literal(), "control_net": ["2", 1],
+              "inputs": {"positive": ["p", 0], "negative": ["n", 0], "control_net": ["2", 1],
                          "image": ["3", 0], "vae": ["1", 2], "strength": strength, "start_percent": 0.0,
                          "end_percent": 1.0, "model": ["1", 0]}},
         "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["3", 0], "vae": ["1", 2]}},
@@ -284,7 +277,7 @@ def sampler_graph(strength=1.0, controlnet=TINY_CN["v2.1"]):
         "10": {"class_type": "SamplerCustom",
                "inputs": {"model": ["4", 2], "add_noise": True, "noise_seed": 7, "cfg": 2.0, "positive": ["4", 0],
                           "negative": ["4", 1], "sampler": ["8", 0], "sigmas": ["9", 0], "latent_image": ["5", 0]}},
-        # Output nodes that do not serialise the prompt (SaveLatent would json.dumps the literal tensors).
+        # Output nodes that write no files.
         "11": {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}},
         "12": {"class_type": "PreviewAny", "inputs": {"source": ["7", 0]}},
         "13": {"class_type": "PreviewAny", "inputs": {"source": ["10", 0]}},
@@ -341,14 +334,12 @@ def _model_snapshot(model):
 def test_inputs_unchanged_and_v21_model_patched(comfy_host, model_files, caplog):
     import nodes
 
-    from_ckpt = nodes.CheckpointLoaderSimple().load_checkpoint(TINY_CKPT)
-    model, vae = from_ckpt[0], from_ckpt[2]
+    model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(TINY_CKPT)[:3]
     apply = comfy_host.node_classes["DiffBIRLAControlNetApply"]()
     lacn = node_module(comfy_host, "lacontrolnet")
     assert lacn.model_sampling_kind(model) == ("eps", False)
 
-    positive = [[torch.zeros(1, 77, 1024), {"pooled_output": None}]]
-    negative = [[torch.ones(1, 77, 1024), {}]]
+    positive, negative = encode(clip, "a sharp photo"), encode(clip, "")
     cond_before = copy.deepcopy((positive, negative))
     model_before = _model_snapshot(model)
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
@@ -368,9 +359,9 @@ def test_inputs_unchanged_and_v21_model_patched(comfy_host, model_files, caplog)
     after = _model_snapshot(model)
     assert after[0] is model_before[0] and lacn.model_sampling_kind(model) == ("eps", False)
     assert after[1:] == model_before[1:]
-    assert len(positive) == 1 and set(positive[0][1]) == {"pooled_output"} and set(negative[0][1]) == set()
+    assert len(positive) == len(negative) == 1
     for now, before in zip(positive + negative, cond_before[0] + cond_before[1]):
-        assert torch.equal(now[0], before[0])
+        assert torch.equal(now[0], before[0]) and set(now[1]) == set(before[1]) and "control" not in now[1]
 
     # v2 ControlNet: eps MODEL passes through untouched, no warning; a v-pred zsnr MODEL is flagged.
     control_v2 = load_models_node(comfy_host, TINY_CN["v2"])[1]
@@ -397,7 +388,7 @@ def test_controlnet_lowvram_cast_path_and_half_modes(comfy_host, model_files):
     )
 
     ctl_module = node_module(comfy_host, "control")
-    path = model_files / "diffbir" / GOLDEN_CN
+    path = model_files / "diffbir" / TINY_CN["v2.1"]
     g, args = _golden_controlnet_inputs()
 
     model = ctl_module.use_comfy_ops(ctl_module.cast_controlnet(load_network(path, ["controlnet"], "c").model,
@@ -433,10 +424,10 @@ def test_stock_apply_controlnet_node_encodes_lazily(comfy_host, model_files):
     """Our CONTROL_NET also works with the stock 'Apply ControlNet (Advanced)' when its VAE is connected."""
     import nodes
 
-    model, _, vae = nodes.CheckpointLoaderSimple().load_checkpoint(TINY_CKPT)[:3]
+    model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(TINY_CKPT)[:3]
     control = load_models_node(comfy_host, TINY_CN["v2"])[1]
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1))
-    positive = [[torch.zeros(1, 77, 1024), {}]]
+    positive = encode(clip, "a sharp photo")
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     ours = comfy_host.node_classes["DiffBIRLAControlNetApply"]().apply(positive, positive, control, image, vae,
                                                                         0.8, 0.0, 1.0)
@@ -449,10 +440,11 @@ def test_stock_apply_controlnet_node_encodes_lazily(comfy_host, model_files):
         nodes.common_ksampler(model, 5, 1, 2.0, "euler", "normal", without_vae[0], without_vae[1], latent)
 
     # A ControlNet that does not fit the MODEL's UNet is refused with the fix, not silently skipped.
-    other = load_models_node(comfy_host, GOLDEN_CN)[1]
+    other = load_models_node(comfy_host, OTHER_CN)[1]
     misfit = comfy_host.node_classes["DiffBIRLAControlNetApply"]().apply(positive, positive, other, image, vae,
                                                                           1.0, 0.0, 1.0)
-    with pytest.raises(ValueError, match=r"fits an SD 2.1 UNet \(12 input blocks, 32 channels\).*4 input blocks"):
+    with pytest.raises(ValueError, match=r"fits an SD 2.1 UNet \(4 input blocks, 64 channels\).*12 input blocks "
+                                         r"and 32 channels"):
         nodes.common_ksampler(model, 5, 1, 2.0, "euler", "normal", misfit[0], misfit[1], latent)
 
 
@@ -466,8 +458,10 @@ def test_v1_full_checkpoint_fills_both_slots_and_sd_outputs(comfy_host, model_fi
 
     with torch.device("meta"):
         stage1 = swinir_arch.build({"embed_dim": 16, "depths": [1], "num_heads": [2]})
-    v1 = load_file(model_files / "checkpoints" / TINY_CKPT)  # model.diffusion_model.* + first_stage_model.*
-    v1.update({"control_model." + k: v for k, v in load_file(model_files / "diffbir" / TINY_CN["v2"]).items()})
+    # The tiny SD 2.1 (model.diffusion_model.*, first_stage_model.*, cond_stage_model.*) plus a ControlNet whose
+    # head size (64) the loader can assume: v1 files carry no metadata.
+    v1 = load_file(model_files / "checkpoints" / TINY_CKPT)
+    v1.update({"control_model." + k: v for k, v in load_file(model_files / "diffbir" / OTHER_CN).items()})
     v1.update({"preprocess_model." + k: v for k, v in random_state_dict(stage1, 4).items()})
     save_safetensors(v1, model_files / "diffbir" / "tiny_full_v1.safetensors")
     comfy_host.refresh_models()
@@ -477,8 +471,9 @@ def test_v1_full_checkpoint_fills_both_slots_and_sd_outputs(comfy_host, model_fi
     assert (s1.kind, s1.version, s1.scale, s1.size_multiple) == ("swinir", "v1", 1, 64)
     assert isinstance(s1.patcher, comfy.model_patcher.ModelPatcher)
     assert control.version == "v1" and control.num_controls == 5
-    assert isinstance(model, comfy.model_patcher.ModelPatcher) and vae is not None
-    assert clip is None  # this tiny file carries no text encoder; a real v1 file does
+    assert isinstance(model, comfy.model_patcher.ModelPatcher) and vae is not None and clip is not None
+    cond = encode(clip, "a photo")[0][0]
+    assert cond.shape == (1, 77, TINY_CLIP["width"]) and torch.isfinite(cond).all()
     assert "v1 full checkpoint" in info and info.count("version v1") == 2
     # Any other file leaves MODEL/CLIP/VAE empty.
     assert load_models_node(comfy_host, TINY_CN["v2"])[2:5] == (None, None, None)

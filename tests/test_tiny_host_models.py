@@ -2,12 +2,11 @@
 
 import torch
 
-from tiny_models import register_tiny_sd21, write_tiny_sd21
+from tiny_models import TINY_SD21_NAME, tiny_sd21_checkpoint
 
 
 def test_stock_loader_and_ksampler_run_the_tiny_sd21(comfy_host, comfy_models_dir):
-    register_tiny_sd21()
-    write_tiny_sd21(comfy_models_dir / "checkpoints" / "tiny_sd21.safetensors")
+    assert tiny_sd21_checkpoint(comfy_models_dir) == TINY_SD21_NAME
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd21.safetensors"}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["1", 1]}},

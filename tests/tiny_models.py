@@ -121,6 +121,25 @@ def write_tiny_sd21(path: Path, seed: int = 0) -> Path:
     return path
 
 
+TINY_SD21_NAME = "tiny_sd21.safetensors"
+
+
+def tiny_sd21_checkpoint(models_dir: Path, name: str = TINY_SD21_NAME) -> str:
+    """Register the tiny SD 2.1 in the host and write it to models_dir/checkpoints once per session.
+
+    The file is deterministic (seed 0), so whichever test writes it first, every test sees the same weights.
+    Returns the name to give CheckpointLoaderSimple.
+    """
+    register_tiny_sd21()
+    path = Path(models_dir) / "checkpoints" / name
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        write_tiny_sd21(tmp)
+        tmp.replace(path)  # never a half-written file under the listed name
+    return name
+
+
 def write_tiny_controlnet(path: Path, version: str = "v2.1") -> Path:
     """The golden small ControlNet as a DiffBIR ControlNet file, with the head size recorded."""
     meta = {"diffbir_kind": "controlnet", "diffbir_version": version,

@@ -1,0 +1,331 @@
+"""The workflows in workflows/ inside a real ComfyUI.
+
+* Format: every file is a UI-format graph (version 0.4) whose nodes, links, slots and link types agree with
+  each other and with the host's /object_info, that converts to an API prompt, and that carries a note naming
+  its weight files; the official defaults (files, prompts, steps, cfg, upscale) are pinned per file.
+* Execution: every workflow runs end to end with the official file names replaced by small random-weight
+  models (the tiny SD 2.1 shape-alike through the stock checkpoint loader, tiny ControlNets and stage-1
+  networks), KSampler steps reduced to 2 and Stage1's minimum short edge lowered from 512 to 64 (CPU time:
+  the stock SD VAE is full size); every saved or previewed image has the size the pipeline gives it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffbir_core import stage1 as stage1_core
+from diffbir_core import weights
+from tiny_models import TINY_SD21_NAME, tiny_sd21_checkpoint, write_tiny_controlnet, write_tiny_stage1
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+# Official file name -> what the test puts in its place.
+STAGE1_FILES = {"realesrgan_s4_swinir_100k.pth": "swinir", "general_swinir_v1.ckpt": "swinir",
+                "face_swinir_v1.ckpt": "swinir", "BSRNet.pth": "bsrnet", "scunet_color_real_psnr.pth": "scunet"}
+CONTROLNET_FILES = {"DiffBIR_v2.1.pt": "v2.1", "v2.pth": "v2", "v1_general.pth": "v1", "v1_face.pth": "v1"}
+CHECKPOINT_FILES = ("sd2.1-base-zsnr-laionaes5.ckpt", "v2-1_512-ema-pruned.ckpt")
+TINY_CHECKPOINT = TINY_SD21_NAME
+STAGE1_SCALE = {"swinir": 1, "bsrnet": 4, "scunet": 1}
+TEST_STEPS, TEST_MIN_SHORT_EDGE = 2, 64
+INPUT_W, INPUT_H = 48, 40
+
+V21_POS = ("Cinematic, High Contrast, highly detailed, taken using a Canon EOS R camera, hyper detailed photo - "
+           "realistic maximum detail, 32k, Color Grading, ultra HD, extreme meticulous detailing, skin pore detailing, "
+           "hyper sharpness, perfect without deformations.")
+V21_NEG = ("painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, CG Style, 3D render, "
+           "unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, jpeg "
+           "artifacts, deformed, lowres, over-smooth.")
+V2_NEG = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
+V21 = {"files": ("realesrgan_s4_swinir_100k.pth", "DiffBIR_v2.1.pt", "sd2.1-base-zsnr-laionaes5.ckpt"),
+       "steps": 10, "cfg": 6.0, "sampler": ("dpmpp_3m_sde", "simple"), "prompts": (V21_POS, V21_NEG)}
+V2 = {"steps": 50, "cfg": 4.0, "sampler": ("ddpm", "simple"), "prompts": ("", V2_NEG)}
+OFFICIAL = {
+    "diffbir_v2.1_sr_x4.json": {**V21, "stage1": (4.0, "v2.1")},
+    "diffbir_v2_sr_bsrnet.json": {**V2, "files": ("BSRNet.pth", "v2.pth", "v2-1_512-ema-pruned.ckpt"),
+                                  "stage1": (4.0, "v2")},
+    "diffbir_v2_face_aligned.json": {**V2, "files": ("face_swinir_v1.ckpt", "v2.pth", "v2-1_512-ema-pruned.ckpt"),
+                                     "stage1": (1.0, "v2")},
+    "diffbir_v2_denoise_scunet.json": {**V2, "files": ("scunet_color_real_psnr.pth", "v2.pth",
+                                                       "v2-1_512-ema-pruned.ckpt"), "stage1": (1.0, "v2")},
+    "diffbir_v1_general.json": {**V2, "cfg": 1.0, "prompts": ("", ""), "stage1": (4.0, "v1"),
+                                "files": ("general_swinir_v1.ckpt", "v1_general.pth", "v2-1_512-ema-pruned.ckpt")},
+    "diffbir_degrade_restore_compare.json": {**V21, "stage1": (1.0, "v2.1")},
+    "diffbir_lacontrolnet_stock_ksampler.json": {**V21, "files": ("none", "DiffBIR_v2.1.pt",
+                                                                  "sd2.1-base-zsnr-laionaes5.ckpt"), "stage1": None},
+}
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def tiny_name(official: str) -> str:
+    return f"tiny_{official.rsplit('.', 1)[0]}.safetensors"
+
+
+def by_class(api: dict, class_type: str) -> list[dict]:
+    return [node for node in api.values() if node["class_type"] == class_type]
+
+
+def file_widgets(api: dict) -> list[str]:
+    """The loaders' file widget values (what the weight downloader reads from a workflow)."""
+    values = [n["inputs"][k] for n in by_class(api, "DiffBIRLoadModels") for k in ("stage1_name", "controlnet_name")]
+    return values + [n["inputs"]["ckpt_name"] for n in by_class(api, "CheckpointLoaderSimple")]
+
+
+def test_the_workflow_set():
+    assert [p.name for p in WORKFLOWS] == sorted(OFFICIAL)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for path in WORKFLOWS:
+        assert f"`{path.name}`" in readme, f"README does not list {path.name}"
+        for entry in weights.files_needed(OFFICIAL[path.name]["files"], strict=True):
+            assert any(f"`{entry.name}`" in line and f"`models/{entry.folder}`" in line
+                       for line in readme.splitlines()), f"README's weight table lacks {entry.name}"
+
+
+# ------------------------------------------------------------------------------------------------ format
+
+
+def _compatible(input_type, link_type: str) -> bool:
+    if isinstance(input_type, list):  # a COMBO converted to an input
+        return link_type in ("COMBO", "*")
+    return input_type == "*" or link_type in input_type.split(",")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_is_consistent_ui_format(comfy_host, path):
+    import comfy_host as ch
+
+    wf = load(path)
+    assert wf["version"] == 0.4
+    for key in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra"):
+        assert key in wf, f"{path.name}: no {key!r}"
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]), "duplicate node ids"
+    assert wf["last_node_id"] >= max(nodes)
+    links = {link[0]: link for link in wf["links"]}
+    assert len(links) == len(wf["links"]), "duplicate link ids"
+    assert not links or wf["last_link_id"] >= max(links)
+    assert sorted(n["order"] for n in wf["nodes"]) == list(range(len(nodes)))
+
+    infos = {}
+    for node in wf["nodes"]:
+        for key in ("id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
+                    "widgets_values"):
+            assert key in node, f"{path.name}: node #{node.get('id')} has no {key!r}"
+        assert node["mode"] == 0, f"node #{node['id']} is muted or bypassed"
+        if node["type"] in VIRTUAL:
+            continue
+        assert node["properties"]["Node name for S&R"] == node["type"]
+        info = infos[node["id"]] = comfy_host.node_info(node["type"])  # KeyError: not a registered node type
+        spec, _ = ch._input_spec(info)
+        declared = {name: typ for name, typ, _ in spec}
+        for slot, inp in enumerate(node["inputs"]):
+            name = (inp.get("widget") or {}).get("name") or inp["name"]
+            assert name in declared, f"node #{node['id']} ({node['type']}): no input {name!r}"
+            assert inp["type"] == declared[name] or isinstance(declared[name], list)
+            if inp.get("link") is not None:
+                link = links[inp["link"]]
+                assert (link[3], link[4]) == (node["id"], slot), f"link {link[0]} does not end at this slot"
+        linked = {(i.get("widget") or {}).get("name") or i["name"] for i in node["inputs"] if i.get("link") is not None}
+        for name, typ, opts in spec:
+            required = name in (info["input"].get("required") or {})
+            if required and not ch._is_widget(typ, opts):
+                assert name in linked, f"node #{node['id']} ({node['type']}): required input {name!r} not connected"
+        assert [o["type"] for o in node["outputs"]] == info["output"], f"node #{node['id']}: output types"
+        for slot, out in enumerate(node["outputs"]):
+            for link_id in out.get("links") or []:
+                assert links[link_id][1:3] == [node["id"], slot], f"link {link_id} does not start at this slot"
+
+    for link_id, src, src_slot, dst, dst_slot, link_type in wf["links"]:
+        assert src in infos and dst in nodes, f"link {link_id} joins missing or virtual nodes"
+        assert link_type == infos[src]["output"][src_slot] == nodes[src]["outputs"][src_slot]["type"]
+        assert link_id in nodes[src]["outputs"][src_slot]["links"]
+        target = nodes[dst]["inputs"][dst_slot]
+        assert target["link"] == link_id
+        name = (target.get("widget") or {}).get("name") or target["name"]
+        declared = {n: t for n, t, _ in ch._input_spec(infos[dst])[0]}[name]
+        assert _compatible(declared, link_type), f"link {link_id}: {link_type} into {name} ({declared})"
+        assert nodes[src]["order"] < nodes[dst]["order"], f"link {link_id}: order is not topological"
+
+    api = comfy_host.workflow_to_api(wf)  # every widget value maps onto a real widget
+    notes = [n for n in wf["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert notes, f"{path.name} has no note"
+    text = "\n".join(v for n in notes for v in n["widgets_values"])
+    values = file_widgets(api)
+    assert not weights.unknown_files(values), "loader widgets must hold official file names"
+    for entry in weights.files_needed(values):  # the note says where each file goes, as the catalogue does
+        assert any(entry.name in line and f"models/{entry.folder}" in line for line in text.splitlines()), \
+            f"the note of {path.name} does not put {entry.name} in models/{entry.folder}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_uses_official_defaults(comfy_host, path):
+    want = OFFICIAL[path.name]
+    api = comfy_host.workflow_to_api(load(path))
+    (loader,) = by_class(api, "DiffBIRLoadModels")
+    (ckpt,) = by_class(api, "CheckpointLoaderSimple")
+    assert (loader["inputs"]["stage1_name"], loader["inputs"]["controlnet_name"],
+            ckpt["inputs"]["ckpt_name"]) == want["files"]
+    (sampler,) = by_class(api, "KSampler")
+    s = sampler["inputs"]
+    assert (s["steps"], s["cfg"], (s["sampler_name"], s["scheduler"]), s["denoise"]) == \
+        (want["steps"], want["cfg"], want["sampler"], 1.0)
+    assert s["seed"] == 231  # the official default seed
+    texts = [api[s[name][0]]["inputs"]["text"] for name in ("positive", "negative")
+             if api[s[name][0]]["class_type"] == "CLIPTextEncode"]
+    if not texts:  # through LAControlNet Apply
+        apply = api[s["positive"][0]]
+        assert apply["class_type"] == "DiffBIRLAControlNetApply"
+        assert s["model"] == [s["positive"][0], 2], "the sampler must take LAControlNet Apply's MODEL output"
+        assert (apply["inputs"]["strength"], apply["inputs"]["start_percent"], apply["inputs"]["end_percent"]) == \
+            (1.0, 0.0, 1.0)
+        texts = [api[apply["inputs"][name][0]]["inputs"]["text"] for name in ("positive", "negative")]
+    assert tuple(texts) == want["prompts"]
+    stage1 = by_class(api, "DiffBIRStage1Restore")
+    if want["stage1"] is None:
+        assert not stage1
+    else:
+        inputs = stage1[0]["inputs"]
+        assert (inputs["upscale"], inputs["version"], inputs["min_short_edge"]) == (*want["stage1"], 512)
+        assert [n["inputs"]["method"] for n in by_class(api, "DiffBIRColorFix")] == ["wavelet"]
+
+
+# ------------------------------------------------------------------------------------------------ execution
+
+
+@pytest.fixture(scope="module")
+def tiny_files(comfy_host, comfy_models_dir):
+    assert tiny_sd21_checkpoint(comfy_models_dir) == TINY_CHECKPOINT
+    for official, kind in STAGE1_FILES.items():
+        write_tiny_stage1(comfy_models_dir / "diffbir" / tiny_name(official), kind)
+    for official, version in CONTROLNET_FILES.items():
+        write_tiny_controlnet(comfy_models_dir / "diffbir" / tiny_name(official), version)
+    comfy_host.refresh_models()
+    return comfy_models_dir
+
+
+@pytest.fixture(scope="module")
+def input_png(comfy_host):
+    import folder_paths
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(11)
+    arr = (torch.rand(INPUT_H, INPUT_W, 3, generator=g) * 255).round().byte().numpy()
+    name = f"diffbir_workflow_{uuid.uuid4().hex[:8]}.png"
+    path = Path(folder_paths.get_input_directory()) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, "RGB").save(path)
+    yield name
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks plus a full-size VAE at small sizes: one thread is faster on a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def for_test(api: dict, png: str) -> dict:
+    """The workflow's prompt with tiny models, the test image, 2 steps and a 64-pixel minimum short edge."""
+    for node in api.values():
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "LoadImage":
+            inputs["image"] = png
+        elif kind == "CheckpointLoaderSimple":
+            assert inputs["ckpt_name"] in CHECKPOINT_FILES
+            inputs["ckpt_name"] = TINY_CHECKPOINT
+        elif kind == "DiffBIRLoadModels":
+            for key, table in (("stage1_name", STAGE1_FILES), ("controlnet_name", CONTROLNET_FILES)):
+                assert inputs[key] == "none" or inputs[key] in table, f"{key}: not an official file name"
+                if inputs[key] != "none":
+                    inputs[key] = tiny_name(inputs[key])
+        elif kind == "KSampler":
+            inputs["steps"] = TEST_STEPS
+        elif kind == "DiffBIRStage1Restore":
+            inputs["min_short_edge"] = TEST_MIN_SHORT_EDGE
+    return api
+
+
+class Sizes:
+    """Image / latent / integer values of a prompt's nodes, computed from the official size rules."""
+
+    def __init__(self, api, original):
+        self.api, self.original = api, original  # original: the workflow's prompt before for_test()
+
+    def value(self, ref):
+        return self.output(*ref) if isinstance(ref, list) else ref
+
+    def output(self, node_id, slot=0):
+        node = self.api[node_id]
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "LoadImage":
+            return (INPUT_W, INPUT_H)
+        if kind == "DiffBIRDegrade":
+            return self.value(inputs["image"])
+        if kind == "DiffBIRStage1Restore":
+            w, h = self.value(inputs["image"])
+            loader = self.original[inputs["stage1"][0]]["inputs"]["stage1_name"]
+            pipeline = STAGE1_FILES[loader]
+            p = stage1_core.plan(h, w, pipeline, inputs["upscale"], inputs["version"], inputs["min_short_edge"],
+                                 STAGE1_SCALE[pipeline])
+            size = (p.working_size[1], p.working_size[0])
+            return [size, p.target_size[1], p.target_size[0]][slot]
+        if kind == "GetImageSize":
+            return self.value(inputs["image"])[slot] if slot < 2 else 1
+        if kind == "ImageScale":
+            return (self.value(inputs["width"]), self.value(inputs["height"]))
+        if kind == "DiffBIRColorFix":
+            return self.value(inputs["image"])
+        if kind == "EmptyLatentImage":
+            return (self.value(inputs["width"]) // 8, self.value(inputs["height"]) // 8)
+        if kind == "VAEEncode":
+            w, h = self.value(inputs["pixels"])
+            return (w // 8, h // 8)
+        if kind == "KSampler":
+            return self.value(inputs["latent_image"])
+        if kind == "VAEDecode":
+            w, h = self.value(inputs["samples"])
+            return (w * 8, h * 8)
+        raise AssertionError(f"no size rule for {kind}")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_runs_with_tiny_models(comfy_host, tiny_files, input_png, one_thread, path):
+    import folder_paths
+    from PIL import Image
+
+    original = comfy_host.workflow_to_api(load(path))
+    api = for_test(json.loads(json.dumps(original)), input_png)
+    outputs = comfy_host.run(api)
+    sizes = Sizes(api, original)
+    checked = 0
+    for node_id, node in api.items():
+        if node["class_type"] in ("SaveImage", "PreviewImage"):
+            want = sizes.value(node["inputs"]["images"])
+            (image,) = outputs[node_id]["images"]
+            folder = folder_paths.get_output_directory() if image["type"] == "output" else \
+                folder_paths.get_temp_directory()
+            with Image.open(Path(folder) / image["subfolder"] / image["filename"]) as img:
+                assert img.size == want, f"node {node_id} ({node['class_type']}): {img.size} != {want}"
+            checked += 1
+        elif node["class_type"] == "PreviewAny":
+            assert "PSNR" in "".join(outputs[node_id]["text"]) and "SSIM" in "".join(outputs[node_id]["text"])
+    assert checked >= 1
+    if by_class(api, "DiffBIRStage1Restore"):  # the final image has the official size: input x upscale
+        (stage1,) = by_class(api, "DiffBIRStage1Restore")
+        (save,) = by_class(api, "SaveImage")
+        rnd = math.ceil if stage1["inputs"]["version"] == "v1" else int
+        upscale = stage1["inputs"]["upscale"]
+        assert sizes.value(save["inputs"]["images"]) == (rnd(INPUT_W * upscale), rnd(INPUT_H * upscale))
