@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -110,6 +111,21 @@ def _refusal(path: Path, err: Exception) -> UnsafeCheckpointError:
     )
 
 
+def _not_weights(path: Path) -> CheckpointError | None:
+    """A text file saved under a checkpoint name (Git LFS pointer, HTML error page), recognised by its start."""
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    if head.startswith(b"version https://git-lfs"):
+        return CheckpointError(
+            f"'{path.name}' is a Git LFS pointer ({path.stat().st_size} bytes of text), not the weights: download "
+            "the file itself (the download button on Hugging Face, or `git lfs pull` in a clone).")
+    if head[:1] == b"<":
+        return CheckpointError(
+            f"'{path.name}' is an HTML/XML page, not weights (a download that saved an error or login page): "
+            "download it again.")
+    return None
+
+
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
     from safetensors import safe_open
 
@@ -135,6 +151,12 @@ def _read_pickle(path: Path):
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        with open(path, "rb") as f:
+            first = f.read(1).decode("latin-1")
+        if first not in pickletools.code2op:  # not a pickle at all (nor a zip archive): nothing was refused
+            raise CheckpointError(
+                f"'{path.name}' is not a PyTorch checkpoint (neither a pickle nor a zip archive). It may be damaged "
+                "or another kind of file: download it again.") from err
         raise _refusal(path, err) from err
     except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, KeyError, OSError) as err:
         text = str(err)
@@ -189,6 +211,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: '{path}'")
+    not_weights = _not_weights(path)
+    if not_weights is not None:
+        raise not_weights
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
         raw, metadata = _read_safetensors(path)
     else:

@@ -122,12 +122,28 @@ class LoadedNetwork:
     extras: dict = field(default_factory=dict)  # v1 full checkpoint: remaining parts
 
 
+# What to do with a file picked in the wrong slot, by what it looks like.
+_WRONG_FILE_FIXES = {
+    "sd21": "Load it with ComfyUI's Load Checkpoint node; it is the SD 2.1 model, not a DiffBIR file.",
+    "sd15": "DiffBIR needs SD 2.1; load an SD 2.1 checkpoint with ComfyUI's Load Checkpoint node.",
+    "sdxl": "DiffBIR needs SD 2.1; load an SD 2.1 checkpoint with ComfyUI's Load Checkpoint node.",
+    "controlnet_standard": "Use it with ComfyUI's Load ControlNet Model and Apply ControlNet nodes.",
+    "unknown": "Check that the right file was picked and that it downloaded completely.",
+}
+
+
 def expect_kind(det: Detection, expected: Iterable[str], name: str, slot: str) -> None:
     expected = tuple(expected)
     if det.kind in expected:
         return
     wanted = " or ".join(KIND_NAMES.get(k, k) for k in expected)
-    raise WrongCheckpointError(f"'{name}' looks like {det.looks_like}, but the {slot} slot expects {wanted}.")
+    if det.is_stage1:
+        fix = "Pick it in the stage 1 slot instead."
+    elif det.kind == "controlnet":
+        fix = "Pick it in the ControlNet slot instead."
+    else:
+        fix = _WRONG_FILE_FIXES.get(det.kind, "")
+    raise WrongCheckpointError(f"'{name}' looks like {det.looks_like}, but the {slot} slot expects {wanted}. {fix}".rstrip())
 
 
 def load_network(path: str | os.PathLike, expected: Iterable[str], slot: str, config: dict | None = None) -> LoadedNetwork:

@@ -6,7 +6,7 @@ import comfy.model_management as mm
 import torch
 
 from ..diffbir_core.colorfix import COLOR_FIXES, color_fix
-from .stage1 import rgb_image
+from .images import rgb_image
 
 METHODS = tuple(COLOR_FIXES)  # wavelet (default), adain, none
 

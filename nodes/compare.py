@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from ..diffbir_core.degrade import metrics as _metrics
+from .images import rgb_image
 
 
 def _fmt_psnr(v: float) -> str:
@@ -19,8 +20,8 @@ class DiffBIRCompare:
 
     DESCRIPTION = (
         "Measure how close two images are: PSNR (dB, higher is better) and SSIM (0..1, higher is better), "
-        "computed on RGB in [0, 1] with data range 1. SSIM uses the standard Gaussian window (11x11, sigma 1.5) "
-        "per RGB channel, averaged (not on luma Y), matching scikit-image's structural_similarity. For batches the "
+        "computed on RGB in [0, 1] with data range 1 (RGBA loses its alpha, grayscale is repeated to RGB). SSIM "
+        "uses the standard Gaussian window (11x11, sigma 1.5) per RGB channel, averaged (not on luma Y), matching scikit-image's structural_similarity. For batches the "
         "outputs are the mean and the report lists every image. Both inputs must have the same size; a batch of 1 "
         "is compared with every image of the other input. LPIPS is not computed: it needs network weights that this "
         "pack does not download."
@@ -45,7 +46,8 @@ class DiffBIRCompare:
         }
 
     def compare(self, image_a, image_b):
-        a, b = _metrics.pair_batches(image_a, image_b)
+        # RGB (alpha dropped, gray repeated); empty batches and NaN/Inf pixels are refused, naming the input.
+        a, b = _metrics.pair_batches(rgb_image(image_a, "image_a"), rgb_image(image_b, "image_b"))
         if a.shape[1] < _metrics.SSIM_WIN or a.shape[2] < _metrics.SSIM_WIN:
             raise ValueError(
                 f"image_a / image_b: images must be at least {_metrics.SSIM_WIN}x{_metrics.SSIM_WIN} pixels for SSIM, "

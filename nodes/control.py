@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..diffbir_core.arch.ldm_blocks import GroupNorm32
 from ..diffbir_core.schedule import LATENT_SCALE
+from .images import rgb_image
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 # padded latent, so the pad size changes every latent pixel slightly and we keep the official 64.
 CONDITION_PAD = 64
 LATENT_DOWNSCALE = 8
+
+# transformer_options keys the DiffBIR Sampler sets for one model call (ComfyUI hands transformer_options to
+# get_control). Absent, as with the stock samplers, the control behaves as it always did.
+TILE_KEY = "diffbir_tile"  # (y0, y1, x0, x1): latent window of the current tile of tiled diffusion
+MODEL_TIMESTEP_KEY = "diffbir_model_t"  # the exact (possibly fractional) model timestep of the call
 
 
 # ----------------------------------------------------------------------------- model preparation
@@ -130,8 +136,11 @@ def encode_condition(vae, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int,
     cropped to the sampler's size when used. ComfyUI's `VAE.encode` maps [0, 1] to [-1, 1] itself and
     returns the unscaled posterior mode (DiagonalGaussianRegularizer(sample=False)).
     """
-    if image.ndim != 4 or image.shape[-1] < 3:
-        raise ValueError(f"DiffBIR: the condition image must be an IMAGE batch (B, H, W, 3), got shape {tuple(image.shape)}")
+    image = rgb_image(image, "image")  # RGBA -> RGB, gray -> RGB; empty and NaN/Inf images refused
+    if vae is None or not hasattr(vae, "encode"):
+        raise ValueError(
+            "DiffBIR: the condition image needs the SD 2.1 VAE, but the 'vae' input is empty. Connect the VAE of your "
+            "SD 2.1 Load Checkpoint (the VAE output of Load DiffBIR Models is only filled for a v1 full checkpoint).")
     latent_channels = getattr(vae, "latent_channels", 4)
     if latent_channels != 4:
         raise ValueError(
@@ -140,7 +149,7 @@ def encode_condition(vae, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int,
         )
     h, w = image.shape[1:3]
     pad_h, pad_w = (-h) % CONDITION_PAD, (-w) % CONDITION_PAD
-    pixels = image[..., :3].movedim(-1, 1).float()
+    pixels = image.movedim(-1, 1).float()
     if pad_h or pad_w:
         pixels = F.pad(pixels, (0, pad_w, 0, pad_h), value=0.0)
     latent = vae.encode(pixels.movedim(1, -1))
@@ -168,6 +177,7 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         self.dtype = dtype
         self.condition_latent: torch.Tensor | None = None  # (B, 4, h, w), scaled, whole 64-padded image
         self.condition_size: tuple[int, int] | None = None  # unpadded pixel size (H, W)
+        self.condition_image: torch.Tensor | None = None  # (B, H, W, C) in [0, 1]: the image encoded, if known
         self.control_scales: list[float] | None = None  # per-control multipliers (before strength)
         self.model_sampling_current = None
         self._lazy_latent = None  # encoded in get_control when the stock Apply ControlNet node was used
@@ -179,9 +189,10 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         return len(self.control_model.input_blocks) + 1
 
     def set_condition(self, latent: torch.Tensor, size: tuple[int, int], strength: float = 1.0,
-                      timestep_percent_range=(0.0, 1.0)):
+                      timestep_percent_range=(0.0, 1.0), image: torch.Tensor | None = None):
         self.condition_latent = latent
         self.condition_size = tuple(size)
+        self.condition_image = image
         self.strength = strength
         self.timestep_percent_range = timestep_percent_range
         self._hint_cache = {}
@@ -193,6 +204,7 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         self.vae = vae
         self.condition_latent = None
         self.condition_size = None
+        self.condition_image = None
         return self
 
     def set_control_scales(self, scales):
@@ -209,6 +221,7 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         self.copy_to(c)
         c.condition_latent = self.condition_latent
         c.condition_size = self.condition_size
+        c.condition_image = self.condition_image
         c.control_scales = None if self.control_scales is None else list(self.control_scales)
         return c
 
@@ -257,6 +270,19 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         # UNet; like the stock ControlNet we add no extra estimate of our own (only the chained ones').
         return super().inference_memory_requirements(dtype)
 
+    # -- the condition --------------------------------------------------------------------------------
+    def condition(self) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(condition latent of the 64-padded image, unpadded pixel size (H, W)); encodes a stock-node hint now."""
+        return self._latent_and_size()
+
+    def condition_pixels(self) -> torch.Tensor | None:
+        """The stage-1 image the condition latent encodes, (B, H, W, C) in [0, 1], when the control has it."""
+        if self.condition_image is not None:
+            return self.condition_image
+        if self.condition_latent is None and self.cond_hint_original is not None:
+            return self.cond_hint_original.movedim(1, -1)  # stock Apply ControlNet keeps the image (NCHW)
+        return None
+
     # -- the forward --------------------------------------------------------------------------------
     def _latent_and_size(self):
         if self.condition_latent is not None:
@@ -275,13 +301,22 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
             comfy.model_management.load_models_gpu(loaded)
         return self._lazy_latent
 
-    def _hint_for(self, x_noisy: torch.Tensor, batched_number: int) -> torch.Tensor:
+    def _hint_for(self, x_noisy: torch.Tensor, batched_number: int, window=None) -> torch.Tensor:
+        """The condition latent for x_noisy: cropped to its size, or to `window` (a tile of tiled diffusion)."""
         h, w = x_noisy.shape[-2:]
-        key = (x_noisy.shape[0], h, w, batched_number, x_noisy.device)
+        window = None if window is None else tuple(int(v) for v in window)
+        key = (x_noisy.shape[0], h, w, batched_number, x_noisy.device, window)
         hint = self._hint_cache.get(key)
         if hint is not None:
             return hint
         latent, (img_h, img_w) = self._latent_and_size()
+        if window is not None:
+            y0, y1, x0, x1 = window
+            if (y1 - y0, x1 - x0) != (h, w) or min(y0, x0) < 0 or y1 > latent.shape[-2] or x1 > latent.shape[-1]:
+                raise ValueError(
+                    f"DiffBIR ControlNet: tile window {window} does not fit a {w}x{h} tile of the condition latent "
+                    f"({latent.shape[-1]}x{latent.shape[-2]}).")
+            return self._batched(latent[:, :, y0:y1, x0:x1], x_noisy, batched_number, key, keep=True)
         if not (_accepted(h, img_h) and _accepted(w, img_w)) or h > latent.shape[-2] or w > latent.shape[-1]:
             raise ValueError(
                 f"DiffBIR ControlNet: the sampler's latent is {w}x{h} ({w * 8}x{h * 8} pixels) but the condition "
@@ -289,20 +324,26 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
                 f"{math.ceil(img_h / 8)}). They must match: sample the latent of the stage-1 image itself (VAE Encode "
                 f"it, or an Empty Latent Image of {img_w}x{img_h}), or resize the image to {w * 8}x{h * 8} before "
                 "LAControlNet Apply.")
-        hint = latent[:, :, :h, :w]
-        batch = x_noisy.shape[0]
-        if hint.shape[0] == 1:
+        return self._batched(latent[:, :, :h, :w], x_noisy, batched_number, key)
+
+    def _batched(self, hint, x_noisy, batched_number, key, keep=False):
+        """`hint` spread over x_noisy's batch (cond and uncond chunks) on its device, cached under `key`."""
+        images, batch = hint.shape[0], x_noisy.shape[0]
+        if images == 1:
             hint = hint.expand(batch, -1, -1, -1)
-        elif hint.shape[0] != batch:
+        elif images != batch:
             # cond and uncond are batched together: each chunk gets the images in order (stock rule).
             hint = comfy.controlnet.broadcast_image_to(hint, batch, batched_number)
             if hint.shape[0] != batch:
                 raise ValueError(
-                    f"DiffBIR ControlNet: {latent.shape[0]} condition images cannot be spread over a latent batch of "
+                    f"DiffBIR ControlNet: {images} condition images cannot be spread over a latent batch of "
                     f"{batch // max(1, batched_number)}; give LAControlNet Apply one image or as many as the latent "
                     "batch.")
         hint = hint.to(device=x_noisy.device, dtype=torch.float32).contiguous()
-        self._hint_cache = {key: hint}
+        if keep:  # tiles: one entry per window (bounded by the tile grid)
+            self._hint_cache[key] = hint
+        else:
+            self._hint_cache = {key: hint}
         return hint
 
     def get_control(self, x_noisy, t, cond, batched_number, transformer_options=None, *args, **kwargs):
@@ -314,7 +355,8 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         if self.timestep_range is not None and not (self.timestep_range[1] <= t[0] <= self.timestep_range[0]):
             return control_prev  # outside start/end percent (sigmas: start is the larger)
 
-        hint = self._hint_for(x_noisy, batched_number)
+        options = transformer_options or {}
+        hint = self._hint_for(x_noisy, batched_number, options.get(TILE_KEY))
         context = cond.get("crossattn_controlnet", cond["c_crossattn"])
         if context.shape[-1] != self.control_model.context_dim:
             raise ValueError(
@@ -322,6 +364,9 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
                 f"channels) but got {context.shape[-1]}: encode the prompts with the CLIP of the SD 2.1 checkpoint.")
         sampling = self.model_sampling_current
         timesteps = sampling.timestep(t)
+        exact = options.get(MODEL_TIMESTEP_KEY)
+        if exact is not None:  # the DiffBIR Sampler's fractional grids (dpm++_m2): not rounded to an integer t
+            timesteps = torch.full(timesteps.shape, float(exact), device=timesteps.device)
         x_in = sampling.calculate_input(t, x_noisy)
         controls = self.control_model(x_in, hint, timesteps, context.to(x_noisy.device))
         if self.control_scales is not None:

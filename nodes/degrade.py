@@ -5,8 +5,19 @@ Thin adapter over ``diffbir_core.degrade``; imports nothing from ComfyUI at modu
 
 from __future__ import annotations
 
+import inspect
+import json
+
 from ..diffbir_core.degrade import pipeline as _pipe
-from ..diffbir_core.degrade.presets import PRESETS, PRESET_NAMES, RANGE_INFO, format_range
+from ..diffbir_core.degrade.presets import (
+    PRESET_NAMES,
+    PRESETS,
+    RANGE_INFO,
+    format_range,
+    get_preset,
+    resolve_ranges,
+)
+from .images import rgb_image
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 SHARPEN_CHOICES = ("preset", "on", "off")
@@ -28,6 +39,32 @@ def _override_tooltip(key: str) -> str:
         f"Override the range of the {meaning}. Empty = the preset's range. Write 'low-high' (e.g. '1-4') or one "
         f"number for a fixed value. Preset values: {'; '.join(uses)}. Only valid for presets listed here."
     )
+
+
+def _validate_inputs(cls, preset=None, params_json=None, **overrides):
+    """Shown before the run: preset, range overrides and params_json (a linked input arrives as None)."""
+    try:
+        if preset is not None:
+            get_preset(preset)
+        if params_json and params_json.strip():
+            try:
+                data = json.loads(params_json)
+            except ValueError:
+                data = None  # params_from_json words the error
+            _pipe.params_from_json(params_json, len(data) if isinstance(data, list) and data else 1)
+        elif preset is not None:
+            resolve_ranges(preset, {k: v for k, v in overrides.items() if v is not None})
+    except ValueError as err:
+        return str(err)
+    return True
+
+
+# ComfyUI gives VALIDATE_INPUTS only the inputs its signature names, and skips its own checks (min/max, combo
+# list) for exactly those; a **kwargs signature would switch them off for every input. So name each one.
+_validate_inputs.__signature__ = inspect.Signature(
+    [inspect.Parameter("cls", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+       for name in ("preset", "params_json", *RANGE_INFO)])
 
 
 class DiffBIRDegrade:
@@ -90,7 +127,9 @@ class DiffBIRDegrade:
         )
         return {
             "required": {
-                "image": ("IMAGE", {"tooltip": "Clean (high-quality) images to degrade; every image of a batch gets its own draws."}),
+                "image": ("IMAGE", {"tooltip": "Clean (high-quality) images to degrade, at least 16x16; every image of "
+                                               "a batch gets its own draws. RGBA loses its alpha, grayscale is "
+                                               "repeated to RGB."}),
                 "preset": (
                     list(PRESET_NAMES),
                     {"default": "general", "tooltip": "Which DiffBIR training degradation and ranges to use (see the node description)."},
@@ -109,10 +148,10 @@ class DiffBIRDegrade:
             "optional": optional,
         }
 
+    VALIDATE_INPUTS = classmethod(_validate_inputs)
+
     def degrade(self, image, preset, seed, sharpen_hq="preset", hq_size=0, params_json="", **overrides):
-        if image is None or getattr(image, "ndim", 0) != 4 or image.shape[-1] != 3:
-            shape = tuple(getattr(image, "shape", ()))
-            raise ValueError(f"image: expected an RGB IMAGE batch [B, H, W, 3], got shape {shape}")
+        image = rgb_image(image, "image")  # RGBA -> RGB, gray -> RGB; empty and NaN/Inf images refused
         unknown = sorted(set(overrides) - set(RANGE_INFO))
         if unknown:
             raise ValueError(f"unknown input(s) {unknown}; known range overrides: {', '.join(RANGE_INFO)}")

@@ -19,6 +19,7 @@ import logging
 import comfy.model_sampling
 
 from .control import DiffBIRControl, encode_condition
+from .images import rgb_image, widget_range_error
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,13 @@ def patch_v_zsnr(model):
         return node().patch(model, "v_prediction", True)[0]
     out = node.execute(model=model, sampling="v_prediction", zsnr=True)  # V3 node API
     return out.result[0] if hasattr(out, "result") else out[0]
+
+
+def _percent_error(start_percent, end_percent) -> str | None:
+    if start_percent is not None and end_percent is not None and start_percent > end_percent:
+        return (f"start_percent ({start_percent}) is after end_percent ({end_percent}), so the ControlNet would never "
+                "act: set start_percent <= end_percent (official: 0 and 1)")
+    return None
 
 
 def _describe(prediction: str, zsnr: bool) -> str:
@@ -84,7 +92,8 @@ class DiffBIRLAControlNetApply:
                 "negative": ("CONDITIONING", {"tooltip": "Negative conditioning; it gets the same condition image."}),
                 "control_net": ("CONTROL_NET", {"tooltip": "The DiffBIR ControlNet from 'Load DiffBIR Models'."}),
                 "image": ("IMAGE", {"tooltip": "The stage-1 restored image (the condition). The sampled latent must "
-                                               "have this image's size / 8."}),
+                                               "have this image's size / 8. RGBA loses its alpha, grayscale is "
+                                               "repeated to RGB."}),
                 "vae": ("VAE", {"tooltip": "The SD 2.1 VAE (from the same checkpoint as the MODEL), used to encode "
                                            "the condition image."}),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
@@ -104,15 +113,32 @@ class DiffBIRLAControlNetApply:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None):
+        """Shown before the run (ComfyUI then leaves the min/max check of these two inputs to us)."""
+        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+            error = widget_range_error(cls, name, value)
+            if error:
+                return error
+        return _percent_error(start_percent, end_percent) or True
+
     def apply(self, positive, negative, control_net, image, vae, strength, start_percent, end_percent, model=None):
+        if control_net is None:
+            raise ValueError(
+                "LAControlNet Apply: 'control_net' is empty: Load DiffBIR Models has controlnet_name 'none'. Pick a "
+                "DiffBIR ControlNet file there (DiffBIR_v2.1.pt, v2.pth, v1_general.pth or v1_face.pth).")
         if not isinstance(control_net, DiffBIRControl):
             raise TypeError(
                 f"LAControlNet Apply needs a DiffBIR ControlNet from 'Load DiffBIR Models', got "
                 f"{type(control_net).__name__}. Use the stock 'Apply ControlNet' for other ControlNets.")
+        error = _percent_error(start_percent, end_percent)
+        if error:
+            raise ValueError(f"LAControlNet Apply: {error}")
         out_model = self._model_for(control_net, model)
         if strength == 0:
             return (positive, negative, out_model)
 
+        image = rgb_image(image, "image")  # RGBA -> RGB, gray -> RGB; empty and NaN/Inf images refused
         latent, size = encode_condition(vae, image)
         cnets = {}
         out = []
@@ -124,7 +150,7 @@ class DiffBIRLAControlNetApply:
                 if prev_cnet in cnets:
                     c_net = cnets[prev_cnet]
                 else:
-                    c_net = control_net.copy().set_condition(latent, size, strength, (start_percent, end_percent))
+                    c_net = control_net.copy().set_condition(latent, size, strength, (start_percent, end_percent), image)
                     c_net.set_previous_controlnet(prev_cnet)
                     cnets[prev_cnet] = c_net
                 d["control"] = c_net

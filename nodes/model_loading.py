@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 
 import comfy.model_management
 import folder_paths
@@ -80,8 +81,8 @@ def resolve(name: str, extra_folder: str) -> str | None:
         path = folder_paths.get_full_path(extra_folder, name[len(extra_folder) + 1 :])
     if path is None:
         raise FileNotFoundError(
-            f"DiffBIR: model file '{name}' not found in models/{FOLDER} or models/{extra_folder}. "
-            "Refresh the node list (press R) after adding files.")
+            f"DiffBIR: model file '{name}' not found in models/{FOLDER} or models/{extra_folder} (moved or "
+            "deleted?). Refresh the node list (press R) and pick an existing file.")
     return path
 
 
@@ -109,13 +110,18 @@ def _resolve_dtype(dtype_name: str, device: torch.device, params: int) -> torch.
 # One entry per slot: re-running a prompt with the same file, mtime and dtype reuses the loaded network,
 # and choosing another file releases the previous one.
 _CACHE: dict[str, tuple] = {}
+# Files read from disk, per slot, since start-up (each read is also logged): shows that nothing loads twice.
+LOAD_COUNTS: Counter = Counter()
 
 
-def _cached(slot: str, key, build):
+def _cached(slot: str, key, build, path: str):
     hit = _CACHE.get(slot)
     if hit is not None and hit[0] == key:
         return hit[1]
     _CACHE.pop(slot, None)
+    LOAD_COUNTS[slot] += 1
+    log.info("DiffBIR: reading the %s file %s from disk (%s read #%d)", slot, os.path.basename(path), slot,
+             LOAD_COUNTS[slot])
     value = build()
     _CACHE[slot] = (key, value)
     return value
@@ -237,17 +243,18 @@ class DiffBIRLoadModels:
         v1_sd = None  # path of a v1 full checkpoint picked in either slot
 
         if stage1_path is not None:
-            stage1, has_sd, info = _cached("stage1", (_file_key(stage1_path),), lambda: _load_stage1(stage1_path))
+            stage1, has_sd, info = _cached("stage1", (_file_key(stage1_path),), lambda: _load_stage1(stage1_path),
+                                           stage1_path)
             lines.append(info)
             v1_sd = stage1_path if has_sd else v1_sd
         if controlnet_path is not None:
             control, has_sd, info = _cached("controlnet", (_file_key(controlnet_path), dtype),
-                                            lambda: _load_controlnet(controlnet_path, dtype))
+                                            lambda: _load_controlnet(controlnet_path, dtype), controlnet_path)
             lines.append(info)
             v1_sd = controlnet_path if has_sd else v1_sd
         if v1_sd is not None:
             path = v1_sd
-            sd_parts = _cached("sd", (_file_key(path), dtype), lambda: _load_sd_parts(path, dtype))
+            sd_parts = _cached("sd", (_file_key(path), dtype), lambda: _load_sd_parts(path, dtype), path)
             lines.append(f"SD 2.1 (MODEL, CLIP, VAE) loaded from the v1 full checkpoint {os.path.basename(path)}")
         for slot, used in (("stage1", stage1_path), ("controlnet", controlnet_path), ("sd", v1_sd)):
             if used is None:

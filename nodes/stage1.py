@@ -14,6 +14,7 @@ import comfy.utils
 import torch
 
 from ..diffbir_core import stage1 as core
+from .images import rgb_image, widget_range_error
 from .types import STAGE1_TYPE
 
 log = logging.getLogger(__name__)
@@ -24,34 +25,6 @@ DEFAULT_VERSION = "v2.1"
 _SPANDREL_PIPELINES = {"SwinIR": "swinir", "SCUNet": "scunet"}
 
 
-def rgb_image(image: torch.Tensor, input_name: str) -> torch.Tensor:
-    """A ComfyUI IMAGE as (B, H, W, 3) float: RGBA drops alpha, grayscale (+alpha) is repeated.
-
-    Never modifies `image`; refuses NaN/Inf pixels naming the input.
-    """
-    if not isinstance(image, torch.Tensor):
-        raise TypeError(f"{input_name}: expected an IMAGE tensor, got {type(image).__name__}")
-    if image.ndim == 3:  # a single H, W, C image
-        image = image.unsqueeze(0)
-    if image.ndim != 4 or image.shape[0] == 0 or image.shape[1] == 0 or image.shape[2] == 0:
-        raise ValueError(f"{input_name}: expected a non-empty IMAGE batch (B, H, W, C), got shape {tuple(image.shape)}")
-    c = image.shape[-1]
-    if c in (3, 4):
-        image = image[..., :3]
-    elif c in (1, 2):
-        image = image[..., :1].expand(*image.shape[:-1], 3)
-    else:
-        raise ValueError(f"{input_name}: expected 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) channels, got {c}")
-    if not image.is_floating_point():
-        raise TypeError(f"{input_name}: expected a float IMAGE in [0, 1], got dtype {image.dtype}")
-    finite = torch.isfinite(image).flatten(1).all(1)
-    if not bool(finite.all()):
-        bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
-        raise ValueError(f"{input_name}: contains NaN or infinite pixel values (image {bad[0]} of the batch"
-                         f"{', and ' + str(len(bad) - 1) + ' more' if len(bad) > 1 else ''})")
-    return image
-
-
 def _pipeline_for(kind: str, scale: int, arch_id: str | None = None) -> str:
     if kind in core.PIPELINES:
         return kind
@@ -60,6 +33,13 @@ def _pipeline_for(kind: str, scale: int, arch_id: str | None = None) -> str:
     if scale > 1:
         return "bsrnet"
     return _SPANDREL_PIPELINES.get(arch_id, "swinir")
+
+
+def _check_tiles(tile_size: int, tile_overlap: int, size_multiple: int = 1) -> None:
+    try:
+        core.effective_tile(tile_size, tile_overlap, size_multiple)
+    except ValueError as err:
+        raise ValueError(f"{err}: lower tile_overlap or raise tile_size (0 = no tiling)") from None
 
 
 def _memory_estimate(h: int, w: int, tile: int, scale: int) -> int:
@@ -129,16 +109,34 @@ class DiffBIRStage1Restore:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, tile_size=None, tile_overlap=None):
+        """Shown before the run: the tile inputs (ComfyUI then leaves their min/max check to us)."""
+        for name, value in (("tile_size", tile_size), ("tile_overlap", tile_overlap)):
+            error = widget_range_error(cls, name, value)
+            if error:
+                return error
+        if tile_size is not None and tile_overlap is not None:
+            try:
+                _check_tiles(tile_size, tile_overlap)
+            except ValueError as err:
+                return str(err)
+        return True
+
     def restore(self, image, upscale, version, min_short_edge, tile_size, tile_overlap, stage1=None,
                 upscale_model=None):
         if (stage1 is None) == (upscale_model is None):
             raise ValueError("Stage1 SwinIR Restore: connect exactly one of 'stage1' (Load DiffBIR Models) or "
                              "'upscale_model' (Load Upscale Model); "
-                             + ("neither is connected." if stage1 is None else "both are connected."))
-        if not upscale >= 1.0:
-            raise ValueError(f"upscale must be >= 1, got {upscale}")
+                             + ("neither is connected (a 'stage1' fed by Load DiffBIR Models with stage1_name "
+                                "'none' is empty too: pick a stage-1 file there)." if stage1 is None
+                                else "both are connected."))
+        if stage1 is not None and not hasattr(stage1, "patcher"):
+            raise TypeError(f"stage1: expected the stage1 output of 'Load DiffBIR Models', got {type(stage1).__name__}")
+        error = widget_range_error(type(self), "upscale", upscale)
+        if error or not upscale >= 1.0:  # the widget bounds, for callers that bypass ComfyUI's validation
+            raise ValueError(error or f"upscale must be >= 1, got {upscale}")
         images = rgb_image(image, "image")
-        core.effective_tile(tile_size, tile_overlap)  # clear error on bad tile inputs before loading anything
 
         if stage1 is not None:
             runner = _PatcherRunner(stage1)
@@ -149,6 +147,7 @@ class DiffBIRStage1Restore:
         if version not in core.VERSIONS:
             raise ValueError(f"version must be one of {VERSION_CHOICES}, got {version!r}")
 
+        _check_tiles(tile_size, tile_overlap, runner.size_multiple)  # before loading anything
         b, h, w, _ = images.shape
         p = core.plan(h, w, runner.pipeline, upscale, version, min_short_edge, runner.scale, runner.size_multiple)
         net_h, net_w = p.padded_size

@@ -413,8 +413,8 @@ def test_override_for_other_pipeline_and_bad_params_json():
         node.degrade(img, "nope", 0)
     with pytest.raises(TypeError, match="numpy.random.Generator"):
         draw_params("general", 123)
-    with pytest.raises(ValueError, match="image: expected an RGB IMAGE"):
-        node.degrade(torch.zeros(1, 32, 32, 4), "general", 0)
+    with pytest.raises(ValueError, match=r"image: expected 1 \(gray\), 2 \(gray\+alpha\), 3 \(RGB\) or 4"):
+        node.degrade(torch.zeros(1, 32, 32, 5), "general", 0)  # RGBA and gray are converted to RGB
 
 
 # ------------------------------------------------------------------ node contract

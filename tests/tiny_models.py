@@ -109,9 +109,15 @@ def tiny_sd21_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
         unet["output_blocks.11.1.transformer_blocks.0.norm1.bias"]
     )
     sd.update({f"model.diffusion_model.{k}": v for k, v in unet.items()})
-    vae = _random_init(vae_arch.build(), seed)
+    # Built under a fixed seed too: biases and norms keep their default init, which draws
+    # from the global generator; without this the file would differ between processes.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae = _random_init(vae_arch.build(), seed)
     sd.update({f"first_stage_model.{k}": v.detach().clone() for k, v in vae.state_dict().items()})
-    clip = _random_init(clip_text.build(TINY_CLIP), seed + 1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        clip = _random_init(clip_text.build(TINY_CLIP), seed + 1)
     sd.update({f"cond_stage_model.{k}": v.detach().clone() for k, v in clip.state_dict().items()})
     return sd
 

@@ -63,7 +63,8 @@ class X0ToV:
         low = t.floor().long()
         high = (low + 1).clamp(max=len(self.log_sigmas) - 1)
         w = t - low
-        log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
+        # where w == 0 take the table value itself: 0 * inf would be nan at a zero-terminal-SNR t = 999
+        log_sigma = torch.where(w > 0, (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high], self.log_sigmas[low])
         return log_sigma.exp().clamp(max=self.sigma_max)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

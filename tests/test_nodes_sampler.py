@@ -1,0 +1,411 @@
+"""DiffBIR Sampler and the diffbir_* KSAMPLERs inside a real ComfyUI.
+
+* Parity: ComfyUI's own UNet (golden small weights), our ControlNet through LAControlNet Apply and the host VAE,
+  sampled by the DiffBIR Sampler node through ComfyUI's machinery with the recorded noise, reproduce the
+  official Pipeline.apply_cldm runs (v2.1 = v-prediction + zero-terminal SNR, and v2 = eps).
+* The tiny SD 2.1 shape-alike (tests/tiny_models.py) runs every official sampler, seeds, Cancel, tiled
+  diffusion, restoration guidance and the stock SamplerCustom / KSamplerSelect with the diffbir_* samplers.
+"""
+
+import inspect
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_models import TINY_SD21_NAME, tiny_sd21_checkpoint, write_tiny_controlnet
+
+from diffbir_core.sampling.noise import RecordedNoise
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+LATENT_SCALE = 0.18215
+TINY_CN = "tiny_controlnet_v2.1.safetensors"
+OFFICIAL = ("spaced", "ddim", "dpm++_m2", "edm_euler", "edm_euler_a", "edm_heun", "edm_dpm_2", "edm_dpm_2_a",
+            "edm_lms", "edm_dpm++_2s_a", "edm_dpm++_sde", "edm_dpm++_2m", "edm_dpm++_2m_sde", "edm_dpm++_3m_sde")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks: one thread avoids OpenMP stalls on a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_files(comfy_host, comfy_models_dir):
+    assert tiny_sd21_checkpoint(comfy_models_dir) == TINY_SD21_NAME
+    path = comfy_models_dir / "diffbir" / TINY_CN
+    if not path.is_file():
+        write_tiny_controlnet(path, "v2.1")
+    comfy_host.refresh_models()
+    return comfy_models_dir
+
+
+def node_module(comfy_host, name):
+    package = comfy_host.node_classes["DiffBIRSampler"].__module__.rsplit(".", 1)[0]
+    return sys.modules[f"{package}.{name}"]
+
+
+def node_output(comfy_host, node_id, index=0):
+    entry = comfy_host.executor.caches.outputs.get(node_id)
+    if inspect.isawaitable(entry):
+        entry = comfy_host.loop.run_until_complete(entry)
+    return getattr(entry, "outputs", entry)[index][0]
+
+
+def sampler_inputs(**changes):
+    inputs = {"seed": 7, "steps": 3, "cfg": 3.0, "sampler_name": "edm_dpm++_3m_sde", "rescale_cfg": False,
+              "start_point": "noise", "noise_aug": 0, "tile_size": 0, "tile_stride": 16}
+    inputs.update(changes)
+    return inputs
+
+
+def graph(**sampler_changes):
+    """The tiny SD 2.1 + golden ControlNet (v2.1) graph ending in a DiffBIR Sampler (node "s")."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_SD21_NAME}},
+        "2": {"class_type": "DiffBIRLoadModels",
+              "inputs": {"stage1_name": "none", "controlnet_name": TINY_CN, "dtype": "auto"}},
+        "3": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x8040C0}},
+        "p": {"class_type": "CLIPTextEncode", "inputs": {"text": "a sharp photo", "clip": ["1", 1]}},
+        "n": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "DiffBIRLAControlNetApply",
+              "inputs": {"positive": ["p", 0], "negative": ["n", 0], "control_net": ["2", 1], "image": ["3", 0],
+                         "vae": ["1", 2], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0,
+                         "model": ["1", 0]}},
+        "s": {"class_type": "DiffBIRSampler",
+              "inputs": {"model": ["4", 2], "positive": ["4", 0], "negative": ["4", 1], **sampler_inputs(),
+                         **sampler_changes}},
+        "o": {"class_type": "PreviewAny", "inputs": {"source": ["s", 0]}},
+    }
+
+
+def run_sampler(comfy_host, **changes):
+    comfy_host.run(graph(**changes))
+    return node_output(comfy_host, "s")["samples"].clone()
+
+
+@pytest.fixture(scope="module")
+def tiny(comfy_host, model_files):
+    """MODEL (v + zsnr, from LAControlNet Apply), positive/negative with the control, the VAE: for direct calls."""
+    import nodes
+
+    model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(TINY_SD21_NAME)[:3]
+    control = comfy_host.node_classes["DiffBIRLoadModels"]().load("none", TINY_CN, "auto")[1]
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    pos = nodes.CLIPTextEncode().encode(clip, "a sharp photo")[0]
+    neg = nodes.CLIPTextEncode().encode(clip, "blurry")[0]
+    pos, neg, model = comfy_host.node_classes["DiffBIRLAControlNetApply"]().apply(pos, neg, control, image, vae, 1.0,
+                                                                                  0.0, 1.0, model=model)
+    return {"model": model, "positive": pos, "negative": neg, "vae": vae, "plain": nodes.CLIPTextEncode().encode(
+        clip, "no control")[0]}
+
+
+def call_node(comfy_host, tiny, **changes):
+    kwargs = {"model": tiny["model"], "positive": tiny["positive"], "negative": tiny["negative"], **sampler_inputs()}
+    kwargs.update(changes)
+    return comfy_host.node_classes["DiffBIRSampler"]().sample(**kwargs)[0]["samples"]
+
+
+# ------------------------------------------------------------------------------------------ registration
+
+
+def test_nodes_registered_with_tooltips_and_official_defaults(comfy_host):
+    for class_name, display in (("DiffBIRSampler", "DiffBIR Sampler"),
+                                ("DiffBIRSamplerSelect", "DiffBIR Sampler Select")):
+        info = comfy_host.node_info(class_name)
+        assert info["display_name"] == display and info["category"] == "DiffBIR"
+        assert len(info["description"]) > 80
+        inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
+        for name, spec in inputs.items():
+            assert len(spec) > 1 and spec[1].get("tooltip"), f"{class_name}.{name} has no tooltip"
+        assert len(info["output_tooltips"]) == len(info["output"])
+    info = comfy_host.node_info("DiffBIRSampler")
+    req, opt = info["input"]["required"], info["input"]["optional"]
+    assert tuple(req["sampler_name"][0]) == OFFICIAL and req["sampler_name"][1]["default"] == "edm_dpm++_3m_sde"
+    assert req["steps"][1]["default"] == 10 and req["cfg"][1]["default"] == 6.0
+    assert "spaced" in req["sampler_name"][1]["tooltip"] and "50" in req["steps"][1]["tooltip"]
+    assert "4" in req["cfg"][1]["tooltip"]
+    assert req["noise_aug"][1]["max"] == 199 and req["start_point"][0] == ["noise", "cond"]
+    assert {"latent", "vae", "guidance", "guidance_space", "guidance_scale", "guidance_t_start", "guidance_t_stop",
+            "guidance_repeat", "guidance_style", "s_churn", "s_tmin", "s_tmax", "s_noise", "eta", "order"} == set(opt)
+    assert opt["guidance"][0] == ["none", "mse", "w_mse"] and opt["s_tmax"][1]["default"] == 300.0
+    # The diffbir_* KSAMPLERs are in the stock lists (KSamplerSelect and KSampler read them).
+    stock = comfy_host.node_info("KSamplerSelect")["input"]["required"]["sampler_name"]
+    names = stock[0] if isinstance(stock[0], list) else stock[1]["options"]
+    wanted = {"diffbir_spaced", "diffbir_ddim", "diffbir_dpmpp_m2", "diffbir_edm_dpmpp_3m_sde", "diffbir_edm_euler_a"}
+    assert wanted <= set(names) and len([n for n in names if n.startswith("diffbir_")]) == 14
+    ks = comfy_host.node_info("KSampler")["input"]["required"]["sampler_name"][0]
+    assert wanted <= set(ks)
+
+
+# ------------------------------------------------------------------------------------------ parity
+
+
+def _golden_model(sampling):
+    import comfy.model_detection
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    import comfy_extras.nodes_model_advanced as advanced
+
+    weights = load_file(GOLDEN / "cldm_weights.safetensors")
+    cfg = json.loads((GOLDEN / "cldm_weights.json").read_text())
+    unet_sd = {k[len("unet."):]: v for k, v in weights.items() if k.startswith("unet.")}
+    model_config = comfy.supported_models.SD20(comfy.model_detection.detect_unet_config(unet_sd, ""))
+    model_config.unet_config["num_head_channels"] = cfg["unet_cfg"]["num_head_channels"]
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model(unet_sd, "")
+    model.load_model_weights(unet_sd, "")
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    node = advanced.ModelSamplingDiscrete
+    if hasattr(node, "patch"):
+        return node().patch(patcher, *sampling)[0]
+    out = node.execute(model=patcher, sampling=sampling[0], zsnr=sampling[1])
+    return out.result[0] if hasattr(out, "result") else out[0]
+
+
+@pytest.mark.parametrize("name, sampling", [("sample_spaced5_v21_cfg4_neg", ("v_prediction", True)),
+                                            ("sample_spaced5_v2eps_cfg4_neg", ("eps", False))])
+def test_parity_with_official_apply_cldm(comfy_host, model_files, monkeypatch, name, sampling):
+    import comfy.sd
+
+    meta = json.loads((GOLDEN / f"{name}.json").read_text())
+    assert (meta["sampler"], meta["steps"], meta["cfg_scale"], meta["strength"]) == ("spaced", 5, 4.0, 1.0)
+    g = load_file(GOLDEN / f"{name}.safetensors")
+    weights = load_file(GOLDEN / "cldm_weights.safetensors")
+    cfg = json.loads((GOLDEN / "cldm_weights.json").read_text())
+    vae = comfy.sd.VAE(sd={k[4:]: v for k, v in weights.items() if k.startswith("vae.")},
+                       config={"params": cfg["vae_cfg"]})
+    model = _golden_model(sampling)
+    lacn = node_module(comfy_host, "lacontrolnet")
+    assert lacn.model_sampling_kind(model) == (sampling[0].split("_")[0], sampling[1])
+    control = comfy_host.node_classes["DiffBIRLoadModels"]().load("none", TINY_CN, "fp32")[1]
+    pos, neg, _ = comfy_host.node_classes["DiffBIRLAControlNetApply"]().apply(
+        [[g["in.c_txt_pos"], {}]], [[g["in.c_txt_neg"], {}]], control, g["in.cond_img01"].movedim(1, -1), vae,
+        1.0, 0.0, 1.0)
+
+    noise = RecordedNoise.from_tensors(g)
+    monkeypatch.setattr(node_module(comfy_host, "sampler"), "noise_source", lambda seed: noise)
+    out = comfy_host.node_classes["DiffBIRSampler"]().sample(
+        model, pos, neg, 0, 5, 4.0, "spaced", False, "noise", 0, 0, 256)[0]["samples"]
+    noise.check_consumed()
+    got, want = out * LATENT_SCALE, g["out.z_final"]
+    err = (got - want).abs()
+    print(f"{name}: z_final max abs err {err.max().item():.3e}")
+    assert (err <= 1e-3 + 1e-5 * want.abs()).all(), err.max().item()
+
+
+# ------------------------------------------------------------------------------------------ every sampler, seeds
+
+
+@pytest.mark.parametrize("sampler", OFFICIAL)
+def test_every_official_sampler_runs(comfy_host, tiny, sampler):
+    steps = 2 if sampler in ("ddim", "edm_heun", "edm_dpm_2", "edm_dpm++_sde", "edm_dpm++_2s_a") else 3
+    out = call_node(comfy_host, tiny, sampler_name=sampler, steps=steps)
+    assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
+    assert out.abs().max() > 0
+
+
+def test_fractional_grid_reaches_unet_and_controlnet_unrounded(comfy_host, tiny, monkeypatch):
+    """dpm++_m2's model times are fractional; the host's sigma -> timestep map would round them."""
+    module = node_module(comfy_host, "sampler")
+    unet = tiny["model"].model.diffusion_model
+    control = module.find_control(tiny["positive"]).control_model
+    seen = {"unet": [], "control": []}
+    unet_forward, control_forward = unet._forward, control.forward
+
+    def unet_spy(x, timesteps=None, *args, **kwargs):
+        seen["unet"].append(float(timesteps[0]))
+        return unet_forward(x, timesteps, *args, **kwargs)
+
+    def control_spy(x, hint, timesteps, context):
+        seen["control"].append(float(timesteps[0]))
+        return control_forward(x, hint, timesteps, context)
+
+    monkeypatch.setattr(unet, "_forward", unet_spy)
+    monkeypatch.setattr(control, "forward", control_spy)
+    call_node(comfy_host, tiny, sampler_name="dpm++_m2", steps=3)
+    want = module.grid_timesteps("dpm++_m2", module.model_diffusion(tiny["model"]), 3)
+    assert any(t != round(t) for t in want)
+    for name, got in seen.items():
+        assert got == pytest.approx(want, abs=1e-3), name
+
+
+def test_seed_reproducible_through_the_executor(comfy_host, model_files):
+    a = run_sampler(comfy_host, seed=11)
+    b = run_sampler(comfy_host, seed=11)
+    c = run_sampler(comfy_host, seed=12)
+    assert torch.isfinite(a).all() and torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_interrupt_stops_the_prompt_and_the_next_one_runs(comfy_host, model_files, monkeypatch):
+    import comfy.model_management
+    import comfy_host as ch
+
+    module = node_module(comfy_host, "sampler")
+    original = module.latent_preview.prepare_callback
+    steps_seen = []
+
+    def prepare_callback(model, steps, *args, **kwargs):
+        callback = original(model, steps, *args, **kwargs)
+
+        def interrupting(step, x0, x, total):
+            callback(step, x0, x, total)
+            steps_seen.append(step)
+            comfy.model_management.interrupt_current_processing(True)  # as the Cancel button does
+
+        return interrupting
+
+    monkeypatch.setattr(module.latent_preview, "prepare_callback", prepare_callback)
+    with pytest.raises(ch.PromptExecutionError, match="execution_interrupted"):
+        run_sampler(comfy_host, sampler_name="spaced", steps=5)
+    assert steps_seen == [0]
+    monkeypatch.setattr(module.latent_preview, "prepare_callback", original)
+    assert torch.isfinite(run_sampler(comfy_host, sampler_name="spaced", steps=2)).all()
+
+
+# ------------------------------------------------------------------------------------------ tiles, guidance, noise_aug
+
+
+def test_tiled_diffusion_crops_the_condition_per_tile(comfy_host, tiny, monkeypatch):
+    control_module = node_module(comfy_host, "control")
+    windows = set()
+    original = control_module.DiffBIRControl._hint_for
+
+    def spy(self, x_noisy, batched_number, window=None):
+        windows.add(window)
+        return original(self, x_noisy, batched_number, window)
+
+    monkeypatch.setattr(control_module.DiffBIRControl, "_hint_for", spy)
+    whole = call_node(comfy_host, tiny, sampler_name="edm_dpm++_2m", steps=3)
+    assert windows == {None}
+    windows.clear()
+    one_tile = call_node(comfy_host, tiny, sampler_name="edm_dpm++_2m", steps=3, tile_size=64, tile_stride=32)
+    assert windows == {(0, 8, 0, 8)}  # a tile covering the image: the untiled result up to rounding
+    assert torch.allclose(one_tile, whole, rtol=1e-4, atol=1e-4 * whole.abs().max().item())
+    windows.clear()
+    tiled = call_node(comfy_host, tiny, sampler_name="edm_dpm++_2m", steps=3, tile_size=32, tile_stride=16)
+    assert windows == {(y, y + 4, x, x + 4) for y in (0, 2, 4) for x in (0, 2, 4)}
+    assert torch.isfinite(tiled).all() and not torch.equal(tiled, whole)
+    rel = ((tiled - whole).abs().mean() / whole.abs().mean()).item()
+    print(f"tiled (32/16 px) vs whole: mean abs diff / mean abs = {rel:.3f}")
+    # The random tiny UNet attends globally at every level and a 4x4 latent tile sees half the 8x8 image, so
+    # the tiles change the result noticeably (about 0.7 of its mean magnitude), but stay bounded.
+    assert rel < 1.0
+
+
+def test_noise_aug_and_start_point_cond_change_the_result(comfy_host, tiny):
+    base = call_node(comfy_host, tiny, sampler_name="spaced", steps=2)
+    assert torch.equal(base, call_node(comfy_host, tiny, sampler_name="spaced", steps=2))
+    aug = call_node(comfy_host, tiny, sampler_name="spaced", steps=2, noise_aug=150)
+    assert torch.isfinite(aug).all() and not torch.allclose(aug, base)
+    # zero-terminal SNR: start point "cond" is pure noise (the same first draw), as officially
+    cond = call_node(comfy_host, tiny, sampler_name="spaced", steps=2, start_point="cond")
+    assert torch.allclose(cond, base, atol=1e-5)
+    # rescale_cfg: ddim's grid (t = 501, 1) never reaches scale 1, where ComfyUI skips the negative and the tiny
+    # UNet cannot run a batch of 1 at an 8x8 latent (GroupNorm over a single 1x1 value per group).
+    ddim = call_node(comfy_host, tiny, sampler_name="ddim", steps=2)
+    rescaled = call_node(comfy_host, tiny, sampler_name="ddim", steps=2, rescale_cfg=True)
+    assert torch.isfinite(rescaled).all() and not torch.allclose(rescaled, ddim)
+
+
+def test_restoration_guidance_runs_with_a_vae(comfy_host, model_files, monkeypatch):
+    """Through the executor (torch.inference_mode): latent space, and rgb space back-propagating the VAE decoder."""
+    host_vae = node_module(comfy_host, "sampler").HostVAE
+    calls = []
+    for name in ("encode", "decode"):
+        original = getattr(host_vae, name)
+
+        def spy(self, z, _name=name, _original=original):
+            calls.append((_name, torch.is_grad_enabled()))
+            return _original(self, z)
+
+        monkeypatch.setattr(host_vae, name, spy)
+    prompt = graph(sampler_name="spaced", steps=2)
+    comfy_host.run(prompt)
+    plain = node_output(comfy_host, "s")["samples"].clone()
+    for space in ("latent", "rgb"):
+        calls.clear()
+        prompt["s"]["inputs"].update({"vae": ["1", 2], "guidance": "w_mse", "guidance_space": space,
+                                      "guidance_scale": 0.5})
+        comfy_host.run(prompt)
+        guided = node_output(comfy_host, "s")["samples"]
+        assert torch.isfinite(guided).all() and not torch.allclose(guided, plain), space
+        # one target encode, then (rgb) one decode with gradients per guided step
+        assert calls == ([("encode", False)] if space == "latent" else [("decode", True)] * 2), calls
+
+
+# ------------------------------------------------------------------------------------------ stock nodes, KSAMPLERs
+
+
+def test_diffbir_ksamplers_run_in_stock_sampler_custom(comfy_host, model_files):
+    prompt = graph(sampler_name="spaced", steps=3, cfg=3.0, seed=5)
+    prompt.update({
+        "e": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "k": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "diffbir_spaced"}},
+        "d": {"class_type": "DiffBIRSamplerSelect",
+              "inputs": {"sampler_name": "edm_dpm++_3m_sde", "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 300.0,
+                         "s_noise": 1.0, "eta": 1.0, "order": 1}},
+        "sig": {"class_type": "BasicScheduler", "inputs": {"model": ["4", 2], "scheduler": "normal", "steps": 3,
+                                                           "denoise": 1.0}},
+    })
+    for node, sampler in (("c1", "k"), ("c2", "d")):
+        prompt[node] = {"class_type": "SamplerCustom",
+                        "inputs": {"model": ["4", 2], "add_noise": True, "noise_seed": 5, "cfg": 3.0,
+                                   "positive": ["4", 0], "negative": ["4", 1], "sampler": [sampler, 0],
+                                   "sigmas": ["sig", 0], "latent_image": ["e", 0]}}
+        prompt["o" + node] = {"class_type": "PreviewAny", "inputs": {"source": [node, 0]}}
+    comfy_host.run(prompt)
+    ours = node_output(comfy_host, "s")["samples"]
+    stock_spaced = node_output(comfy_host, "c1")["samples"]
+    stock_edm = node_output(comfy_host, "c2")["samples"]
+    assert torch.isfinite(stock_spaced).all() and torch.isfinite(stock_edm).all()
+    # diffbir_spaced in SamplerCustom: the official grid for len(sigmas) - 1 steps, the stock initial noise of the
+    # seed continued by the sampler's draws: the DiffBIR Sampler's run with the same seed.
+    err = (stock_spaced - ours).abs().max().item()
+    print(f"SamplerCustom(diffbir_spaced) vs DiffBIR Sampler(spaced): max abs err {err:.2e} "
+          f"(max abs {ours.abs().max().item():.2f})")
+    assert torch.allclose(stock_spaced, ours, rtol=1e-4, atol=1e-4 * ours.abs().max().item())
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"steps": 0}, r"steps must be at least 1"),
+    ({"cfg": -1.0}, r"cfg must be >= 0"),
+    ({"tile_size": 16, "tile_stride": 32}, r"tile_size \(16\) is smaller than tile_stride \(32\)"),
+    ({"tile_size": 36, "tile_stride": 16}, r"tile_size must be 0 \(off\) or a positive multiple of 8"),
+    ({"guidance": "w_mse"}, r"restoration guidance needs the SD 2.1 VAE: connect the 'vae' input"),
+    ({"sampler_name": "ddim", "steps": 3}, r"ddim with 3 steps.*choose another step count"),
+    ({"sampler_name": "euler"}, r"unknown sampler_name 'euler'"),
+])
+def test_bad_inputs_name_the_input_and_the_fix(comfy_host, tiny, changes, message):
+    with pytest.raises(ValueError, match=message):
+        call_node(comfy_host, tiny, **changes)
+
+
+def test_missing_control_and_guidance_with_tiles_are_refused(comfy_host, tiny):
+    with pytest.raises(ValueError, match=r"'positive' carries no DiffBIR ControlNet.*LAControlNet Apply"):
+        call_node(comfy_host, tiny, positive=tiny["plain"])
+    with pytest.raises(ValueError, match=r"'negative' carries no DiffBIR ControlNet"):
+        call_node(comfy_host, tiny, negative=tiny["plain"])
+    with pytest.raises(ValueError, match=r"does not work with tiled diffusion"):
+        call_node(comfy_host, tiny, vae=tiny["vae"], guidance="mse", tile_size=32, tile_stride=16)
+    with pytest.raises(ValueError, match=r"'latent' is 4x4 \(32x32 pixels\) but the condition image is 64x64"):
+        call_node(comfy_host, tiny, latent={"samples": torch.zeros(1, 4, 4, 4)})
+
+
+def test_error_reaches_the_prompt(comfy_host, model_files):
+    import comfy_host as ch
+
+    prompt = graph()
+    prompt["s"]["inputs"]["positive"] = ["p", 0]  # the stock CLIP Text Encode output: no DiffBIR ControlNet
+    with pytest.raises(ch.PromptExecutionError, match=r"connect the positive and negative outputs|Connect the positive"):
+        comfy_host.run(prompt)
