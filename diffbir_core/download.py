@@ -285,6 +285,7 @@ def download(
     retry_wait: float = 2.0,
     update_lock: bool = False,
     chunk_size: int = CHUNK_SIZE,
+    lock_url: str | None = None,
 ) -> DownloadResult:
     """Download `url` to `dest` (always transfers; see `ensure_weights` to skip present files).
 
@@ -299,6 +300,8 @@ def download(
     update_lock: accept a file whose SHA-256 differs from the lock file's record and replace
         the record (for an upstream change you know about). Without it such a file is
         discarded, an existing `dest` is left as it was, and HashMismatchError is raised.
+    lock_url: the URL the lock file records the file under (default `url`). A download from a
+        mirror passes the official URL, so the mirror's file is checked against the same record.
     """
     _check_url(url)
     dest = Path(dest)
@@ -459,7 +462,7 @@ def download(
     lock = WeightsLock(lock_file) if lock_file is not None else None
     lock_state = "none"
     if lock is not None:
-        recorded = _compare_with_lock(lock, name, url, digest, size)
+        recorded = _compare_with_lock(lock, name, lock_url or url, digest, size)
         if recorded is not None and not update_lock:
             part.unlink(missing_ok=True)
             kept = (f"'{dest.name}' already in '{dest.parent}' was left as it was" if dest.exists()
@@ -472,7 +475,8 @@ def download(
                 f"upstream change is expected, remove the entry for '{name}' from the lock file (or download with "
                 "update_lock) and download again."
             )
-        lock_state = "updated" if recorded is not None else ("matched" if lock.get(name, url) else "recorded")
+        known = lock.get(name, lock_url or url) is not None
+        lock_state = "updated" if recorded is not None else ("matched" if known else "recorded")
 
     det = None
     if expected_kind is not None:
@@ -483,7 +487,7 @@ def download(
             raise WrongKindError(f"{err} It was downloaded from {url} and has been removed.") from err.__cause__
     os.replace(part, dest)
     if lock is not None and lock_state in ("recorded", "updated"):
-        lock.record(name, url, digest, size)
+        lock.record(name, lock_url or url, digest, size)
     return DownloadResult(dest, digest, size, resumed, lock_state,
                           det.kind if det else None, det.version if det else None)
 

@@ -1,0 +1,417 @@
+"""Workflow files for the command line: the shipped catalogue, UI -> API conversion, prompt edits.
+
+* ``catalogue()`` / ``resolve(name)`` - the graphs in ``workflows/`` under short aliases (``v2.1-sr``, ...)
+  or their file stem, each with a one-line description taken from the heading of its note.
+* ``workflow_to_api(ui, node_classes, node_info)`` - a frontend-saved (UI) graph as an API prompt, checked
+  against the registered node classes (``Host.workflow_to_api`` calls it with the booted host's data).
+* prompt edits: the input image, the output prefix, ``--steps/--seed/--upscale`` by node type and
+  ``--set NODE.INPUT=VALUE`` by node id, title or type.
+
+Plain module: no ComfyUI or torch import.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from dataclasses import dataclass
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
+
+# Frontend-only node types that never reach the backend.
+_VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+_NOTE_NODES = {"Note", "MarkdownNote"}
+_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+_CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+_MODE_MUTED, _MODE_BYPASS = 2, 4
+
+
+class WorkflowConversionError(ValueError):
+    """A UI workflow cannot be mapped onto the registered node classes."""
+
+
+class WorkflowError(ValueError):
+    """A workflow name, file or edit the command line cannot use; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- catalogue
+
+# File stem -> short alias. Files added to workflows/ without an entry get a derived alias.
+ALIASES = {
+    "diffbir_v2.1_sr_x4": "v2.1-sr",
+    "diffbir_v2_sr_bsrnet": "v2-sr",
+    "diffbir_v2_face_aligned": "v2-face",
+    "diffbir_v2_denoise_scunet": "v2-denoise",
+    "diffbir_v1_general": "v1-general",
+    "diffbir_lacontrolnet_stock_ksampler": "lacontrolnet-ksampler",
+    "diffbir_degrade_restore_compare": "degrade-compare",
+}
+
+
+@dataclass(frozen=True)
+class WorkflowFile:
+    alias: str
+    path: pathlib.Path
+    description: str
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+
+def load_json(path: pathlib.Path) -> dict:
+    try:
+        data = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise WorkflowError(f"cannot read the workflow file {path} ({err}): give a workflow saved from ComfyUI "
+                            "as .json") from None
+    if not isinstance(data, dict):
+        raise WorkflowError(f"{path} is not a ComfyUI workflow (a JSON object): give a workflow saved from "
+                            "ComfyUI as .json")
+    return data
+
+
+def description(graph: dict) -> str:
+    """The first line of the graph's first note, without Markdown heading marks ('' without a note)."""
+    for node in graph.get("nodes") or []:
+        if node.get("type") in _NOTE_NODES:
+            for value in node.get("widgets_values") or []:
+                for line in str(value).splitlines():
+                    line = line.strip().lstrip("#").strip()
+                    if line:
+                        return line
+    return ""
+
+
+def _derived_alias(stem: str) -> str:
+    name = stem[len("diffbir_"):] if stem.startswith("diffbir_") else stem
+    return name.replace("_", "-")
+
+
+def catalogue() -> list[WorkflowFile]:
+    """The shipped workflows: those with an alias in ALIASES first (in that order), then any others."""
+    paths = {p.stem: p for p in WORKFLOWS_DIR.glob("*.json")}
+    order = [s for s in ALIASES if s in paths] + sorted(s for s in paths if s not in ALIASES)
+    out = []
+    for stem in order:
+        path = paths[stem]
+        try:
+            text = description(load_json(path))
+        except WorkflowError:
+            text = "(unreadable workflow file)"
+        out.append(WorkflowFile(ALIASES.get(stem) or _derived_alias(stem), path, text))
+    return out
+
+
+def resolve(name: str) -> WorkflowFile:
+    """A workflow by alias, file stem or file name (case-insensitive), or a path to a .json file."""
+    wanted = name.strip().lower()
+    for wf in catalogue():
+        if wanted in (wf.alias.lower(), wf.stem.lower(), wf.path.name.lower()):
+            return wf
+    path = pathlib.Path(name).expanduser()
+    if path.suffix.lower() == ".json" and path.is_file():
+        return WorkflowFile(path.stem, path.resolve(), description(load_json(path)))
+    known = ", ".join(wf.alias for wf in catalogue())
+    raise WorkflowError(f"unknown workflow {name!r}: use one of {known} (see --list) or the path of a workflow "
+                        ".json file")
+
+
+def string_values(graph: dict) -> list[str]:
+    """Every string widget value of a UI graph's nodes, or string input of an API prompt (notes skipped).
+
+    The official weight files a graph needs are among these (``weights.files_needed`` picks them out).
+    """
+    values: list[str] = []
+    if "nodes" in graph:
+        for node in graph.get("nodes") or []:
+            if node.get("type") in _NOTE_NODES or node.get("mode", 0) in (_MODE_MUTED, _MODE_BYPASS):
+                continue
+            widgets = node.get("widgets_values") or []
+            items = widgets.values() if isinstance(widgets, dict) else widgets
+            values += [v for v in items if isinstance(v, str)]
+    else:
+        for node in graph.values():
+            if isinstance(node, dict):
+                values += [v for v in (node.get("inputs") or {}).values() if isinstance(v, str)]
+    return values
+
+
+def is_api_prompt(graph: dict) -> bool:
+    return "nodes" not in graph and bool(graph) and all(
+        isinstance(v, dict) and "class_type" in v for v in graph.values())
+
+
+# --------------------------------------------------------------------------- UI -> API
+
+
+def _input_spec(info: dict):
+    """(ordered [(name, type, options)], hidden names) from a node_info dict."""
+    spec = info.get("input", {})
+    order = info.get("input_order") or {k: list(v) for k, v in spec.items()}
+    inputs = []
+    for section in ("required", "optional"):
+        defs = spec.get(section) or {}
+        for name in order.get(section, list(defs)):
+            if name not in defs:
+                continue
+            entry = defs[name]
+            typ = entry[0] if isinstance(entry, (list, tuple)) and entry else entry
+            has_opts = isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], dict)
+            opts = entry[1] if has_opts else {}
+            inputs.append((name, typ, opts))
+    hidden = set((spec.get("hidden") or {}).keys())
+    return inputs, hidden
+
+
+def _is_widget(typ, opts) -> bool:
+    if opts.get("forceInput"):
+        return False
+    return isinstance(typ, list) or typ in _WIDGET_TYPES
+
+
+def _has_control_widget(name, typ, opts) -> bool:
+    if "control_after_generate" in opts:
+        return bool(opts["control_after_generate"])
+    return typ == "INT" and name in ("seed", "noise_seed")
+
+
+def workflow_to_api(ui_workflow: dict, node_classes: dict, node_info) -> dict:
+    """Convert a frontend-saved workflow (nodes/links/widgets_values) into an API prompt.
+
+    ``node_classes``: nodes.NODE_CLASS_MAPPINGS; ``node_info(class_name)``: /object_info data.
+    """
+    if "nodes" not in ui_workflow:
+        raise WorkflowConversionError("not a UI workflow: no 'nodes' list (is it already API format?)")
+    nodes_by_id = {n["id"]: n for n in ui_workflow["nodes"]}
+    links = {}
+    for link in ui_workflow.get("links", []) or []:
+        if isinstance(link, dict):
+            links[link["id"]] = (link["origin_id"], link["origin_slot"], link.get("type"))
+        else:
+            links[link[0]] = (link[1], link[2], link[5] if len(link) > 5 else None)
+
+    def label(node):
+        return f"node #{node['id']} ({node.get('type')!r})"
+
+    def resolve(link_id, seen=()):
+        """API value for a link: [origin_id, slot], a literal (PrimitiveNode) or None (muted)."""
+        if link_id not in links:
+            raise WorkflowConversionError(f"link {link_id} is not in the workflow's links")
+        origin_id, slot, link_type = links[link_id]
+        origin = nodes_by_id.get(origin_id)
+        if origin is None:
+            raise WorkflowConversionError(f"link {link_id} starts at missing node #{origin_id}")
+        if origin_id in seen:
+            raise WorkflowConversionError(f"link cycle through {label(origin)}")
+        kind = origin.get("type")
+        if kind == "Reroute" and kind not in node_classes:
+            upstream = next((i.get("link") for i in origin.get("inputs") or []), None)
+            return None if upstream is None else resolve(upstream, seen + (origin_id,))
+        if kind == "PrimitiveNode" and kind not in node_classes:
+            values = origin.get("widgets_values") or []
+            return values[0] if values else None
+        mode = origin.get("mode", 0)
+        if mode == _MODE_MUTED:
+            return None
+        if mode == _MODE_BYPASS:
+            ins = origin.get("inputs") or []
+            candidates = ([ins[slot]] if slot < len(ins) else []) + list(ins)
+            for inp in candidates:
+                if inp.get("link") is not None and (link_type is None or inp.get("type") == link_type):
+                    return resolve(inp["link"], seen + (origin_id,))
+            return None
+        return [str(origin_id), slot]
+
+    prompt = {}
+    for node in ui_workflow["nodes"]:
+        kind = node.get("type")
+        if kind in _VIRTUAL_NODES and kind not in node_classes:
+            continue
+        if node.get("mode", 0) in (_MODE_MUTED, _MODE_BYPASS):
+            continue
+        if kind not in node_classes:
+            raise WorkflowConversionError(f"{label(node)}: node type {kind!r} does not exist in ComfyUI")
+        info = node_info(kind)
+        spec, hidden = _input_spec(info)
+        names = {name for name, _, _ in spec}
+        api_inputs = {}
+
+        # Sockets (and widgets converted to sockets) that are connected.
+        linked = {}
+        for inp in node.get("inputs") or []:
+            name = (inp.get("widget") or {}).get("name") or inp.get("name")
+            if name not in names:
+                raise WorkflowConversionError(
+                    f"{label(node)}: input {name!r} does not exist (known: {sorted(names)})")
+            if inp.get("link") is not None:
+                linked[name] = inp["link"]
+
+        # Widgets, positional in widgets_values (or a name->value dict).
+        values = node.get("widgets_values")
+        widgets = [(name, typ, opts) for name, typ, opts in spec if _is_widget(typ, opts)]
+        if isinstance(values, dict):
+            for key in values:
+                if key not in names:
+                    raise WorkflowConversionError(f"{label(node)}: widget {key!r} does not exist")
+            for name, _, _ in widgets:
+                if name in values:
+                    api_inputs[name] = values[name]
+        else:
+            values = list(values or [])
+            pos = 0
+            for name, typ, opts in widgets:
+                if pos >= len(values):
+                    raise WorkflowConversionError(
+                        f"{label(node)}: widgets_values has {len(values)} entries, no value for widget "
+                        f"{name!r} (widgets: {[w[0] for w in widgets]})")
+                api_inputs[name] = values[pos]
+                pos += 1
+                if pos < len(values) and _has_control_widget(name, typ, opts) \
+                        and values[pos] in _CONTROL_VALUES:
+                    pos += 1  # frontend's control_after_generate widget
+                elif pos < len(values) and any(k.endswith("_upload") and opts.get(k) for k in opts) \
+                        and values[pos] in ("image", "video", "audio", "file"):
+                    pos += 1  # frontend's upload-button widget
+            if pos != len(values):
+                raise WorkflowConversionError(
+                    f"{label(node)}: widgets_values has {len(values)} entries but only {pos} map to "
+                    f"widgets {[w[0] for w in widgets]}; extra values {values[pos:]!r}")
+
+        for name, link_id in linked.items():
+            value = resolve(link_id)
+            if value is None:
+                api_inputs.pop(name, None)
+            else:
+                api_inputs[name] = value
+        for name in list(api_inputs):
+            if name in hidden:
+                del api_inputs[name]
+
+        entry = {"class_type": kind, "inputs": api_inputs}
+        title = node.get("title") or info.get("display_name") or kind
+        entry["_meta"] = {"title": title}
+        prompt[str(node["id"])] = entry
+    return prompt
+
+
+
+# --------------------------------------------------------------------------- prompt edits
+
+# Option -> {node type: input}: what --steps, --seed and --upscale set, on every node of these types.
+STEPS_INPUTS = {"KSampler": "steps", "KSamplerAdvanced": "steps", "DiffBIRSampler": "steps"}
+SEED_INPUTS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed", "DiffBIRSampler": "seed"}
+UPSCALE_INPUTS = {"DiffBIRStage1Restore": "upscale"}
+
+
+def _label(api: dict, node_id: str) -> str:
+    node = api[node_id]
+    title = (node.get("_meta") or {}).get("title")
+    kind = node["class_type"]
+    return f"node {node_id} ({title!r}, {kind})" if title and title != kind else f"node {node_id} ({kind})"
+
+
+def find_nodes(api: dict, ref: str) -> list[str]:
+    """Node ids matching ``ref``: an id, else a title, else a node type (titles and types case-insensitive)."""
+    ref = ref.strip()
+    if ref in api:
+        return [ref]
+    low = ref.lower()
+    for key in (lambda n: str((n.get("_meta") or {}).get("title", "")).lower(),
+                lambda n: n["class_type"].lower()):
+        found = [i for i, n in api.items() if key(n) == low]
+        if found:
+            return found
+    return []
+
+
+def _nodes_summary(api: dict) -> str:
+    return "; ".join(f"{i} {(n.get('_meta') or {}).get('title') or n['class_type']!r}" for i, n in api.items())
+
+
+def parse_set(text: str) -> tuple[str, str, str]:
+    """'NODE.INPUT=VALUE' -> (NODE, INPUT, VALUE); NODE may contain dots (split at the last one)."""
+    key, sep, value = text.partition("=")
+    node, dot, name = key.strip().rpartition(".")
+    if not sep or not dot or not node.strip() or not name.strip():
+        raise WorkflowError(f"--set {text!r} is not NODE.INPUT=VALUE: write e.g. --set KSampler.cfg=4.5 or "
+                            "--set 10.steps=20 (NODE is a node id, title or type)")
+    return node.strip(), name.strip(), value
+
+
+def _coerce(raw: str, typ, what: str):
+    if typ == "INT":
+        try:
+            return int(raw, 0) if raw.strip().lower().startswith(("0x", "0b", "0o")) else int(raw)
+        except ValueError:
+            raise WorkflowError(f"{what} takes a whole number, not {raw!r}") from None
+    if typ == "FLOAT":
+        try:
+            return float(raw)
+        except ValueError:
+            raise WorkflowError(f"{what} takes a number, not {raw!r}") from None
+    if typ == "BOOLEAN":
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise WorkflowError(f"{what} takes true or false, not {raw!r}")
+    return raw  # STRING, COMBO (ComfyUI checks the value against the list when it validates the prompt)
+
+
+def set_input(api: dict, node_ref: str, name: str, raw: str, node_info) -> str:
+    """Set widget input ``name`` of the node ``node_ref`` from the text ``raw``; return the node id.
+
+    ``node_info(class_type)`` gives the /object_info dict used to find the input and its type.
+    """
+    found = find_nodes(api, node_ref)
+    if not found:
+        raise WorkflowError(f"--set: the workflow has no node with id, title or type {node_ref!r}; its nodes are: "
+                            f"{_nodes_summary(api)}")
+    if len(found) > 1:
+        raise WorkflowError(f"--set: {node_ref!r} names {len(found)} nodes ({', '.join(found)}): use the node id")
+    node_id = found[0]
+    spec, _ = _input_spec(node_info(api[node_id]["class_type"]))
+    types = {n: (t, o) for n, t, o in spec}
+    label = _label(api, node_id)
+    if name not in types:
+        raise WorkflowError(f"--set: {label} has no input {name!r}; its inputs are: {', '.join(types) or 'none'}")
+    typ, opts = types[name]
+    if not _is_widget(typ, opts):
+        raise WorkflowError(f"--set: input {name!r} of {label} is a {typ} connection, not a value: connect it in "
+                            "the graph instead")
+    api[node_id]["inputs"][name] = _coerce(raw, typ if isinstance(typ, str) else "COMBO", f"input {name!r} of {label}")
+    return node_id
+
+
+def set_by_type(api: dict, table: dict, value, option: str) -> list[str]:
+    """Set ``value`` on every node whose type is in ``table`` ({type: input}); the ids set."""
+    ids = [i for i, n in api.items() if n["class_type"] in table]
+    if not ids:
+        raise WorkflowError(f"{option} does not apply to this workflow: it has no {' or '.join(table)} node "
+                            "(use --set NODE.INPUT=VALUE for its own nodes)")
+    for i in ids:
+        api[i]["inputs"][table[api[i]["class_type"]]] = value
+    return ids
+
+
+def set_image(api: dict, image_name: str) -> str:
+    """Point the workflow's one Load Image node at ``image_name`` (a file in ComfyUI's input folder)."""
+    ids = [i for i, n in api.items() if n["class_type"] == "LoadImage"]
+    if len(ids) != 1:
+        raise WorkflowError(f"the workflow has {len(ids)} Load Image nodes, so it cannot take one input image per "
+                            "run: use a workflow with exactly one")
+    api[ids[0]]["inputs"]["image"] = image_name
+    return ids[0]
+
+
+def set_output_prefix(api: dict, prefix: str) -> list[str]:
+    """Give every Save Image node the file-name prefix ``prefix_<node id>``; the ids of those nodes."""
+    ids = [i for i, n in api.items() if n["class_type"] == "SaveImage"]
+    if not ids:
+        raise WorkflowError("the workflow saves no image (it has no Save Image node): add one to get an output")
+    for i in ids:
+        api[i]["inputs"]["filename_prefix"] = f"{prefix}_{i}"
+    return ids

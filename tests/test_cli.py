@@ -1,0 +1,323 @@
+"""The command line, run as a user runs it: ``python -m diffbir_cli`` in a subprocess from the repository root.
+
+* restore end to end: the shipped v2.1 workflow on a folder of two tiny images, with the SD checkpoint and
+  ControlNet mapped by ``--set`` to small random-weight models (the tiny SD 2.1 is registered in the
+  subprocess through the test-only ``DIFFBIR_CLI_PRELOAD`` hook) and the stage-1 file missing: ``--offline``
+  says which file goes where (exit 3), then the runner downloads it from a local mirror and restores both
+  images, loading the models once (ComfyUI's own record of the nodes it took from its cache);
+* ``download`` against a local mirror on 127.0.0.1: a normal and a resumed transfer, the lock file keyed by
+  the official URL, a present file checked against the lock, a changed file (SHA-256 mismatch), a size
+  mismatch and a file of the wrong kind;
+* ``--list`` and each clear failure: one ``error:`` line, no traceback, its exit status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffbir_cli import cli as cli_mod
+from diffbir_cli import workflow as wfl
+from diffbir_core.download import LOCK_FILE_NAME
+from diffbir_core.weights import CATALOGUE
+from tiny_models import TINY_SD21_NAME, write_tiny_controlnet, write_tiny_sd21
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "golden"
+TINY_CONTROLNET = "tiny_DiffBIR_v2.1.safetensors"
+# The v2.1 workflow with tiny models: files by --set (by id, by title, by type), 1 step, x2, small stage 2.
+TINY_RUN = ["--workflow", "v2.1-sr", "--steps", "1", "--upscale", "2",
+            "--set", f"2.controlnet_name={TINY_CONTROLNET}",
+            "--set", f"Load Checkpoint.ckpt_name={TINY_SD21_NAME}",
+            "--set", "DiffBIRStage1Restore.min_short_edge=64", "-v"]
+
+
+def cli(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k not in (cli_mod.MIRROR_ENV, cli_mod.PRELOAD_ENV)}
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    full["OMP_NUM_THREADS"] = "1"  # tiny networks on a shared CPU: one thread is faster
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "diffbir_cli", *map(str, args)], cwd=REPO, env=full,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def error_line(proc: subprocess.CompletedProcess, code: int) -> str:
+    """The one-sentence error of a failed run (exactly one stderr line, no traceback)."""
+    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------------ mirror
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        srv = self.server
+        rng = self.headers.get("Range")
+        srv.requests.append((self.path, rng))
+        body = srv.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+        start = int(m.group(1)) if m else 0
+        if start >= len(body) > 0 and m:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(body)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if m:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            self.send_header("Content-Length", str(len(body) - start))
+        else:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body) + srv.extra_length.get(self.path, 0)))
+        self.end_headers()
+        payload = body[start:]
+        if self.path in srv.cut:  # drop the connection halfway, once
+            srv.cut.discard(self.path)
+            payload = payload[: len(payload) // 2]
+        self.wfile.write(payload)
+        self.wfile.flush()
+
+
+class _Mirror(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # a client that hung up is expected
+        pass
+
+    def serve(self, name: str, body: bytes, *, cut: bool = False, extra_length: int = 0) -> str:
+        """Serve ``body`` where the mirror of the official URL of ``name`` is; returns that path."""
+        path = urllib.parse.urlsplit(CATALOGUE[name].url).path
+        self.files[path] = body
+        if cut:
+            self.cut.add(path)
+        if extra_length:
+            self.extra_length[path] = extra_length
+        return path
+
+
+@pytest.fixture
+def mirror():
+    srv = _Mirror(("127.0.0.1", 0), _Handler)
+    srv.files, srv.requests, srv.cut, srv.extra_length = {}, [], set(), {}
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+def _pickled(kind: str, offset: float = 0.0) -> bytes:
+    t = load_file(str(GOLDEN / f"{kind}.safetensors"))
+    buf = io.BytesIO()
+    torch.save({k[2:]: v + offset if v.is_floating_point() else v for k, v in t.items() if k.startswith("w.")}, buf)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def payloads():
+    return {"swinir": _pickled("swinir"), "changed": _pickled("swinir", 1.0), "bsrnet": _pickled("bsrnet")}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ --list, failures
+
+
+def test_list_shows_every_workflow_with_alias_and_description():
+    proc = cli("--list")
+    assert proc.returncode == 0, proc.stderr
+    shipped = sorted((REPO / "workflows").glob("*.json"))
+    catalogue = wfl.catalogue()
+    assert sorted(wf.path for wf in catalogue) == shipped
+    assert len({wf.alias for wf in catalogue}) == len(catalogue)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == len(shipped)
+    for wf, line in zip(catalogue, lines, strict=True):
+        assert line.split()[:2] == [wf.alias, wf.path.name] and wf.description and line.endswith(wf.description)
+        assert wfl.resolve(wf.alias) == wfl.resolve(wf.stem) == wf
+    assert lines[0].startswith("v2.1-sr ") and "recommended" in lines[0]
+    assert cli("restore", "--list").stdout == proc.stdout
+
+
+def test_clear_failures_are_one_sentence_with_an_exit_status(tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "good" / "in.png"
+    png.parent.mkdir()
+    Image.new("RGB", (8, 8)).save(png)
+    fake = tmp_path / "photo.png"
+    fake.write_text("not an image")
+
+    line = error_line(cli("restore", png, "--workflow", "v3-magic", "--out", tmp_path / "o"), 2)
+    assert "unknown workflow 'v3-magic'" in line and "v2.1-sr" in line and "--list" in line
+    line = error_line(cli("restore", fake, "--out", tmp_path / "o"), 2)
+    assert f"{fake} is not an image" in line
+    line = error_line(cli("restore", tmp_path / "missing.png", "--out", tmp_path / "o"), 2)
+    assert "does not exist" in line
+    assert "would overwrite an input image" in error_line(cli("restore", png.parent, "--out", png.parent), 2)
+    line = error_line(cli("restore", png, "--out", tmp_path / "o", "--set", "steps=3"), 2)
+    assert "NODE.INPUT=VALUE" in line
+    line = error_line(cli("restore", png, "--out", tmp_path / "o", env={"COMFYUI_PATH": str(tmp_path)}), 4)
+    assert f"COMFYUI_PATH={tmp_path} is not a ComfyUI folder" in line and "unset it" in line
+    if not os.environ.get("COMFYUI_PATH"):  # the embedded ComfyUI, not set up in an empty cache, offline
+        line = error_line(cli("restore", png, "--out", tmp_path / "o", "--offline",
+                              env={"COMFYUI_DIFFBIR_CACHE": str(tmp_path / "cache")}), 4)
+        assert "not set up" in line and "--offline" in line and "COMFYUI_PATH" in line
+    line = error_line(cli("download", "mine.safetensors", "--models", tmp_path), 2)
+    assert "not an official DiffBIR weight file: mine.safetensors" in line
+    assert "nothing to download" in error_line(cli("download", "--models", tmp_path), 2)
+    assert not (tmp_path / "o").exists()
+
+
+def test_set_finds_nodes_by_id_title_or_type_and_names_what_is_wrong():
+    info = {"KSampler": {"input": {"required": {"model": ["MODEL"], "seed": ["INT", {}], "cfg": ["FLOAT", {}],
+                                                "sampler_name": [["euler", "ddpm"]]}}}}
+    api = {"10": {"class_type": "KSampler", "inputs": {"seed": 1, "cfg": 6.0}, "_meta": {"title": "Main"}},
+           "11": {"class_type": "KSampler", "inputs": {}, "_meta": {"title": "Refiner"}}}
+    assert wfl.set_input(api, "refiner", "cfg", "4.5", info.__getitem__) == "11" and api["11"]["inputs"]["cfg"] == 4.5
+    assert wfl.set_input(api, "10", "seed", "0x10", info.__getitem__) == "10" and api["10"]["inputs"]["seed"] == 16
+    for args, needle in ((("KSampler", "cfg", "1"), "names 2 nodes"), (("12", "cfg", "1"), "no node with id"),
+                         (("10", "denoise", "1"), "has no input 'denoise'"), (("10", "model", "x"), "connection"),
+                         (("10", "seed", "many"), "whole number")):
+        with pytest.raises(wfl.WorkflowError, match=needle):
+            wfl.set_input(api, *args, info.__getitem__)
+    assert wfl.parse_set("Load Checkpoint v1.2.ckpt_name=a=b.ckpt") == ("Load Checkpoint v1.2", "ckpt_name", "a=b.ckpt")
+    mirrors = cli_mod.mirror_map("huggingface.co=http://127.0.0.1:9/hf/, http://127.0.0.1:9")
+    assert cli_mod.mirror_url(CATALOGUE["v2.pth"].url, mirrors) == \
+        "http://127.0.0.1:9/hf/lxq007/DiffBIR-v2/resolve/main/v2.pth"
+    assert cli_mod.mirror_url(CATALOGUE["BSRNet.pth"].url, mirrors) == \
+        "http://127.0.0.1:9/cszn/KAIR/releases/download/v1.0/BSRNet.pth"
+
+
+# ------------------------------------------------------------------------------------------------ download
+
+
+def test_download_subcommand_against_a_local_mirror(tmp_path, mirror, payloads):
+    models = tmp_path / "models"
+    bsr = mirror.serve("BSRNet.pth", payloads["bsrnet"], cut=True)  # the first transfer drops halfway
+    mirror.serve("face_swinir_v1.ckpt", payloads["swinir"])
+    proc = cli("download", "BSRNet.pth", "face_swinir_v1.ckpt", "--models", models, "--mirror", mirror.base)
+    assert proc.returncode == 0, proc.stderr
+    assert (models / "diffbir" / "BSRNet.pth").read_bytes() == payloads["bsrnet"]
+    assert (models / "diffbir" / "face_swinir_v1.ckpt").read_bytes() == payloads["swinir"]
+    assert [r for p, r in mirror.requests if p == bsr] == [None, f"bytes={len(payloads['bsrnet']) // 2}-"]
+    assert re.search(r"BSRNet\.pth: downloaded, \d+ bytes, resumed, opens as bsrnet; SHA-256 recorded", proc.stdout)
+    assert "100.0%" in proc.stderr  # the progress bar
+    lock_path = models / LOCK_FILE_NAME
+    lock = json.loads(lock_path.read_text())["files"]
+    for name, body in (("BSRNet.pth", payloads["bsrnet"]), ("face_swinir_v1.ckpt", payloads["swinir"])):
+        assert list(lock[name]) == [CATALOGUE[name].url]  # recorded under the official URL, not the mirror's
+        assert lock[name][CATALOGUE[name].url]["sha256"] == _sha(body)
+
+    # Again, through the environment variable: BSRNet.pth is there and matches its record; face_swinir_v1.ckpt
+    # was deleted and changed upstream; the others announce a wrong size or are not what their name says.
+    (models / "diffbir" / "face_swinir_v1.ckpt").unlink()
+    mirror.serve("face_swinir_v1.ckpt", payloads["changed"])
+    mirror.serve("scunet_color_real_psnr.pth", payloads["bsrnet"], extra_length=1000)
+    mirror.serve("v2.pth", payloads["bsrnet"])
+    recorded = lock_path.read_text()
+    before = len(mirror.requests)
+    proc = cli("download", "BSRNet.pth", "face_swinir_v1.ckpt", "scunet_color_real_psnr.pth", "v2.pth",
+               "--models", models, env={cli_mod.MIRROR_ENV: mirror.base})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "BSRNet.pth: present" in proc.stdout and "matches the lock file" in proc.stdout
+    assert bsr not in [p for p, _ in mirror.requests[before:]]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 4, proc.stderr
+    assert "face_swinir_v1.ckpt" in errors[0] and _sha(payloads["changed"]) in errors[0] and "lock file" in errors[0]
+    assert "scunet_color_real_psnr.pth" in errors[1] and "announced" in errors[1]
+    assert "'v2.pth'" in errors[2] and "[bsrnet]" in errors[2] and "[controlnet]" in errors[2]
+    assert errors[3].startswith("error: 3 of 4 weight files failed")
+    assert sorted(p.name for p in (models / "diffbir").iterdir()) == ["BSRNet.pth"]  # nothing bad kept
+    assert lock_path.read_text() == recorded
+
+
+# ------------------------------------------------------------------------------------------------ restore
+
+
+@pytest.fixture(scope="module")
+def cli_models(tmp_path_factory, comfy_models_dir):
+    """A models folder with the tiny SD 2.1 (shared with the host tests' file) and a tiny v2.1 ControlNet."""
+    shared = comfy_models_dir / "checkpoints" / TINY_SD21_NAME
+    if not shared.is_file():  # same deterministic file tiny_models.tiny_sd21_checkpoint() writes
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        tmp = shared.with_name(shared.name + ".partial")
+        write_tiny_sd21(tmp)
+        tmp.replace(shared)
+    models = tmp_path_factory.mktemp("cli_models")
+    (models / "checkpoints").mkdir()
+    (models / "checkpoints" / TINY_SD21_NAME).symlink_to(shared)
+    (models / "diffbir").mkdir()
+    write_tiny_controlnet(models / "diffbir" / TINY_CONTROLNET, "v2.1")
+    return models
+
+
+def test_restore_a_folder_downloading_missing_weights(tmp_path, cli_models, mirror, payloads):
+    from PIL import Image
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    Image.effect_noise((48, 40), 60).convert("RGB").save(inputs / "a.png")
+    Image.effect_noise((40, 32), 60).convert("RGB").save(inputs / "b.jpg", quality=90)
+    (inputs / "notes.txt").write_text("not an image: skipped")
+    stage1 = "realesrgan_s4_swinir_100k.pth"
+    env = {cli_mod.PRELOAD_ENV: "tiny_models:register_tiny_sd21"}
+
+    offline = cli("restore", inputs, "--out", out, "--models", cli_models, "--offline", *TINY_RUN[:-1], env=env)
+    assert offline.returncode == 3 and "Traceback" not in offline.stderr, offline.stdout + offline.stderr
+    message = offline.stderr[offline.stderr.index("error: "):].splitlines()  # the last thing said, and all of it
+    assert message[0] == ("error: 1 model file is missing and nothing is downloaded offline. Download each from its "
+                          "URL and put it in the folder shown:")
+    assert message[1].split() == [stage1, "-", *CATALOGUE[stage1].description.split()]
+    assert message[2:] == [f"      from {CATALOGUE[stage1].url}",
+                           f"      into {cli_models / 'diffbir'} (or {cli_models / 'upscale_models'})"]
+    assert not out.exists() and not mirror.requests
+
+    path = mirror.serve(stage1, payloads["swinir"])
+    proc = cli("restore", inputs, "--out", out, "--models", cli_models, "--mirror", mirror.base, *TINY_RUN, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [p for p, _ in mirror.requests] == [path]
+    assert (cli_models / "diffbir" / stage1).read_bytes() == payloads["swinir"]
+    lock = json.loads((cli_models / LOCK_FILE_NAME).read_text())["files"][stage1]
+    assert lock[CATALOGUE[stage1].url]["sha256"] == _sha(payloads["swinir"])
+
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    for name, size in (("a.png", (96, 80)), ("b.png", (80, 64))):  # input x --upscale 2
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and img.size == size
+    assert f"[1/2] {inputs / 'a.png'} -> {out / 'a.png'}" in proc.stdout
+    assert f"[2/2] {inputs / 'b.jpg'} -> {out / 'b.png'}" in proc.stdout
+    reused = [line for line in proc.stdout.splitlines() if "reused from the previous image" in line]
+    assert len(reused) == 2 and reused[0].endswith("nothing")
+    for node in ("2 DiffBIRLoadModels", "4 CheckpointLoaderSimple"):  # models loaded once, for the first image
+        assert node in reused[1]
