@@ -219,6 +219,19 @@ def test_set_finds_nodes_by_id_title_or_type_and_names_what_is_wrong():
         "http://127.0.0.1:9/cszn/KAIR/releases/download/v1.0/BSRNet.pth"
 
 
+
+def test_steps_and_seed_reach_the_diffbir_sampler_of_the_shipped_workflows():
+    """--steps / --seed set the DiffBIR Sampler (the shipped workflows' sampler) as well as the stock KSampler."""
+    for name in ("diffbir_v2.1_sr_x4.json", "diffbir_v2_sr_bsrnet.json", "diffbir_lacontrolnet_stock_ksampler.json"):
+        wf = json.loads((REPO / "workflows" / name).read_text(encoding="utf-8"))
+        api = {str(n["id"]): {"class_type": n["type"], "inputs": {}} for n in wf["nodes"]}
+        want = "KSampler" if "stock_ksampler" in name else "DiffBIRSampler"
+        (sampler,) = [i for i, n in api.items() if n["class_type"] in ("KSampler", "DiffBIRSampler")]
+        assert api[sampler]["class_type"] == want, name
+        assert wfl.set_by_type(api, wfl.STEPS_INPUTS, 3, "--steps") == [sampler]
+        assert wfl.set_by_type(api, wfl.SEED_INPUTS, 7, "--seed") == [sampler]
+        assert api[sampler]["inputs"] == {"steps": 3, "seed": 7}
+
 # ------------------------------------------------------------------------------------------------ download
 
 

@@ -5,7 +5,7 @@
   its weight files; the official defaults (files, prompts, steps, cfg, upscale) are pinned per file.
 * Execution: every workflow runs end to end with the official file names replaced by small random-weight
   models (the tiny SD 2.1 shape-alike through the stock checkpoint loader, tiny ControlNets and stage-1
-  networks), KSampler steps reduced to 2 and Stage1's minimum short edge lowered from 512 to 64 (CPU time:
+  networks), sampler steps (DiffBIR Sampler, KSampler) reduced to 2 and Stage1's minimum short edge lowered from 512 to 64 (CPU time:
   the stock SD VAE is full size); every saved or previewed image has the size the pipeline gives it.
 """
 
@@ -44,9 +44,10 @@ V21_NEG = ("painting, oil painting, illustration, drawing, art, sketch, oil pain
            "unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, jpeg "
            "artifacts, deformed, lowres, over-smooth.")
 V2_NEG = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
+# node: the sampler node type; sampler: DiffBIR Sampler's sampler_name, or KSampler's (sampler_name, scheduler).
 V21 = {"files": ("realesrgan_s4_swinir_100k.pth", "DiffBIR_v2.1.pt", "sd2.1-base-zsnr-laionaes5.ckpt"),
-       "steps": 10, "cfg": 6.0, "sampler": ("dpmpp_3m_sde", "simple"), "prompts": (V21_POS, V21_NEG)}
-V2 = {"steps": 50, "cfg": 4.0, "sampler": ("ddpm", "simple"), "prompts": ("", V2_NEG)}
+       "node": "DiffBIRSampler", "steps": 10, "cfg": 6.0, "sampler": "edm_dpm++_3m_sde", "prompts": (V21_POS, V21_NEG)}
+V2 = {"node": "DiffBIRSampler", "steps": 50, "cfg": 4.0, "sampler": "spaced", "prompts": ("", V2_NEG)}
 OFFICIAL = {
     "diffbir_v2.1_sr_x4.json": {**V21, "stage1": (4.0, "v2.1")},
     "diffbir_v2_sr_bsrnet.json": {**V2, "files": ("BSRNet.pth", "v2.pth", "v2-1_512-ema-pruned.ckpt"),
@@ -59,7 +60,8 @@ OFFICIAL = {
                                 "files": ("general_swinir_v1.ckpt", "v1_general.pth", "v2-1_512-ema-pruned.ckpt")},
     "diffbir_degrade_restore_compare.json": {**V21, "stage1": (1.0, "v2.1")},
     "diffbir_lacontrolnet_stock_ksampler.json": {**V21, "files": ("none", "DiffBIR_v2.1.pt",
-                                                                  "sd2.1-base-zsnr-laionaes5.ckpt"), "stage1": None},
+                                                                  "sd2.1-base-zsnr-laionaes5.ckpt"), "stage1": None,
+                                                 "node": "KSampler", "sampler": ("dpmpp_3m_sde", "simple")},
 }
 
 
@@ -175,10 +177,19 @@ def test_workflow_uses_official_defaults(comfy_host, path):
     (ckpt,) = by_class(api, "CheckpointLoaderSimple")
     assert (loader["inputs"]["stage1_name"], loader["inputs"]["controlnet_name"],
             ckpt["inputs"]["ckpt_name"]) == want["files"]
-    (sampler,) = by_class(api, "KSampler")
-    s = sampler["inputs"]
-    assert (s["steps"], s["cfg"], (s["sampler_name"], s["scheduler"]), s["denoise"]) == \
-        (want["steps"], want["cfg"], want["sampler"], 1.0)
+    samplers = by_class(api, "KSampler") + by_class(api, "DiffBIRSampler")
+    assert [n["class_type"] for n in samplers] == [want["node"]]
+    s = samplers[0]["inputs"]
+    if want["node"] == "KSampler":
+        assert (s["steps"], s["cfg"], (s["sampler_name"], s["scheduler"]), s["denoise"]) == \
+            (want["steps"], want["cfg"], want["sampler"], 1.0)
+    else:  # the official sampler on its official grid, official defaults for everything else
+        assert (s["steps"], s["cfg"], s["sampler_name"]) == (want["steps"], want["cfg"], want["sampler"])
+        assert (s["rescale_cfg"], s["start_point"], s["noise_aug"], s["tile_size"], s["guidance"]) == \
+            (False, "noise", 0, 0, "none")
+        assert (s["s_churn"], s["s_tmin"], s["s_tmax"], s["s_noise"], s["eta"], s["order"]) == \
+            (0.0, 0.0, 300.0, 1.0, 1.0, 1)
+        assert "latent" not in s, "the DiffBIR Sampler sizes its latent from the condition"
     assert s["seed"] == 231  # the official default seed
     texts = [api[s[name][0]]["inputs"]["text"] for name in ("positive", "negative")
              if api[s[name][0]]["class_type"] == "CLIPTextEncode"]
@@ -251,7 +262,7 @@ def for_test(api: dict, png: str) -> dict:
                 assert inputs[key] == "none" or inputs[key] in table, f"{key}: not an official file name"
                 if inputs[key] != "none":
                     inputs[key] = tiny_name(inputs[key])
-        elif kind == "KSampler":
+        elif kind in ("KSampler", "DiffBIRSampler"):
             inputs["steps"] = TEST_STEPS
         elif kind == "DiffBIRStage1Restore":
             inputs["min_short_edge"] = TEST_MIN_SHORT_EDGE
@@ -295,6 +306,13 @@ class Sizes:
             return (w // 8, h // 8)
         if kind == "KSampler":
             return self.value(inputs["latent_image"])
+        if kind == "DiffBIRSampler":  # the connected latent's size, else the condition image's size / 8 rounded up
+            if "latent" in inputs:
+                return self.value(inputs["latent"])
+            apply = self.api[inputs["positive"][0]]
+            assert apply["class_type"] == "DiffBIRLAControlNetApply"
+            w, h = self.value(apply["inputs"]["image"])
+            return (math.ceil(w / 8), math.ceil(h / 8))
         if kind == "VAEDecode":
             w, h = self.value(inputs["samples"])
             return (w * 8, h * 8)
