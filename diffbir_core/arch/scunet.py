@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from spandrel.architectures.SCUNet import SCUNet as _SpandrelSCUNet
+from spandrel.architectures.SCUNet.__arch.SCUNet import WMSA as _SpandrelWMSA
 from torch import nn
 
 from .config import complete_config
@@ -34,6 +35,37 @@ _HEAD_DIM = 32  # fixed in the official class (and spandrel's)
 _WINDOW = 8
 
 
+
+class WMSA(_SpandrelWMSA):
+    """spandrel's (= the official) window attention with the same parameters, computed by torch SDPA: the
+    relative position embedding (and the shifted-window mask, as -inf) is the float ``attn_mask`` of one fused
+    SDPA call instead of an einsum, a softmax and a second einsum. Outputs agree with spandrel's to float
+    rounding."""
+
+    def forward(self, x):
+        ws, heads, d = self.window_size, self.n_heads, self.head_dim
+        if self.type != "W":
+            x = torch.roll(x, shifts=(-(ws // 2), -(ws // 2)), dims=(1, 2))
+        b, h, w, c = x.shape
+        nh, nw = h // ws, w // ws
+        # b (w1 p1) (w2 p2) c -> b (w1 w2) (p1 p2) c
+        x = x.view(b, nh, ws, nw, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, nh * nw, ws * ws, c)
+        # b nw np (three h d) -> (three h) (b nw) np d
+        qkv = self.embedding_layer(x).view(b * nh * nw, ws * ws, 3 * heads, d).permute(2, 0, 1, 3)
+        q, k, v = qkv.chunk(3, dim=0)
+        bias = self.relative_embedding().unsqueeze(1)  # heads, 1, np, np
+        if self.type != "W":
+            mask = self.generate_mask(nh, nw, ws, shift=ws // 2)[0]  # 1, windows, np, np (True = masked)
+            bias = bias.masked_fill(mask, float("-inf"))  # heads, windows, np, np
+            bias = bias.unsqueeze(1).expand(-1, b, -1, -1, -1).reshape(heads, b * nh * nw, ws * ws, ws * ws)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
+        # heads (b nw) np d -> b nw np (heads d)
+        out = self.linear(out.view(heads, b, nh * nw, ws * ws, d).permute(1, 2, 3, 0, 4).reshape(b, nh * nw, ws * ws, c))
+        # b (w1 w2) (p1 p2) c -> b (w1 p1) (w2 p2) c
+        out = out.view(b, nh, nw, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, -1)
+        if self.type != "W":
+            out = torch.roll(out, shifts=(ws // 2, ws // 2), dims=(1, 2))
+        return out
 
 
 class SCUNet(_SpandrelSCUNet):
@@ -61,6 +93,9 @@ def build(config: dict | None = None) -> nn.Module:
             drop_path_rate=cfg["drop_path_rate"],
             input_resolution=cfg["input_resolution"],
         )
+    for module in net.modules():
+        if type(module) is _SpandrelWMSA:
+            module.__class__ = WMSA  # same parameters, attention through SDPA
     return net.eval()
 
 

@@ -22,7 +22,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from spandrel.architectures.SwinIR import SwinIR as _SpandrelSwinIR
+from spandrel.architectures.SwinIR.__arch.SwinIR import (
+    WindowAttention as _SpandrelWindowAttention,
+)
 from torch import nn
 
 from .config import complete_config
@@ -50,6 +54,28 @@ OFFICIAL_CONFIG: dict = {
 _OPTIONAL_ARGS = {"qkv_bias": True, "drop_path_rate": 0.1, "ape": False, "patch_norm": True}
 
 
+
+class WindowAttention(_SpandrelWindowAttention):
+    """spandrel's (= the official) window attention with the same parameters, computed by torch SDPA.
+
+    The official ``softmax(q * scale @ k^T + bias [+ mask]) @ v`` becomes one fused SDPA call with the relative
+    position bias (plus the shifted-window mask) as its float ``attn_mask``: no (windows, heads, N, N) score
+    tensor is materialised in Python, and on the CPU and CUDA a fused kernel runs. Same maths; outputs agree
+    with spandrel's to float rounding (~1e-6).
+    """
+
+    def forward(self, x, mask=None):
+        b_, n, c = x.shape
+        heads = self.num_heads
+        q, k, v = self.qkv(x).reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(n, n, heads).permute(2, 0, 1).unsqueeze(0)  # 1, heads, N, N
+        if mask is not None:
+            windows = mask.shape[0]
+            # (windows, heads, N, N), repeated over the images of the batch (a view for one image).
+            bias = (bias + mask.unsqueeze(1)).unsqueeze(0).expand(b_ // windows, -1, -1, -1, -1).reshape(b_, heads, n, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b_, n, c)))
 
 
 def build(config: dict | None = None) -> nn.Module:
@@ -86,6 +112,9 @@ def build(config: dict | None = None) -> nn.Module:
             resi_connection=cfg["resi_connection"],
             start_unshuffle=start_unshuffle,
         )
+    for module in net.modules():
+        if type(module) is _SpandrelWindowAttention:
+            module.__class__ = WindowAttention  # same parameters and buffers, attention through SDPA
     if unshuffle:
         # Official key layout is conv_first.{0: PixelUnshuffle, 1: Conv2d}. spandrel's forward already
         # unshuffles before calling conv_first, so slot 0 is an Identity: same math, official keys.
