@@ -316,6 +316,20 @@ def our_network(kind: str, seed: int = 0, config: dict | None = None, device="cp
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
+def spandrel_model(state_dict: dict, device, dtype) -> torch.nn.Module:
+    """spandrel's own network for a state dict (``spandrel.ModelLoader``, as ComfyUI's Load Upscale Model)."""
+    from spandrel import ModelLoader
+
+    ref = ModelLoader().load_from_state_dict(state_dict).model.eval().requires_grad_(False).to(device=device, dtype=dtype)
+    if dtype != torch.float32:
+        # spandrel's SwinIR computes the shifted-window mask of sizes other than img_size in float32 at every call,
+        # and `attn @ v` then fails in half precision; cast that mask so its own forward can run.
+        for block in ref.modules():
+            if hasattr(block, "calculate_mask"):
+                block.calculate_mask = lambda size, f=block.calculate_mask: f(size).to(dtype)
+    return ref
+
+
 # ----------------------------------------------------------------------------------------- the host (ComfyUI)
 
 

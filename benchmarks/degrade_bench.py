@@ -14,10 +14,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from diffbir_core.degrade import PRESET_NAMES, apply, draw_params, make_rng  # noqa: E402
+from diffbir_core.degrade import PRESET_NAMES, apply, draw_params, make_rng
 
 
 def test_image(size: int) -> torch.Tensor:

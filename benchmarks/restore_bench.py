@@ -152,9 +152,10 @@ def main() -> int:
     for name in big["phases"]:
         rows.append(C.row(f"restore time, {name}, s", f"{big['phases'][name]:.1f}", f"{base['phases'][name]:.1f}",
                           f"{big['phases'][name] / base['phases'][name]:.2f}",
-                          note=(f"{big['diffusion_tiles']} latent tiles x {args.steps} step(s): {big['model_calls']} "
-                                f"ControlNet+UNet calls of batch {big['batch_sizes']} (512: {base['model_calls']} of "
-                                f"batch {base['batch_sizes']})") if name.startswith("stage 2") else ""))
+                          note=(f"{big['model_calls']} model evaluation(s) of batch {big['batch_sizes']} (cfg pair), each "
+                                f"{big['diffusion_tiles']} ControlNet + UNet calls (latent tiles); 512: "
+                                f"{base['model_calls']} of batch {base['batch_sizes']}, untiled; wall time"
+                                ) if name.startswith("stage 2") else ""))
     for r in (base, big):
         if not r["finite"] or r["out_shape"][-1] != (out if r is big else 512):
             rows.append(C.row(f"restore output {r['mode']}", f"shape {r['out_shape']}, finite {r['finite']}",

@@ -28,10 +28,7 @@ def _nets(device, dtype, with_spandrel: bool):
     ours = C.our_network("swinir", seed=1, device="cpu")
     ref = None
     if with_spandrel:
-        from spandrel import ModelLoader
-
-        ref = ModelLoader().load_from_state_dict(ours.state_dict()).model.eval().requires_grad_(False)
-        ref = ref.to(device=device, dtype=dtype)
+        ref = C.spandrel_model(ours.state_dict(), device, dtype)
     return ours.to(device=device, dtype=dtype), ref
 
 
