@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..diffbir_core.arch.ldm_blocks import GroupNorm32
 from ..diffbir_core.schedule import LATENT_SCALE
 from .images import rgb_image
+from .vae import check_sd_vae, encode_pixels
 
 log = logging.getLogger(__name__)
 
@@ -128,31 +129,24 @@ def wrap_in_patcher(model: torch.nn.Module):
 # ----------------------------------------------------------------------------- condition latent
 
 
-def encode_condition(vae, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+def encode_condition(vae, image: torch.Tensor, tile_size: int = 0, tile_stride: int = 0
+                     ) -> tuple[torch.Tensor, tuple[int, int]]:
     """The official condition latent of `image` (NHWC in [0, 1]): VAE posterior mode of 2x-1, times 0.18215.
 
     The image is zero padded (bottom/right) to a multiple of 64 like the official untiled pipeline; the
     latent of the whole padded image is returned with the unpadded pixel size (H, W), and the latent is
     cropped to the sampler's size when used. ComfyUI's `VAE.encode` maps [0, 1] to [-1, 1] itself and
-    returns the unscaled posterior mode (DiagonalGaussianRegularizer(sample=False)).
+    returns the unscaled posterior mode (DiagonalGaussianRegularizer(sample=False)). With `tile_size` (pixels)
+    an image larger than one tile is encoded in gaussian-blended tiles (official v2.0.0 `vae_encode_tiled`).
     """
     image = rgb_image(image, "image")  # RGBA -> RGB, gray -> RGB; empty and NaN/Inf images refused
-    if vae is None or not hasattr(vae, "encode"):
-        raise ValueError(
-            "DiffBIR: the condition image needs the SD 2.1 VAE, but the 'vae' input is empty. Connect the VAE of your "
-            "SD 2.1 Load Checkpoint (the VAE output of Load DiffBIR Models is only filled for a v1 full checkpoint).")
-    latent_channels = getattr(vae, "latent_channels", 4)
-    if latent_channels != 4:
-        raise ValueError(
-            f"DiffBIR: the VAE makes {latent_channels}-channel latents; DiffBIR needs the Stable Diffusion 2.1 VAE "
-            "(4 channels). Connect the VAE of your SD 2.1 checkpoint."
-        )
+    check_sd_vae(vae, "DiffBIR")
     h, w = image.shape[1:3]
     pad_h, pad_w = (-h) % CONDITION_PAD, (-w) % CONDITION_PAD
     pixels = image.movedim(-1, 1).float()
     if pad_h or pad_w:
         pixels = F.pad(pixels, (0, pad_w, 0, pad_h), value=0.0)
-    latent = vae.encode(pixels.movedim(1, -1))
+    latent = encode_pixels(vae, pixels, tile_size, tile_stride)
     return latent.float() * LATENT_SCALE, (h, w)
 
 

@@ -20,6 +20,7 @@ import comfy.model_sampling
 
 from .control import DiffBIRControl, encode_condition
 from .images import rgb_image, widget_range_error
+from .vae import tile_settings_error
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +111,33 @@ class DiffBIRLAControlNetApply:
                 "model": ("MODEL", {"tooltip": "Optional SD 2.1 MODEL. Connected, it is checked against the "
                                                "ControlNet's version and, for v2.1, returned patched to v-prediction "
                                                "+ zero-terminal SNR at the 'model' output."}),
+                "vae_tile_size": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 64,
+                                          "tooltip": "Encode the condition image in tiles of this many pixels (0 = "
+                                                     "whole image, as the official default). Use 512 for large "
+                                                     "images: memory then grows with the tile, not the image. Images "
+                                                     "within one tile are encoded whole."}),
+                "vae_tile_stride": ("INT", {"default": 256, "min": 8, "max": 8192, "step": 8,
+                                            "tooltip": "Distance between encode tiles in pixels (official: half the "
+                                                       "tile). Used when vae_tile_size > 0."}),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None):
-        """Shown before the run (ComfyUI then leaves the min/max check of these two inputs to us)."""
-        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+    def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None, vae_tile_size=None, vae_tile_stride=None):
+        """Shown before the run (ComfyUI then leaves the min/max check of these inputs to us)."""
+        for name, value in (("start_percent", start_percent), ("end_percent", end_percent),
+                            ("vae_tile_size", vae_tile_size), ("vae_tile_stride", vae_tile_stride)):
             error = widget_range_error(cls, name, value)
+            if error:
+                return error
+        if vae_tile_size is not None and vae_tile_stride is not None:
+            error = tile_settings_error(int(vae_tile_size), int(vae_tile_stride), "vae_tile_size", "vae_tile_stride")
             if error:
                 return error
         return _percent_error(start_percent, end_percent) or True
 
-    def apply(self, positive, negative, control_net, image, vae, strength, start_percent, end_percent, model=None):
+    def apply(self, positive, negative, control_net, image, vae, strength, start_percent, end_percent, model=None,
+              vae_tile_size=0, vae_tile_stride=256):
         if control_net is None:
             raise ValueError(
                 "LAControlNet Apply: 'control_net' is empty: Load DiffBIR Models has controlnet_name 'none'. Pick a "
@@ -131,7 +146,8 @@ class DiffBIRLAControlNetApply:
             raise TypeError(
                 f"LAControlNet Apply needs a DiffBIR ControlNet from 'Load DiffBIR Models', got "
                 f"{type(control_net).__name__}. Use the stock 'Apply ControlNet' for other ControlNets.")
-        error = _percent_error(start_percent, end_percent)
+        error = _percent_error(start_percent, end_percent) or tile_settings_error(
+            int(vae_tile_size), int(vae_tile_stride), "vae_tile_size", "vae_tile_stride")
         if error:
             raise ValueError(f"LAControlNet Apply: {error}")
         out_model = self._model_for(control_net, model)
@@ -139,7 +155,7 @@ class DiffBIRLAControlNetApply:
             return (positive, negative, out_model)
 
         image = rgb_image(image, "image")  # RGBA -> RGB, gray -> RGB; empty and NaN/Inf images refused
-        latent, size = encode_condition(vae, image)
+        latent, size = encode_condition(vae, image, int(vae_tile_size), int(vae_tile_stride))
         cnets = {}
         out = []
         for conditioning in (positive, negative):

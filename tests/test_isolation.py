@@ -2,9 +2,8 @@
 
 * Cancel during stage-1 tiling (the network from Load DiffBIR Models) and between the images of a Degrade batch
   stops within one tile / image, saves nothing, keeps the loaded models (not reloaded, weights unchanged), and the
-  next prompt gives the same result as an uninterrupted run. Our nodes do no tiled VAE encode/decode (the
-  condition latent is one ``VAE.encode``; ComfyUI's VAE itself falls back to tiles on out-of-memory), and
-  sampling interrupts belong to the sampler tests.
+  next prompt gives the same result as an uninterrupted run. Cancel during the tiled VAE (DiffBIR VAE Decode,
+  LAControlNet Apply's tiled encode) is tested in test_nodes_vae.py, during sampling in test_nodes_sampler.py.
 * A full restoration graph (Degrade -> Stage1 SwinIR Restore -> LAControlNet Apply -> stock KSampler -> VAE
   Decode -> DiffBIR Color Fix -> DiffBIR Compare, on the tiny SD 2.1) leaves the MODEL, CLIP, VAE, conditioning,
   ControlNet, stage-1 network and images given to it untouched; two identical prompts give bit-identical images

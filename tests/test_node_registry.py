@@ -10,6 +10,7 @@ DISPLAY_NAMES = {
     "DiffBIR Color Fix",
     "Degrade",
     "DiffBIR Compare",
+    "DiffBIR VAE Decode (Tiled)",
 }
 
 

@@ -199,6 +199,10 @@ def test_workflow_uses_official_defaults(comfy_host, path):
         assert s["model"] == [s["positive"][0], 2], "the sampler must take LAControlNet Apply's MODEL output"
         assert (apply["inputs"]["strength"], apply["inputs"]["start_percent"], apply["inputs"]["end_percent"]) == \
             (1.0, 0.0, 1.0)
+        assert apply["inputs"]["vae_tile_size"] == 0, "the official condition encode is untiled"
+        if want["node"] == "DiffBIRSampler":
+            (decode,) = by_class(api, "DiffBIRVAEDecode")  # the official v2 tiled decode, whole below one tile
+            assert (decode["inputs"]["tile_size"], decode["inputs"]["tile_stride"]) == (512, 256)
         texts = [api[apply["inputs"][name][0]]["inputs"]["text"] for name in ("positive", "negative")]
     assert tuple(texts) == want["prompts"]
     stage1 = by_class(api, "DiffBIRStage1Restore")
@@ -313,7 +317,7 @@ class Sizes:
             assert apply["class_type"] == "DiffBIRLAControlNetApply"
             w, h = self.value(apply["inputs"]["image"])
             return (math.ceil(w / 8), math.ceil(h / 8))
-        if kind == "VAEDecode":
+        if kind in ("VAEDecode", "DiffBIRVAEDecode"):
             w, h = self.value(inputs["samples"])
             return (w * 8, h * 8)
         raise AssertionError(f"no size rule for {kind}")

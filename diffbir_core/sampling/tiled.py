@@ -58,35 +58,47 @@ def vae_decode(vae, z: torch.Tensor, scale: float = LATENT_SCALE) -> torch.Tenso
     return vae.decode(z / scale)
 
 
-def vae_encode_tiled(vae, image: torch.Tensor, tile_size: int, tile_stride: int, sample: bool = False, noise=None,
-                     scale: float = LATENT_SCALE) -> torch.Tensor:
-    """v2.0.0 `vae_encode_tiled`: pixel tiles of tile_size (stride tile_stride), latents gaussian-blended.
+def encode_tiles(encode: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tile_size: int,
+                 tile_stride: int, on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """`encode(pixel_tile) -> latent_tile` over pixel tiles of tile_size (stride tile_stride), gaussian-blended.
 
-    The image sides must be multiples of 8; with `sample` each tile draws its own posterior noise.
+    The grid is laid out in latent pixels (tile_size // 8, tile_stride // 8) as the official v2.0.0 code does, so
+    the image sides must be multiples of 8. `on_tile(i, n)` runs before tile i of n: the host's interrupt check
+    and progress hook (it may raise to stop between tiles; nothing is returned then).
     """
     b, _, h, w = image.shape
     if h % 8 or w % 8:
         raise ValueError(f"tiled VAE encode needs sides that are multiples of 8, got {h}x{w}")
-    z = torch.zeros((b, 4, h // 8, w // 8), dtype=image.dtype, device=image.device)
-    count = torch.zeros_like(z, dtype=torch.float32)
-    weights = None
-    for y0, y1, x0, x1 in sliding_windows(h // 8, w // 8, tile_size // 8, tile_stride // 8):
-        if weights is None or weights.shape[-2:] != (y1 - y0, x1 - x0):
-            weights = _weights(y1 - y0, x1 - x0, z)
-        tile = image[:, :, y0 * 8 : y1 * 8, x0 * 8 : x1 * 8]
-        z[..., y0:y1, x0:x1] += vae_encode(vae, tile, sample, noise, scale) * weights
+    windows = sliding_windows(h // 8, w // 8, max(tile_size // 8, 1), max(tile_stride // 8, 1))
+    z = count = weights = None
+    for i, (y0, y1, x0, x1) in enumerate(windows):
+        if on_tile is not None:
+            on_tile(i, len(windows))
+        lat = encode(image[:, :, y0 * 8 : y1 * 8, x0 * 8 : x1 * 8])
+        if z is None:
+            z = torch.zeros((b, lat.shape[1], h // 8, w // 8), dtype=lat.dtype, device=lat.device)
+            count = torch.zeros_like(z, dtype=torch.float32)
+        if weights is None or weights.shape[-2:] != lat.shape[-2:]:
+            weights = _weights(lat.shape[-2], lat.shape[-1], lat)
+        z[..., y0:y1, x0:x1] += lat * weights
         count[..., y0:y1, x0:x1] += weights
     return z / count
 
 
-def vae_decode_tiled(vae, z: torch.Tensor, tile: int, stride: int, scale: float = LATENT_SCALE) -> torch.Tensor:
-    """v2.0.0 `vae_decode_tiled`: latent tiles of `tile` (stride `stride`, latent pixels), pixel gaussian blend."""
+def decode_tiles(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, tile: int, stride: int,
+                 on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """`decode(latent_tile) -> pixel_tile` over latent tiles of `tile` (stride `stride`), pixel gaussian blend.
+
+    Only one tile's decoder activations exist at a time; the blended output and its weight sum are the only
+    whole-image buffers. `on_tile(i, n)` as in `encode_tiles`.
+    """
     b, _, h, w = z.shape
-    image = None
-    count = None
-    weights = None
-    for y0, y1, x0, x1 in sliding_windows(h, w, tile, stride):
-        dec = vae_decode(vae, z[..., y0:y1, x0:x1], scale)
+    windows = sliding_windows(h, w, tile, stride)
+    image = count = weights = None
+    for i, (y0, y1, x0, x1) in enumerate(windows):
+        if on_tile is not None:
+            on_tile(i, len(windows))
+        dec = decode(z[..., y0:y1, x0:x1])
         if image is None:
             image = torch.zeros((b, dec.shape[1], h * 8, w * 8), dtype=dec.dtype, device=dec.device)
             count = torch.zeros_like(image, dtype=torch.float32)
@@ -95,3 +107,14 @@ def vae_decode_tiled(vae, z: torch.Tensor, tile: int, stride: int, scale: float 
         image[..., y0 * 8 : y1 * 8, x0 * 8 : x1 * 8] += dec * weights
         count[..., y0 * 8 : y1 * 8, x0 * 8 : x1 * 8] += weights
     return image / count
+
+
+def vae_encode_tiled(vae, image: torch.Tensor, tile_size: int, tile_stride: int, sample: bool = False, noise=None,
+                     scale: float = LATENT_SCALE) -> torch.Tensor:
+    """v2.0.0 `vae_encode_tiled` over our VAE; with `sample` each tile draws its own posterior noise."""
+    return encode_tiles(lambda tile: vae_encode(vae, tile, sample, noise, scale), image, tile_size, tile_stride)
+
+
+def vae_decode_tiled(vae, z: torch.Tensor, tile: int, stride: int, scale: float = LATENT_SCALE) -> torch.Tensor:
+    """v2.0.0 `vae_decode_tiled` over our VAE: latent tiles of `tile` (stride `stride`, latent pixels)."""
+    return decode_tiles(lambda t: vae_decode(vae, t, scale), z, tile, stride)
