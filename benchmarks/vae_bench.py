@@ -94,12 +94,29 @@ def child_mem(args, what: str, size: int) -> dict:
     return {"rss_before_mb": before, "cuda_peak_mb": C.cuda_peak_mb(device)}
 
 
+def _time_rows(args, size: int, extra: list[str]) -> list[dict]:
+    C.log(f"VAE {size}x{size}: timing child")
+    res = C.run_child(__file__, C.child_argv(args, f"time:{size}", extra))
+    t, rows = res["times"], []
+    for what, label in (("enc", "encode"), ("dec", "decode")):
+        ratio = C.stat(C.ratios(t[what], t[f"host_{what}"]))
+        rows.append(C.row(f"VAE {label} {size}x{size}, s: ours / ComfyUI VAE", C.stat(t[what]),
+                          C.stat(t[f"host_{what}"]), ratio,
+                          note=f"max |latent ours - ComfyUI| = {res['enc_diff']:.1e}" if what == "enc" else ""))
+        if args.tiled:
+            ratio = C.stat(C.ratios(t[f"{what}_tiled"], t[what]))
+            rows.append(C.row(f"VAE {label} {size}x{size} tiled ({args.tile} px, stride {args.tile // 2}), s: "
+                              "ours tiled / ours untiled", C.stat(t[f"{what}_tiled"]), C.stat(t[what]), ratio))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(ap, repeats=3)
     ap.add_argument("--sizes", default="512", help="comma-separated square image sizes (multiples of 64)")
     ap.add_argument("--tiled", action="store_true", help="also time our tiled encode/decode")
     ap.add_argument("--tile", type=int, default=256, help="pixel tile of the tiled variants (official 256)")
+    ap.add_argument("--memory-only", action="store_true", help="skip the timing child: peak RSS rows only")
     args = ap.parse_args()
     if args.child:
         kind, size = args.child.split(":")
@@ -110,25 +127,23 @@ def main() -> int:
     rows, header = [], C.machine_line(device, dtype)
     extra = ["--repeats", str(args.repeats), "--tile", str(args.tile)] + (["--tiled"] if args.tiled else [])
     for size in [int(s) for s in args.sizes.split(",")]:
-        C.log(f"VAE {size}x{size}: timing child")
-        res = C.run_child(__file__, C.child_argv(args, f"time:{size}", extra))
-        t = res["times"]
-        for what, label in (("enc", "encode"), ("dec", "decode")):
-            ratio = C.stat(C.ratios(t[what], t[f"host_{what}"]))
-            rows.append(C.row(f"VAE {label} {size}x{size}, s: ours / ComfyUI VAE", C.stat(t[what]),
-                              C.stat(t[f"host_{what}"]), ratio,
-                              note=f"max |latent ours - ComfyUI| = {res['enc_diff']:.1e}" if what == "enc" else ""))
-            if args.tiled:
-                ratio = C.stat(C.ratios(t[f"{what}_tiled"], t[what]))
-                rows.append(C.row(f"VAE {label} {size}x{size} tiled ({args.tile} px, stride {args.tile // 2}), s: "
-                                  "ours tiled / ours untiled", C.stat(t[f"{what}_tiled"]), C.stat(t[what]), ratio))
-        for what, label in (("enc", "encode"), ("dec", "decode")):
+        if not args.memory_only:
+            rows += _time_rows(args, size, extra)
+        peaks = {}
+        kinds = (("enc", "encode"), ("dec", "decode"))
+        if args.tiled:
+            kinds += (("enc_tiled", f"encode tiled ({args.tile} px)"), ("dec_tiled", f"decode tiled ({args.tile} px)"))
+        for what, label in kinds:
             C.log(f"VAE {size}x{size}: memory child ({label})")
             mem = C.run_child(__file__, C.child_argv(args, f"mem-{what}:{size}", extra))
-            peak = mem["peak_rss_mb"]
+            peak = peaks[what] = mem["peak_rss_mb"]
             rows.append(C.row(f"VAE {label} peak RSS {size}x{size}, MiB (baseline: RSS before the call)", f"{peak:.0f}",
                               f"{mem['rss_before_mb']:.0f}", f"{peak / mem['rss_before_mb']:.2f}",
                               note=f"CUDA peak allocated {mem['cuda_peak_mb']:.0f} MiB" if mem["cuda_peak_mb"] else ""))
+            if what.endswith("_tiled"):
+                base = what[:-6]
+                rows.append(C.row(f"VAE {dict(kinds)[base]} {size}x{size} peak RSS, tiled / untiled", f"{peak:.0f}",
+                                  f"{peaks[base]:.0f}", f"{peak / peaks[base]:.2f}"))
     C.print_table(TITLE, rows, header)
     C.write_json(args.json, TITLE, header, rows)
     return 0

@@ -29,3 +29,15 @@ def comfy_host(tmp_path_factory, comfy_models_dir):
     import comfy_host as host_module  # tests/ is on sys.path (rootdir-relative conftest, no __init__.py)
 
     return host_module.boot(tmp_path_factory.mktemp("comfy_output"), models_dir=comfy_models_dir)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny networks: with two, OpenMP fork/join stalls on a busy shared CPU
+    make them up to 20x slower. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

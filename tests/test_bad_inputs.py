@@ -46,12 +46,7 @@ EMPTY = "bad_inputs_empty.pth"
 CLEAR_ERRORS = (ValueError, TypeError, FileNotFoundError, ch.PromptValidationError, ch.PromptExecutionError)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
 
 
 class Env:

@@ -61,13 +61,7 @@ def random_state_dict(module, seed):
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The networks here are tiny: one thread avoids OpenMP fork/join stalls on a busy shared CPU (20x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 CN = "vae_tests_controlnet_v2.safetensors"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

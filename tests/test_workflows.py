@@ -243,15 +243,6 @@ def input_png(comfy_host):
     path.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny networks plus a full-size VAE at small sizes: one thread is faster on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def for_test(api: dict, png: str) -> dict:
     """The workflow's prompt with tiny models, the test image, 2 steps and a 64-pixel minimum short edge."""
     for node in api.values():
