@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--tiled", action="store_true", help="also time our tiled encode/decode")
     ap.add_argument("--tile", type=int, default=256, help="pixel tile of the tiled variants (official 256)")
     ap.add_argument("--memory-only", action="store_true", help="skip the timing child: peak RSS rows only")
+    ap.add_argument("--parts", default="encode,decode", help="peak RSS rows for: encode, decode or both")
     args = ap.parse_args()
     if args.child:
         kind, size = args.child.split(":")
@@ -130,9 +131,10 @@ def main() -> int:
         if not args.memory_only:
             rows += _time_rows(args, size, extra)
         peaks = {}
-        kinds = (("enc", "encode"), ("dec", "decode"))
+        parts = [p.strip()[:3] for p in args.parts.split(",")]
+        kinds = tuple((p, {"enc": "encode", "dec": "decode"}[p]) for p in parts)
         if args.tiled:
-            kinds += (("enc_tiled", f"encode tiled ({args.tile} px)"), ("dec_tiled", f"decode tiled ({args.tile} px)"))
+            kinds += tuple((f"{p}_tiled", f"{label} tiled ({args.tile} px)") for p, label in kinds)
         for what, label in kinds:
             C.log(f"VAE {size}x{size}: memory child ({label})")
             mem = C.run_child(__file__, C.child_argv(args, f"mem-{what}:{size}", extra))
@@ -142,7 +144,7 @@ def main() -> int:
                               note=f"CUDA peak allocated {mem['cuda_peak_mb']:.0f} MiB" if mem["cuda_peak_mb"] else ""))
             if what.endswith("_tiled"):
                 base = what[:-6]
-                rows.append(C.row(f"VAE {dict(kinds)[base]} {size}x{size} peak RSS, tiled / untiled", f"{peak:.0f}",
+                rows.append(C.row(f"VAE {dict(kinds)[base]} {size}x{size} peak RSS, tiled ({args.tile} px) / untiled", f"{peak:.0f}",
                                   f"{peaks[base]:.0f}", f"{peak / peaks[base]:.2f}"))
     C.print_table(TITLE, rows, header)
     C.write_json(args.json, TITLE, header, rows)

@@ -405,7 +405,8 @@ class DiffBIRSampler:
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The restored latent (the condition image's size / 8); decode it with the SD 2.1 VAE.",)
+    OUTPUT_TOOLTIPS = ("The restored latent (the condition image's size / 8); decode it with the SD 2.1 VAE "
+                       "(DiffBIR VAE Decode (Tiled) keeps large images within memory).",)
 
     @classmethod
     def INPUT_TYPES(cls):
