@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,6 +102,23 @@ def _compatible(input_type, link_type: str) -> bool:
     if isinstance(input_type, list):  # a COMBO converted to an input
         return link_type in ("COMBO", "*")
     return input_type == "*" or link_type in input_type.split(",")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_has_a_template_thumbnail(path):
+    """Browse Templates shows <name>.jpg beside <name>.json (python -m diffbir_cli.thumbnails draws them)."""
+    from PIL import Image
+
+    from diffbir_cli import thumbnails
+
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"{thumb.name} missing: run python -m diffbir_cli.thumbnails"
+    with Image.open(thumb) as img:
+        assert (img.format, img.size) == ("JPEG", thumbnails.SIZE)
+    # drawn from this very graph: a fresh drawing has the same size and nearly the same pixels
+    with Image.open(io.BytesIO(thumbnails.render(load(path), path.stem))) as fresh, Image.open(thumb) as img:
+        diff = np.asarray(fresh.convert("L"), dtype=np.float32) - np.asarray(img.convert("L"), dtype=np.float32)
+    assert np.abs(diff).mean() < 2.0, "thumbnail out of date: run python -m diffbir_cli.thumbnails"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
