@@ -95,6 +95,9 @@ def build_network(kind: str, sd: dict[str, torch.Tensor], name: str = "state dic
         model = arch_module(kind).build(config)
     load_strict(model, sd, name)
     _materialise_buffers(model, kind, config)
+    memory_format = getattr(arch_module(kind), "MEMORY_FORMAT", None)
+    if memory_format is not None:  # assign-loading replaced the weights with the file's (contiguous) tensors
+        model = model.to(memory_format=memory_format)
     return model.eval().requires_grad_(False), config
 
 
