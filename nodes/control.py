@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..diffbir_core.arch.ldm_blocks import GroupNorm32
 from ..diffbir_core.schedule import LATENT_SCALE
 from .images import rgb_image
-from .vae import check_sd_vae, encode_pixels
+from .vae import LATENT_DOWNSCALE, check_sd_vae, encode_pixels
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 # encode (DiffBIR main `Pipeline.apply_cldm`, untiled path); the VAE's mid-block attention sees the whole
 # padded latent, so the pad size changes every latent pixel slightly and we keep the official 64.
 CONDITION_PAD = 64
-LATENT_DOWNSCALE = 8
 
 # transformer_options keys the DiffBIR Sampler sets for one model call (ComfyUI hands transformer_options to
 # get_control). Absent, as with the stock samplers, the control behaves as it always did.

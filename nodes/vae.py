@@ -16,7 +16,7 @@ import torch
 from ..diffbir_core.sampling.tiled import decode_tiles, encode_tiles
 from .images import widget_range_error
 
-LATENT_DOWNSCALE = 8
+LATENT_DOWNSCALE = 8  # SD VAE: one latent pixel per 8x8 image pixels
 
 
 def check_sd_vae(vae, node: str) -> None:
