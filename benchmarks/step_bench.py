@@ -11,8 +11,8 @@ Both use the same random full-size weights (the official step reads the very ten
 from, in their file layout) and the same inputs; the largest difference of the two outputs is printed. The two
 alternate round by round (order reversed each round) and the ratio ours / official is taken per round.
 
-FLOPs of one step are counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions, matmuls and SDPA;
-norms and elementwise ops are not counted), and the achieved fraction is FLOPs / seconds / peak, where the peak
+FLOPs of one step are counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions, matmuls, SDPA
+and oneDNN linears; norms and elementwise ops are not counted), and the achieved fraction is FLOPs / seconds / peak, where the peak
 is this machine's measured dense matmul rate in the same dtype and thread count (best of a few 2048^3 matmuls).
 
 ``--config small`` builds a 0.3-width network (model_channels 96) for quick runs; the default is the real SD 2.1
@@ -24,6 +24,7 @@ Run from the repository root, e.g. ``python benchmarks/step_bench.py --threads 1
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import _common as C
@@ -54,10 +55,18 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     return 2 * b * h * nq * nk * (d + dv)
 
 
+def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's linear (diffbir_core's float32 CPU Linear): 2 M K N, as torch counts aten.addmm."""
+    return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
+
+
 def _flop_counter() -> FlopCounterMode:
-    ops = [getattr(torch.ops.aten, name) for name in ("_scaled_dot_product_flash_attention_for_cpu",)
-           if hasattr(torch.ops.aten, name)]
-    return FlopCounterMode(display=False, custom_mapping={op: _sdpa_flops for op in ops})
+    mapping = {}
+    if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        mapping[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_flops
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
+    return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
 def count_flops(fn) -> int:
@@ -67,11 +76,19 @@ def count_flops(fn) -> int:
 
 
 def matmul_peak(device, dtype, n: int = 2048, tries: int = 5) -> float:
-    """FLOP/s of the best of `tries` n x n x n matmuls (the machine's dense peak as torch reaches it)."""
+    """FLOP/s of the best of `tries` n x n x n matmuls (the machine's dense peak as torch reaches it).
+
+    On the CPU both of torch's GEMMs are tried: its BLAS (torch.mm; MKL) and oneDNN (the GEMM of its
+    convolutions), since one can be far slower than the other (MKL on AMD: less than half of oneDNN)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    torch.mm(a, b)
-    best = min(C.timed(lambda: torch.mm(a, b), device) for _ in range(tries))
+    kernels = [lambda: torch.mm(a, b)]
+    if device.type == "cpu" and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
+    best = float("inf")
+    for kernel in kernels:
+        kernel()
+        best = min(best, *(C.timed(kernel, device) for _ in range(tries)))
     return 2 * n**3 / best
 
 
@@ -151,10 +168,12 @@ def _host_steps(args, size, device, dtype):
 def child_step(args, size: int) -> dict:
     device, dtype = C.setup(args)
     peak = matmul_peak(device, dtype)
+    C.log(f"matmul peak {peak / 1e9:.1f} GFLOP/s; building the networks")
     ours, ref, comparable = (_host_steps if args.path == "host" else _core_steps)(args, size, device, dtype)
-    # The counted calls are also the warm-up (first-call allocations, oneDNN primitive creation).
+    C.log("counting FLOPs (also the warm-up: first-call allocations, oneDNN primitive creation)")
     flops_ref = count_flops(ref)
     flops_ours = count_flops(ours)
+    C.log("comparing outputs")
     a, b = comparable(ours()).float(), comparable(ref()).float()
     times = C.interleaved({"official": ref, "ours": ours}, args.repeats, device, warmup=False,
                           label=f"step {size}")
