@@ -30,9 +30,9 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
 import torch
-import torch.nn.functional as F
 
 from ..diffbir_core.arch.ldm_blocks import GroupNorm32
+from ..diffbir_core.padding import pad_to_multiple
 from ..diffbir_core.schedule import LATENT_SCALE
 from .images import rgb_image
 from .vae import check_sd_vae, encode_pixels, latent_fits
@@ -141,10 +141,7 @@ def encode_condition(vae, image: torch.Tensor, tile_size: int = 0, tile_stride: 
     image = rgb_image(image, "image")  # RGBA -> RGB, gray -> RGB; empty and NaN/Inf images refused
     check_sd_vae(vae, "DiffBIR")
     h, w = image.shape[1:3]
-    pad_h, pad_w = (-h) % CONDITION_PAD, (-w) % CONDITION_PAD
-    pixels = image.movedim(-1, 1).float()
-    if pad_h or pad_w:
-        pixels = F.pad(pixels, (0, pad_w, 0, pad_h), value=0.0)
+    pixels = pad_to_multiple(image.movedim(-1, 1).float(), CONDITION_PAD)
     latent = encode_pixels(vae, pixels, tile_size, tile_stride)
     return latent.float() * LATENT_SCALE, (h, w)
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .. import colorfix
+from ..padding import pad_to_multiple, pad_to_size
 from ..schedule import LATENT_SCALE, DiffusionSchedule
 from ..tiling import sliding_windows
 from .denoiser import CLDMDenoiser, Condition, rescales_any_cfg
@@ -57,15 +57,6 @@ class CLDMResult:
     c_img: torch.Tensor  # condition latent before the latent pad and before noise_aug
     tiles_latent: list  # the latent tiles of tiled diffusion, [] when untiled
     denoiser: CLDMDenoiser
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero pad at the bottom/right to a multiple (the official `pad_to_multiples_of`)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not ph and not pw:
-        return x.clone()
-    return F.pad(x, (0, pw, 0, ph), mode="constant", value=0)
 
 
 def q_sample(diffusion: DiffusionSchedule, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
@@ -156,8 +147,7 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
     # 3. start point, 4. noise augmentation of the condition
     x_T, c_img = start_latent(diffusion, c_img, start_point_type, noise_aug, noise)
     if guidance is not None:  # the stage-1 image, zero-padded to the size the latent decodes to
-        ph, pw = h2 * 8 - cond_img01.shape[-2], w2 * 8 - cond_img01.shape[-1]
-        guidance.set_target(F.pad(cond_img01, (0, pw, 0, ph)))
+        guidance.set_target(pad_to_size(cond_img01, h2 * 8, w2 * 8))
     # 5. sample
     tiles = (cldm_tile_size // 8, cldm_tile_stride // 8) if cldm_tiled else None
     denoiser = CLDMDenoiser(
