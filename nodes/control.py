@@ -30,12 +30,12 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
 import torch
-import torch.nn.functional as F
 
 from ..diffbir_core.arch.ldm_blocks import GroupNorm32
+from ..diffbir_core.padding import pad_to_multiple
 from ..diffbir_core.schedule import LATENT_SCALE
 from .images import rgb_image
-from .vae import LATENT_DOWNSCALE, check_sd_vae, encode_pixels
+from .vae import check_sd_vae, encode_pixels, latent_fits
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +141,9 @@ def encode_condition(vae, image: torch.Tensor, tile_size: int = 0, tile_stride: 
     image = rgb_image(image, "image")  # RGBA -> RGB, gray -> RGB; empty and NaN/Inf images refused
     check_sd_vae(vae, "DiffBIR")
     h, w = image.shape[1:3]
-    pad_h, pad_w = (-h) % CONDITION_PAD, (-w) % CONDITION_PAD
-    pixels = image.movedim(-1, 1).float()
-    if pad_h or pad_w:
-        pixels = F.pad(pixels, (0, pad_w, 0, pad_h), value=0.0)
+    pixels = pad_to_multiple(image.movedim(-1, 1).float(), CONDITION_PAD)
     latent = encode_pixels(vae, pixels, tile_size, tile_stride)
     return latent.float() * LATENT_SCALE, (h, w)
-
-
-def _accepted(latent_px: int, image_px: int) -> bool:
-    # ComfyUI's own latents of an image this size: floor (VAE Encode crops, Empty Latent rounds down) or
-    # ceil (an image padded to a multiple of 8).
-    return latent_px in (image_px // LATENT_DOWNSCALE, math.ceil(image_px / LATENT_DOWNSCALE))
 
 
 # ----------------------------------------------------------------------------- the control object
@@ -310,7 +301,7 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
                     f"DiffBIR ControlNet: tile window {window} does not fit a {w}x{h} tile of the condition latent "
                     f"({latent.shape[-1]}x{latent.shape[-2]}).")
             return self._batched(latent[:, :, y0:y1, x0:x1], x_noisy, batched_number, key, keep=True)
-        if not (_accepted(h, img_h) and _accepted(w, img_w)) or h > latent.shape[-2] or w > latent.shape[-1]:
+        if not (latent_fits(h, img_h) and latent_fits(w, img_w)) or h > latent.shape[-2] or w > latent.shape[-1]:
             raise ValueError(
                 f"DiffBIR ControlNet: the sampler's latent is {w}x{h} ({w * 8}x{h * 8} pixels) but the condition "
                 f"image given to LAControlNet Apply is {img_w}x{img_h} pixels (latent {math.ceil(img_w / 8)}x"

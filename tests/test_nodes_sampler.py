@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from comfy_host import node_module, node_output
 from tiny_models import TINY_CONTROLNETS, TINY_SD21_NAME
 
+from diffbir_core.sampling import grid
 from diffbir_core.sampling.noise import RecordedNoise
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -184,7 +185,7 @@ def test_fractional_grid_reaches_unet_and_controlnet_unrounded(comfy_host, tiny,
     monkeypatch.setattr(unet, "_forward", unet_spy)
     monkeypatch.setattr(control, "forward", control_spy)
     call_node(comfy_host, tiny, sampler_name="dpm++_m2", steps=3)
-    want = module.grid_timesteps("dpm++_m2", module.model_diffusion(tiny["model"]), 3)
+    want = grid("dpm++_m2", node_module(comfy_host, "host_model").model_diffusion(tiny["model"]), 3)
     assert any(t != round(t) for t in want)
     for name, got in seen.items():
         assert got == pytest.approx(want, abs=1e-3), name
@@ -270,7 +271,7 @@ def test_noise_aug_and_start_point_cond_change_the_result(comfy_host, tiny):
 
 def test_restoration_guidance_runs_with_a_vae(comfy_host, model_files, monkeypatch):
     """Through the executor (torch.inference_mode): latent space, and rgb space back-propagating the VAE decoder."""
-    host_vae = node_module(comfy_host, "sampler").HostVAE
+    host_vae = node_module(comfy_host, "host_guidance").HostVAE
     calls = []
     for name in ("encode", "decode"):
         original = getattr(host_vae, name)
