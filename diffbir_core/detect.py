@@ -79,6 +79,12 @@ SIGNATURES: tuple[Signature, ...] = (
         "an SCUNet stage-1 denoiser (KAIR key names)",
         {"m_head.0.weight": ANY, "m_tail.0.weight": ANY},
     ),
+    Signature(
+        "retinaface",
+        "a RetinaFace face detector (facexlib's detection_Resnet50_Final.pth / detection_mobilenet0.25_Final.pth)",
+        {"fpn.output1.0.weight": ANY, "ssh1.conv3X3.0.weight": ANY, "ClassHead.0.conv1x1.weight": ANY,
+         "LandmarkHead.0.conv1x1.weight": (ANY, ANY, 1, 1)},
+    ),
     # ---- recognised only to explain a wrong choice
     Signature(
         "controlnet_standard",
@@ -117,6 +123,7 @@ KIND_NAMES = {
     "swinir": "a DiffBIR SwinIR (general_swinir_v1.ckpt, face_swinir_v1.ckpt, realesrgan_s4_swinir_100k.pth)",
     "bsrnet": "BSRNet.pth",
     "scunet": "scunet_color_real_psnr.pth",
+    "retinaface": "a RetinaFace face detector (detection_Resnet50_Final.pth or detection_mobilenet0.25_Final.pth)",
 }
 
 STAGE1_KINDS = ("swinir", "bsrnet", "scunet")

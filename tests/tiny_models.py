@@ -161,3 +161,23 @@ def write_tiny_stage1(path: Path, kind: str) -> Path:
     save_file({k[2:]: v for k, v in t.items() if k.startswith("w.")}, str(path),
               metadata={"diffbir_kind": kind, "diffbir_config": json.dumps(config)})
     return path
+
+
+def tiny_retinaface_state_dict(backbone: str = "mobilenet0.25", seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random-weight RetinaFace in the official key layout: the official MobileNet-0.25 size (0.4 M parameters),
+    or for "resnet50" a ResNet-50-layout network one block per stage and width 8 (the official one is 27 M)."""
+    from diffbir_core.arch import retinaface
+
+    config = {"backbone": backbone}
+    if backbone == retinaface.RESNET50:
+        config.update(resnet_layers=(1, 1, 1, 1), width=8, out_channel=32)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = _random_init(retinaface.build(config), seed)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def write_tiny_retinaface(path: Path, backbone: str = "mobilenet0.25", seed: int = 0) -> Path:
+    """The tiny RetinaFace saved as the official files are: a plain pickled state dict (.pth)."""
+    torch.save(tiny_retinaface_state_dict(backbone, seed), str(path))
+    return path
