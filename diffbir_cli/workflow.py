@@ -46,6 +46,7 @@ ALIASES = {
     "diffbir_v1_general": "v1-general",
     "diffbir_lacontrolnet_stock_ksampler": "lacontrolnet-ksampler",
     "diffbir_degrade_restore_compare": "degrade-compare",
+    "diffbir_v2.1_unaligned_face": "v2.1-unaligned-face",
 }
 
 

@@ -178,6 +178,11 @@ def tiny_retinaface_state_dict(backbone: str = "mobilenet0.25", seed: int = 0) -
 
 
 def write_tiny_retinaface(path: Path, backbone: str = "mobilenet0.25", seed: int = 0) -> Path:
-    """The tiny RetinaFace saved as the official files are: a plain pickled state dict (.pth)."""
-    torch.save(tiny_retinaface_state_dict(backbone, seed), str(path))
+    """The tiny RetinaFace as a .safetensors file, or for any other suffix as the official files are: a plain
+    pickled state dict."""
+    sd = tiny_retinaface_state_dict(backbone, seed)
+    if Path(path).suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save(sd, str(path))
     return path
