@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import math
@@ -25,7 +24,8 @@ import torch
 
 from diffbir_core import stage1 as stage1_core
 from diffbir_core import weights
-from tiny_models import TINY_SD21_NAME, tiny_sd21_checkpoint, write_tiny_controlnet, write_tiny_retinaface, write_tiny_stage1
+from tiny_models import (TINY_SD21_NAME, face_node_module, one_face, tiny_sd21_checkpoint, write_tiny_controlnet,
+                         write_tiny_retinaface, write_tiny_stage1)
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -418,21 +418,6 @@ class Sizes:
         raise AssertionError(f"no size rule for {kind}")
 
 
-def fake_face_detector(comfy_host, monkeypatch) -> None:
-    """Random detector weights cannot decide where faces are: the node's detect_faces returns one face (eyes 15
-    pixels apart) at a fixed place in whatever photo it gets; the real detector file is still loaded."""
-    from diffbir_core.face.align import face_template
-    from diffbir_core.face.detection import Detections
-
-    def one_face(net, image, *args, **kwargs):
-        assert isinstance(net, torch.nn.Module)
-        lm = (face_template(512) * 0.12 + torch.tensor([20.0, 10.0], dtype=torch.float64)).float()[None]
-        return Detections(torch.tensor([[20.0, 10.0, 81.0, 71.0]]), torch.tensor([0.99]), lm)
-
-    module = importlib.import_module(comfy_host.node_classes["DiffBIRFaceDetectAlign"].__module__)
-    monkeypatch.setattr(module, "detect_faces", one_face)
-
-
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_runs_with_tiny_models(comfy_host, tiny_files, input_png, one_thread, monkeypatch, path):
     import folder_paths
@@ -440,8 +425,8 @@ def test_workflow_runs_with_tiny_models(comfy_host, tiny_files, input_png, one_t
 
     original = comfy_host.workflow_to_api(load(path))
     api = for_test(json.loads(json.dumps(original)), input_png)
-    if by_class(api, "DiffBIRFaceDetectAlign"):
-        fake_face_detector(comfy_host, monkeypatch)
+    if by_class(api, "DiffBIRFaceDetectAlign"):  # random detector weights cannot decide where faces are
+        monkeypatch.setattr(face_node_module(), "detect_faces", one_face)
     outputs = comfy_host.run(api)
     sizes = Sizes(api, original)
     checked = 0

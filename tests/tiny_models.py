@@ -186,3 +186,28 @@ def write_tiny_retinaface(path: Path, backbone: str = "mobilenet0.25", seed: int
     else:
         torch.save(sd, str(path))
     return path
+
+
+# --------------------------------------------------------------------------------------
+# a face-detector double: random detector weights cannot decide where faces are
+
+
+def one_face(net, image, *args, **kwargs):
+    """Stands in for `diffbir_core.face.detection.detect_faces`: one face (eyes 15 pixels apart) near the top left
+    of whatever photo it gets; `net` must be the loaded detector (the real file is still read and built)."""
+    from diffbir_core.face.align import face_template
+    from diffbir_core.face.detection import Detections
+
+    assert isinstance(net, torch.nn.Module)
+    lm = (face_template(512) * 0.12 + torch.tensor([20.0, 10.0], dtype=torch.float64)).float()[None]
+    return Detections(torch.tensor([[20.0, 10.0, 81.0, 71.0]]), torch.tensor([0.99]), lm)
+
+
+def face_node_module():
+    """The extension's nodes/face.py module as the host loaded it (to put `one_face` in with monkeypatch)."""
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if name.endswith("nodes.face") and hasattr(module, "DiffBIRFaceDetectAlign"):
+            return module
+    raise LookupError("the DiffBIR face nodes are not loaded")
