@@ -157,8 +157,9 @@ class DiffBIRFaceDetectAlign:
 
     @classmethod
     def IS_CHANGED(cls, detector_name, **kwargs):
+        # Re-run when the detector file is replaced on disk under the same name (other inputs are in the cache key).
         try:
-            return repr((_file_key(resolve_detector(detector_name)), sorted(kwargs.items(), key=str)))
+            return repr(_file_key(resolve_detector(detector_name)))
         except (FileNotFoundError, OSError):
             return detector_name
 

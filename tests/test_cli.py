@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from diffbir_cli import cli as cli_mod
 from diffbir_cli import workflow as wfl
 from diffbir_core.download import LOCK_FILE_NAME
-from diffbir_core.weights import CATALOGUE
+from diffbir_core.weights import CATALOGUE, files_needed
 from tiny_models import TINY_SD21_NAME, write_tiny_controlnet, write_tiny_sd21
 
 REPO = Path(__file__).resolve().parent.parent
@@ -364,6 +364,16 @@ def test_upscale_reaches_the_photo_and_the_detector_not_the_face_crops():
     ids = wfl.set_upscale(api, 4.0)
     assert sorted(api[i]["class_type"] for i in ids) == ["DiffBIRFaceDetectAlign", "DiffBIRStage1Restore"]
     assert all(api[i]["inputs"]["upscale"] == 4.0 for i in ids) and api[face_stage1]["inputs"]["upscale"] == 1.0
+
+
+def test_the_face_workflow_downloads_the_detector_into_facedetection():
+    graph = wfl.load_json(wfl.resolve("v2.1-unaligned-face").path)
+    needed = {e.name: e.folder for e in files_needed(wfl.string_values(graph))}
+    assert needed == {"realesrgan_s4_swinir_100k.pth": "diffbir", "face_swinir_v1.ckpt": "diffbir",
+                      "DiffBIR_v2.1.pt": "diffbir", "sd2.1-base-zsnr-laionaes5.ckpt": "checkpoints",
+                      "detection_Resnet50_Final.pth": "facedetection"}
+    assert CATALOGUE["detection_Resnet50_Final.pth"].url == \
+        "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth"
 
 
 def test_restore_faces_in_a_whole_photo(tmp_path, comfy_host, comfy_models_dir, monkeypatch, one_thread):
