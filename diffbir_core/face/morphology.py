@@ -32,9 +32,12 @@ def erode(mask: torch.Tensor, ksize: int) -> torch.Tensor:
     if ksize == 1:
         return mask.clone()
     before, after = ksize // 2, ksize - 1 - ksize // 2
-    # erosion = -dilation(-x); padding -x with -inf keeps outside pixels out of every minimum
-    neg = F.pad(-mask[None, None], (before, after, before, after), value=-math.inf)
-    return -F.max_pool2d(neg, ksize, stride=1)[0, 0]
+    # erosion = -dilation(-x); padding -x with -inf keeps outside pixels out of every minimum. A rectangle's
+    # minimum is the minimum of the row minima: two 1-D passes instead of k x k comparisons per pixel.
+    neg = F.pad(-mask[None, None], (0, 0, before, after), value=-math.inf)
+    neg = F.max_pool2d(neg, (ksize, 1), stride=1)
+    neg = F.pad(neg, (before, after, 0, 0), value=-math.inf)
+    return -F.max_pool2d(neg, (1, ksize), stride=1)[0, 0]
 
 
 def gaussian_kernel(ksize: int, dtype=torch.float32) -> torch.Tensor:
