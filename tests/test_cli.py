@@ -30,9 +30,10 @@ import torch
 from safetensors.torch import load_file
 
 from diffbir_cli import cli as cli_mod
+from diffbir_cli import mirrors
 from diffbir_cli import workflow as wfl
-from diffbir_core.download import LOCK_FILE_NAME
-from diffbir_core.weights import CATALOGUE
+from diffbir_cli.lockfile import LOCK_FILE_NAME
+from diffbir_cli.weights import CATALOGUE
 from tiny_models import TINY_SD21_NAME, write_tiny_controlnet, write_tiny_sd21
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ TINY_RUN = ["--workflow", "v2.1-sr", "--steps", "1", "--upscale", "2",
 
 
 def cli(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if k not in (cli_mod.MIRROR_ENV, cli_mod.PRELOAD_ENV)}
+    full = {k: v for k, v in os.environ.items() if k not in (mirrors.MIRROR_ENV, cli_mod.PRELOAD_ENV)}
     full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
     full["OMP_NUM_THREADS"] = "1"  # tiny networks on a shared CPU: one thread is faster
     full.update(env or {})
@@ -212,10 +213,10 @@ def test_set_finds_nodes_by_id_title_or_type_and_names_what_is_wrong():
         with pytest.raises(wfl.WorkflowError, match=needle):
             wfl.set_input(api, *args, info.__getitem__)
     assert wfl.parse_set("Load Checkpoint v1.2.ckpt_name=a=b.ckpt") == ("Load Checkpoint v1.2", "ckpt_name", "a=b.ckpt")
-    mirrors = cli_mod.mirror_map("huggingface.co=http://127.0.0.1:9/hf/, http://127.0.0.1:9")
-    assert cli_mod.mirror_url(CATALOGUE["v2.pth"].url, mirrors) == \
+    hosts = mirrors.mirror_map("huggingface.co=http://127.0.0.1:9/hf/, http://127.0.0.1:9")
+    assert mirrors.mirror_url(CATALOGUE["v2.pth"].url, hosts) == \
         "http://127.0.0.1:9/hf/lxq007/DiffBIR-v2/resolve/main/v2.pth"
-    assert cli_mod.mirror_url(CATALOGUE["BSRNet.pth"].url, mirrors) == \
+    assert mirrors.mirror_url(CATALOGUE["BSRNet.pth"].url, hosts) == \
         "http://127.0.0.1:9/cszn/KAIR/releases/download/v1.0/BSRNet.pth"
 
 
@@ -261,7 +262,7 @@ def test_download_subcommand_against_a_local_mirror(tmp_path, mirror, payloads):
     recorded = lock_path.read_text()
     before = len(mirror.requests)
     proc = cli("download", "BSRNet.pth", "face_swinir_v1.ckpt", "scunet_color_real_psnr.pth", "v2.pth",
-               "--models", models, env={cli_mod.MIRROR_ENV: mirror.base})
+               "--models", models, env={mirrors.MIRROR_ENV: mirror.base})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "BSRNet.pth: present" in proc.stdout and "matches the lock file" in proc.stdout
     assert bsr not in [p for p, _ in mirror.requests[before:]]

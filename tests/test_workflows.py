@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from diffbir_core import stage1 as stage1_core
-from diffbir_core import weights
+from diffbir_cli import weights
 from tiny_models import TINY_SD21_NAME, tiny_sd21_checkpoint, write_tiny_controlnet, write_tiny_stage1
 
 REPO = Path(__file__).resolve().parent.parent
