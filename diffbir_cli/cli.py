@@ -442,7 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose, debug = getattr(args, "verbose", False), getattr(args, "debug", False)
-    logging.basicConfig(level=logging.INFO if verbose or debug else logging.WARNING, format="%(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    if not (verbose or debug):  # ComfyUI logs a failed node's traceback itself; without -v the one sentence says it
+        handler.addFilter(lambda record: record.name.startswith("diffbir_cli"))
+    logging.basicConfig(level=logging.INFO if verbose or debug else logging.WARNING, format="%(message)s",
+                        handlers=[handler])
     try:
         if args.list and args.command is None:
             return print_list()

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import urllib.parse
 import urllib.request
 
@@ -137,9 +138,8 @@ def describe(items: list[dict]) -> list[str]:
     total = fmt_size(known) + (f" + {unknown} of unknown size" if unknown else "")
     lines = [f"setup installs {len(items)} Python package{'s' if len(items) > 1 else ''} into {sys.prefix} "
              f"({total} to download):"]
-    shown = rows[:12]
-    lines.append("  " + ", ".join(f"{i['name']} {i['version']} ({fmt_size(s)})" for i, s in shown)
-                 + (f", and {len(rows) - len(shown)} smaller" if len(rows) > len(shown) else ""))
+    lines += textwrap.wrap(", ".join(f"{i['name']} {i['version']} ({fmt_size(s)})" for i, s in rows), 116,
+                           initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False)
     names = {i["name"].lower() for i in items}
     if "torch" in names:
         nvidia = fmt_size(sum(s or 0 for i, s in rows if i["name"].lower().startswith(("nvidia", "triton"))))
