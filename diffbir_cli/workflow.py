@@ -300,8 +300,10 @@ def workflow_to_api(ui_workflow: dict, node_classes: dict, node_info) -> dict:
 # --------------------------------------------------------------------------- prompt edits
 
 # Option -> {node type: input}: what --steps, --seed and --upscale set, on every node of these types.
-STEPS_INPUTS = {"KSampler": "steps", "KSamplerAdvanced": "steps", "DiffBIRSampler": "steps"}
-SEED_INPUTS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed", "DiffBIRSampler": "seed"}
+# BasicScheduler / RandomNoise: the step count and seed of a stock custom-sampling graph (SamplerCustomAdvanced).
+STEPS_INPUTS = {"KSampler": "steps", "KSamplerAdvanced": "steps", "DiffBIRSampler": "steps", "BasicScheduler": "steps"}
+SEED_INPUTS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed", "DiffBIRSampler": "seed",
+               "RandomNoise": "noise_seed"}
 UPSCALE_INPUTS = {"DiffBIRStage1Restore": "upscale"}
 
 

@@ -233,6 +233,17 @@ def test_steps_and_seed_reach_the_diffbir_sampler_of_the_shipped_workflows():
         assert wfl.set_by_type(api, wfl.SEED_INPUTS, 7, "--seed") == [sampler]
         assert api[sampler]["inputs"] == {"steps": 3, "seed": 7}
 
+
+def test_steps_and_seed_reach_the_stock_custom_sampling_graph():
+    """In the SamplerCustomAdvanced workflow the step count lives on BasicScheduler and the seed on RandomNoise."""
+    wf = json.loads((REPO / "workflows" / "diffbir_v2.1_sampler_select.json").read_text(encoding="utf-8"))
+    api = {str(n["id"]): {"class_type": n["type"], "inputs": {}} for n in wf["nodes"]}
+    (scheduler,) = [i for i, n in api.items() if n["class_type"] == "BasicScheduler"]
+    (noise,) = [i for i, n in api.items() if n["class_type"] == "RandomNoise"]
+    assert wfl.set_by_type(api, wfl.STEPS_INPUTS, 3, "--steps") == [scheduler]
+    assert wfl.set_by_type(api, wfl.SEED_INPUTS, 7, "--seed") == [noise]
+    assert (api[scheduler]["inputs"], api[noise]["inputs"]) == ({"steps": 3}, {"noise_seed": 7})
+
 # ------------------------------------------------------------------------------------------------ download
 
 

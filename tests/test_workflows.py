@@ -5,7 +5,7 @@
   its weight files; the official defaults (files, prompts, steps, cfg, upscale) are pinned per file.
 * Execution: every workflow runs end to end with the official file names replaced by small random-weight
   models (the tiny SD 2.1 shape-alike through the stock checkpoint loader, tiny ControlNets and stage-1
-  networks), sampler steps (DiffBIR Sampler, KSampler) reduced to 2 and Stage1's minimum short edge lowered from 512 to 64 (CPU time:
+  networks), sampler steps (DiffBIR Sampler, KSampler, BasicScheduler) reduced to 2 and Stage1's minimum short edge lowered from 512 to 64 (CPU time:
   the stock SD VAE is full size); every saved or previewed image has the size the pipeline gives it.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from tiny_models import TINY_SD21_NAME, tiny_sd21_checkpoint, write_tiny_control
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+_PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+PACK_ID = (_PYPROJECT["name"], _PYPROJECT["version"])  # what the frontend reads to offer installing the pack
 
 # Official file name -> what the test puts in its place.
 STAGE1_FILES = {"realesrgan_s4_swinir_100k.pth": "swinir", "general_swinir_v1.ckpt": "swinir",
@@ -47,6 +50,8 @@ V21_NEG = ("painting, oil painting, illustration, drawing, art, sketch, oil pain
            "artifacts, deformed, lowres, over-smooth.")
 V2_NEG = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
 # node: the sampler node type; sampler: DiffBIR Sampler's sampler_name, or KSampler's (sampler_name, scheduler).
+SAMPLER_NODES = ("KSampler", "DiffBIRSampler", "SamplerCustomAdvanced")
+EDM_EXTRAS = (0.0, 0.0, 300.0, 1.0, 1.0, 1)  # official s_churn, s_tmin, s_tmax, s_noise, eta, order
 V21 = {"files": ("realesrgan_s4_swinir_100k.pth", "DiffBIR_v2.1.pt", "sd2.1-base-zsnr-laionaes5.ckpt"),
        "node": "DiffBIRSampler", "steps": 10, "cfg": 6.0, "sampler": "edm_dpm++_3m_sde", "prompts": (V21_POS, V21_NEG)}
 V2 = {"node": "DiffBIRSampler", "steps": 50, "cfg": 4.0, "sampler": "spaced", "prompts": ("", V2_NEG)}
@@ -61,6 +66,9 @@ OFFICIAL = {
     "diffbir_v1_general.json": {**V2, "cfg": 1.0, "prompts": ("", ""), "stage1": (4.0, "v1"),
                                 "files": ("general_swinir_v1.ckpt", "v1_general.pth", "v2-1_512-ema-pruned.ckpt")},
     "diffbir_degrade_restore_compare.json": {**V21, "stage1": (1.0, "v2.1")},
+    # the stock custom-sampling graph with DiffBIR Sampler Select; sampler: (its sampler_name, the scheduler)
+    "diffbir_v2.1_sampler_select.json": {**V21, "stage1": (4.0, "v2.1"), "node": "SamplerCustomAdvanced",
+                                         "sampler": ("edm_dpm++_3m_sde", "simple")},
     "diffbir_lacontrolnet_stock_ksampler.json": {**V21, "files": ("none", "DiffBIR_v2.1.pt",
                                                                   "sd2.1-base-zsnr-laionaes5.ckpt"), "stage1": None,
                                                  "node": "KSampler", "sampler": ("dpmpp_3m_sde", "simple")},
@@ -161,7 +169,14 @@ def test_workflow_is_consistent_ui_format(comfy_host, path):
             required = name in (info["input"].get("required") or {})
             if required and not ch._is_widget(typ, opts):
                 assert name in linked, f"node #{node['id']} ({node['type']}): required input {name!r} not connected"
-        assert [o["type"] for o in node["outputs"]] == info["output"], f"node #{node['id']}: output types"
+        types = [o["type"] for o in node["outputs"]]
+        if info.get("python_module", "").startswith("custom_nodes."):  # ours (the only pack the host loads):
+            # exactly this pack's outputs, tagged with its registry id
+            assert types == info["output"], f"node #{node['id']}: output types"
+            assert (node["properties"].get("cnr_id"), node["properties"].get("ver")) == PACK_ID, \
+                f"node #{node['id']}: cnr_id / ver must be pyproject's name / version {PACK_ID}"
+        else:  # stock: newer hosts append outputs (0.33.0 SaveImage gains IMAGE); the frontend adds them on load
+            assert types == info["output"][: len(types)], f"node #{node['id']}: output types"
         for slot, out in enumerate(node["outputs"]):
             for link_id in out.get("links") or []:
                 assert links[link_id][1:3] == [node["id"], slot], f"link {link_id} does not start at this slot"
@@ -196,18 +211,29 @@ def test_workflow_uses_official_defaults(comfy_host, path):
     (ckpt,) = by_class(api, "CheckpointLoaderSimple")
     assert (loader["inputs"]["stage1_name"], loader["inputs"]["controlnet_name"],
             ckpt["inputs"]["ckpt_name"]) == want["files"]
-    samplers = by_class(api, "KSampler") + by_class(api, "DiffBIRSampler")
+    samplers = [n for kind in SAMPLER_NODES for n in by_class(api, kind)]
     assert [n["class_type"] for n in samplers] == [want["node"]]
     s = samplers[0]["inputs"]
-    if want["node"] == "KSampler":
+    if want["node"] == "SamplerCustomAdvanced":  # its settings sit on the nodes feeding it
+        noise, guider, select, sigmas = (api[s[k][0]] for k in ("noise", "guider", "sampler", "sigmas"))
+        assert [n["class_type"] for n in (noise, guider, select, sigmas)] == \
+            ["RandomNoise", "CFGGuider", "DiffBIRSamplerSelect", "BasicScheduler"]
+        sel = select["inputs"]
+        assert (sigmas["inputs"]["steps"], guider["inputs"]["cfg"], (sel["sampler_name"], sigmas["inputs"]["scheduler"]),
+                sigmas["inputs"]["denoise"]) == (want["steps"], want["cfg"], want["sampler"], 1.0)
+        assert tuple(sel[k] for k in ("s_churn", "s_tmin", "s_tmax", "s_noise", "eta", "order")) == EDM_EXTRAS
+        assert sigmas["inputs"]["model"] == guider["inputs"]["model"], "sigmas and guider must share the MODEL"
+        latent = api[s["latent_image"][0]]
+        assert latent["class_type"] == "EmptyLatentImage" and latent["inputs"]["batch_size"] == 1
+        s = {**guider["inputs"], "seed": noise["inputs"]["noise_seed"]}  # model, prompts and seed checked below
+    elif want["node"] == "KSampler":
         assert (s["steps"], s["cfg"], (s["sampler_name"], s["scheduler"]), s["denoise"]) == \
             (want["steps"], want["cfg"], want["sampler"], 1.0)
     else:  # the official sampler on its official grid, official defaults for everything else
         assert (s["steps"], s["cfg"], s["sampler_name"]) == (want["steps"], want["cfg"], want["sampler"])
         assert (s["rescale_cfg"], s["start_point"], s["noise_aug"], s["tile_size"], s["guidance"]) == \
             (False, "noise", 0, 0, "none")
-        assert (s["s_churn"], s["s_tmin"], s["s_tmax"], s["s_noise"], s["eta"], s["order"]) == \
-            (0.0, 0.0, 300.0, 1.0, 1.0, 1)
+        assert (s["s_churn"], s["s_tmin"], s["s_tmax"], s["s_noise"], s["eta"], s["order"]) == EDM_EXTRAS
         assert "latent" not in s, "the DiffBIR Sampler sizes its latent from the condition"
     assert s["seed"] == 231  # the official default seed
     texts = [api[s[name][0]]["inputs"]["text"] for name in ("positive", "negative")
@@ -219,7 +245,7 @@ def test_workflow_uses_official_defaults(comfy_host, path):
         assert (apply["inputs"]["strength"], apply["inputs"]["start_percent"], apply["inputs"]["end_percent"]) == \
             (1.0, 0.0, 1.0)
         assert apply["inputs"]["vae_tile_size"] == 0, "the official condition encode is untiled"
-        if want["node"] == "DiffBIRSampler":
+        if want["node"] != "KSampler":
             (decode,) = by_class(api, "DiffBIRVAEDecode")  # the official v2 tiled decode, whole below one tile
             assert (decode["inputs"]["tile_size"], decode["inputs"]["tile_stride"]) == (512, 256)
         texts = [api[apply["inputs"][name][0]]["inputs"]["text"] for name in ("positive", "negative")]
@@ -276,7 +302,7 @@ def for_test(api: dict, png: str) -> dict:
                 assert inputs[key] == "none" or inputs[key] in table, f"{key}: not an official file name"
                 if inputs[key] != "none":
                     inputs[key] = tiny_name(inputs[key])
-        elif kind in ("KSampler", "DiffBIRSampler"):
+        elif kind in ("KSampler", "DiffBIRSampler", "BasicScheduler"):
             inputs["steps"] = TEST_STEPS
         elif kind == "DiffBIRStage1Restore":
             inputs["min_short_edge"] = TEST_MIN_SHORT_EDGE
@@ -318,7 +344,7 @@ class Sizes:
         if kind == "VAEEncode":
             w, h = self.value(inputs["pixels"])
             return (w // 8, h // 8)
-        if kind == "KSampler":
+        if kind in ("KSampler", "SamplerCustomAdvanced"):
             return self.value(inputs["latent_image"])
         if kind == "DiffBIRSampler":  # the connected latent's size, else the condition image's size / 8 rounded up
             if "latent" in inputs:

@@ -128,6 +128,8 @@ def write_tiny_sd21(path: Path, seed: int = 0) -> Path:
 
 
 TINY_SD21_NAME = "tiny_sd21.safetensors"
+# The golden small ControlNet fits the tiny SD 2.1's UNet; conftest.model_files writes one file per version.
+TINY_CONTROLNETS = {"v2.1": "tiny_controlnet_v2.1.safetensors", "v2": "tiny_controlnet_v2.safetensors"}
 
 
 def tiny_sd21_checkpoint(models_dir: Path, name: str = TINY_SD21_NAME) -> str:
