@@ -7,11 +7,13 @@
     python -m diffbir_cli --list
 
 ``restore`` loads a graph from workflows/, converts it to an API prompt, boots ComfyUI in this process
-(``COMFYUI_PATH`` or the embedded 0.3.75, see ``location.py``), fetches missing official weights (``fetch.py``), then runs one
-prompt per input image (models stay loaded between them) and writes ``<stem>.png`` files to ``--out``.
+(``COMFYUI_PATH`` or the embedded 0.3.75, see ``location.py``), fetches missing official weights
+(``fetch.py``), then runs one prompt per input image (models stay loaded between them) and writes
+``<stem>.png`` files to ``--out``. ``setup`` is ``install.py``.
 
-Exit status: 0 done; 2 usage or input error (unknown workflow, not an image, bad --set); 3 weights missing
-with --offline; 4 no usable ComfyUI (run setup); 1 anything else. Errors are one sentence on stderr (``--debug``: traceback).
+Exit status (``errors.py``): 0 done; 2 usage or input error (unknown workflow, not an image, bad --set); 3
+weights missing with --offline; 4 no usable ComfyUI (run setup); 1 anything else. Errors are one sentence on
+stderr (``--debug``: traceback).
 """
 
 from __future__ import annotations

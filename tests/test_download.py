@@ -358,3 +358,26 @@ def test_offline_message_lists_missing_files_and_folders(tmp_path):
     assert fetch.missing_files_message(files[:1], models) == ""
     with pytest.raises(fetch.MissingWeightsError, match=r"v2\.pth"):
         fetch.fetch_weights(files, models, offline=True)
+
+
+def test_failures_from_a_mirror_name_the_official_url_and_every_failed_file(server, tmp_path, capsys):
+    """One fetch tries every missing file; the summary names each failed one with its official URL and folder,
+    and each file's own message tells to download it by hand from the official URL, not the mirror's."""
+    from diffbir_cli import fetch
+    from diffbir_cli.mirrors import mirror_map
+
+    models = tmp_path / "models"
+    files = files_needed(["BSRNet.pth", "v2.pth", "sd2.1-base-zsnr-laionaes5.ckpt"])
+    server.state.files["/cszn/KAIR/releases/download/v1.0/BSRNet.pth"] = b"<html>not here</html>"  # wrong kind
+    with pytest.raises(fetch.FetchError) as err:
+        fetch.fetch_weights(files, models, mirrors=mirror_map(server.base), retries=0)
+    summary = str(err.value)
+    assert summary.startswith("3 of 3 weight files failed")
+    for entry in files:
+        assert f"{entry.name} from {entry.url} into {models / entry.folder}" in summary
+    assert "--offline" in summary and "--mirror" in summary
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3 and "not a usable checkpoint" in errors[0]
+    for line, entry in zip(errors[1:], files[1:], strict=True):
+        assert "HTTP 404" in line and f"manually from {entry.url} and put it in '{models / entry.folder}'" in line
+    assert sorted(p.name for p in models.rglob("*") if p.is_file()) == []  # nothing half-downloaded is kept
