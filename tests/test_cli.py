@@ -30,9 +30,10 @@ import torch
 from safetensors.torch import load_file
 
 from diffbir_cli import cli as cli_mod
+from diffbir_cli import mirrors
 from diffbir_cli import workflow as wfl
-from diffbir_core.download import LOCK_FILE_NAME
-from diffbir_core.weights import CATALOGUE, files_needed
+from diffbir_cli.lockfile import LOCK_FILE_NAME
+from diffbir_cli.weights import CATALOGUE, files_needed
 from tiny_models import TINY_SD21_NAME, write_tiny_controlnet, write_tiny_sd21
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ TINY_RUN = ["--workflow", "v2.1-sr", "--steps", "1", "--upscale", "2",
 
 
 def cli(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if k not in (cli_mod.MIRROR_ENV, cli_mod.PRELOAD_ENV)}
+    full = {k: v for k, v in os.environ.items() if k not in (mirrors.MIRROR_ENV, cli_mod.PRELOAD_ENV)}
     full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
     full["OMP_NUM_THREADS"] = "1"  # tiny networks on a shared CPU: one thread is faster
     full.update(env or {})
@@ -212,10 +213,10 @@ def test_set_finds_nodes_by_id_title_or_type_and_names_what_is_wrong():
         with pytest.raises(wfl.WorkflowError, match=needle):
             wfl.set_input(api, *args, info.__getitem__)
     assert wfl.parse_set("Load Checkpoint v1.2.ckpt_name=a=b.ckpt") == ("Load Checkpoint v1.2", "ckpt_name", "a=b.ckpt")
-    mirrors = cli_mod.mirror_map("huggingface.co=http://127.0.0.1:9/hf/, http://127.0.0.1:9")
-    assert cli_mod.mirror_url(CATALOGUE["v2.pth"].url, mirrors) == \
+    hosts = mirrors.mirror_map("huggingface.co=http://127.0.0.1:9/hf/, http://127.0.0.1:9")
+    assert mirrors.mirror_url(CATALOGUE["v2.pth"].url, hosts) == \
         "http://127.0.0.1:9/hf/lxq007/DiffBIR-v2/resolve/main/v2.pth"
-    assert cli_mod.mirror_url(CATALOGUE["BSRNet.pth"].url, mirrors) == \
+    assert mirrors.mirror_url(CATALOGUE["BSRNet.pth"].url, hosts) == \
         "http://127.0.0.1:9/cszn/KAIR/releases/download/v1.0/BSRNet.pth"
 
 
@@ -272,7 +273,7 @@ def test_download_subcommand_against_a_local_mirror(tmp_path, mirror, payloads):
     recorded = lock_path.read_text()
     before = len(mirror.requests)
     proc = cli("download", "BSRNet.pth", "face_swinir_v1.ckpt", "scunet_color_real_psnr.pth", "v2.pth",
-               "--models", models, env={cli_mod.MIRROR_ENV: mirror.base})
+               "--models", models, env={mirrors.MIRROR_ENV: mirror.base})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "BSRNet.pth: present" in proc.stdout and "matches the lock file" in proc.stdout
     assert bsr not in [p for p, _ in mirror.requests[before:]]
@@ -406,3 +407,31 @@ def test_restore_faces_in_a_whole_photo(tmp_path, comfy_host, comfy_models_dir, 
     assert seen == [(3, 80, 96)]  # the detector saw the photo upscaled x 2
     with Image.open(out / "family.png") as img:
         assert img.size == (96, 80)  # the photo x 2, faces pasted in
+
+
+def test_a_bad_weight_file_is_one_sentence_and_leaves_no_output_folder(tmp_path, cli_models):
+    """A stage-1 file that is no checkpoint fails in its loader node: one line naming the node and the error
+    class (not ComfyUI's temporary module path), ComfyUI's traceback only with --debug, no empty --out left."""
+    from PIL import Image
+
+    models, out = tmp_path / "models", tmp_path / "out"
+    for sub in ("checkpoints", "diffbir"):
+        (models / sub).mkdir(parents=True)
+        for f in (cli_models / sub).iterdir():
+            (models / sub / f.name).symlink_to(f.resolve())
+    stage1 = models / "diffbir" / "realesrgan_s4_swinir_100k.pth"
+    stage1.unlink(missing_ok=True)
+    stage1.write_bytes(b"<html>sign in to download</html>")
+    png = tmp_path / "in.png"
+    Image.effect_noise((32, 32), 60).convert("RGB").save(png)
+    env = {cli_mod.PRELOAD_ENV: "tiny_models:register_tiny_sd21"}
+    args = ("restore", png, "--out", out, "--models", models, "--offline", *TINY_RUN[:-1])
+
+    line = error_line(cli(*args, env=env), 1)
+    assert re.match(r"error: DiffBIRLoadModels \(node 2\) failed: \w+Error: .*realesrgan_s4_swinir_100k\.pth", line)
+    assert "/" not in line.split(" failed: ", 1)[1].split(":", 1)[0]  # a bare class name
+    assert "--debug" in line and not out.exists()
+
+    debug = cli(*args, "--debug", env=env)
+    assert debug.returncode == 1 and "ComfyUI's traceback:" in debug.stderr and not out.exists()
+    assert debug.stderr.strip().splitlines()[-1].startswith("error: DiffBIRLoadModels (node 2) failed: ")

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from diffbir_core import stage1 as stage1_core
-from diffbir_core import weights
+from diffbir_cli import weights
 from tiny_models import (TINY_SD21_NAME, face_node_module, one_face, tiny_sd21_checkpoint, write_tiny_controlnet,
                          write_tiny_retinaface, write_tiny_stage1)
 
