@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .padding import pad_to_multiple, pad_to_size
 from .tiling import gaussian_weights, sliding_windows
 
 log = logging.getLogger(__name__)
@@ -186,17 +187,6 @@ def pil_bicubic_resize(x: torch.Tensor, size: tuple[int, int], quantize: bool = 
     return x
 
 
-def pad_bottom_right(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad bottom/right to a multiple (official ``pad_to_multiples_of``); same tensor if none needed."""
-    if multiple <= 1:
-        return x
-    h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph == 0 and pw == 0:
-        return x
-    return F.pad(x, (0, pw, 0, ph), mode="constant", value=0.0)
-
-
 # --------------------------------------------------------------------------------------------- tiling
 
 
@@ -255,7 +245,7 @@ def _run_once(net_fn: NetFn, x: torch.Tensor, tile: int, overlap: int, scale: in
     out = count = weights = None
     for i, (y0, y1, x0, x1) in enumerate(windows, start=1):
         th, tw = y1 - y0, x1 - x0
-        y = net_fn(pad_bottom_right(x[..., y0:y1, x0:x1], size_multiple))
+        y = net_fn(pad_to_multiple(x[..., y0:y1, x0:x1], size_multiple))
         y = y[..., : th * scale, : tw * scale].to(device=x.device, dtype=torch.float32)
         if y.shape[-2:] != (th * scale, tw * scale):
             raise RuntimeError(f"stage-1 network returned {tuple(y.shape[-2:])} for a {th}x{tw} input; "
@@ -355,8 +345,7 @@ def restore(net_fn: NetFn, image: torch.Tensor, pipeline: str, upscale: float, v
                 x = pil_bicubic_resize(x, p.net_input_size, quantize)
             else:
                 x = bicubic_resize(x, p.net_input_size)
-        ph, pw = p.padded_size
-        x = F.pad(x, (0, pw - x.shape[-1], 0, ph - x.shape[-2])) if (ph, pw) != tuple(x.shape[-2:]) else x
+        x = pad_to_size(x, *p.padded_size)
         y = run_tiled(net_fn, x, **run)
         y = y[..., : p.working_size[0], : p.working_size[1]]
     elif pipeline == "bsrnet":

@@ -9,6 +9,8 @@ partial image is returned) and its progress bar advances.
 
 from __future__ import annotations
 
+import math
+
 import comfy.model_management as mm
 import comfy.utils
 import torch
@@ -17,6 +19,12 @@ from ..diffbir_core.sampling.tiled import decode_tiles, encode_tiles
 from .images import widget_range_error
 
 LATENT_DOWNSCALE = 8  # SD VAE: one latent pixel per 8x8 image pixels
+
+
+def latent_fits(latent_px: int, image_px: int) -> bool:
+    """Whether a latent side of latent_px belongs to an image side of image_px: ComfyUI's own latents of an image
+    this size are floor (VAE Encode crops, Empty Latent rounds down) or ceil (an image padded to a multiple of 8)."""
+    return latent_px in (image_px // LATENT_DOWNSCALE, math.ceil(image_px / LATENT_DOWNSCALE))
 
 
 def check_sd_vae(vae, node: str) -> None:

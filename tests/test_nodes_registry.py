@@ -13,6 +13,8 @@ NODES = {
     "DiffBIRColorFix": "DiffBIR Color Fix",
     "DiffBIRDegrade": "Degrade",
     "DiffBIRCompare": "DiffBIR Compare",
+    "DiffBIRFaceDetectAlign": "DiffBIR Face Detect & Align",
+    "DiffBIRFacePasteBack": "DiffBIR Face Paste Back",
 }
 
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from comfy_host import node_module, node_output
 from tiny_models import TINY_CONTROLNETS, TINY_SD21_NAME
 
+from diffbir_core.sampling import grid
 from diffbir_core.sampling.noise import RecordedNoise
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -184,7 +185,7 @@ def test_fractional_grid_reaches_unet_and_controlnet_unrounded(comfy_host, tiny,
     monkeypatch.setattr(unet, "_forward", unet_spy)
     monkeypatch.setattr(control, "forward", control_spy)
     call_node(comfy_host, tiny, sampler_name="dpm++_m2", steps=3)
-    want = module.grid_timesteps("dpm++_m2", module.model_diffusion(tiny["model"]), 3)
+    want = grid("dpm++_m2", node_module(comfy_host, "host_model").model_diffusion(tiny["model"]), 3)
     assert any(t != round(t) for t in want)
     for name, got in seen.items():
         assert got == pytest.approx(want, abs=1e-3), name
@@ -270,7 +271,7 @@ def test_noise_aug_and_start_point_cond_change_the_result(comfy_host, tiny):
 
 def test_restoration_guidance_runs_with_a_vae(comfy_host, model_files, monkeypatch):
     """Through the executor (torch.inference_mode): latent space, and rgb space back-propagating the VAE decoder."""
-    host_vae = node_module(comfy_host, "sampler").HostVAE
+    host_vae = node_module(comfy_host, "host_guidance").HostVAE
     calls = []
     for name in ("encode", "decode"):
         original = getattr(host_vae, name)
@@ -325,6 +326,46 @@ def test_diffbir_ksamplers_run_in_stock_sampler_custom(comfy_host, model_files):
     print(f"SamplerCustom(diffbir_spaced) vs DiffBIR Sampler(spaced): max abs err {err:.2e} "
           f"(max abs {ours.abs().max().item():.2f})")
     assert torch.allclose(stock_spaced, ours, rtol=1e-4, atol=1e-4 * ours.abs().max().item())
+
+
+def test_sampler_select_drives_stock_sampler_custom_advanced(comfy_host, model_files):
+    """DiffBIR Sampler Select in SamplerCustomAdvanced (RandomNoise, CFGGuider, BasicScheduler: the graph of
+    workflows/diffbir_v2.1_sampler_select.json) is the same run as the stock KSampler with the registered
+    diffbir_edm_dpmpp_3m_sde on the same seed, sigmas and cfg; its extras (eta, s_noise) reach the solver."""
+    prompt = graph()
+    prompt.pop("o")  # the DiffBIR Sampler itself is not run here
+    prompt.pop("s")
+    prompt.update({
+        "e": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "k": {"class_type": "KSampler",
+              "inputs": {"model": ["4", 2], "positive": ["4", 0], "negative": ["4", 1], "latent_image": ["e", 0],
+                         "seed": 5, "steps": 3, "cfg": 3.0, "sampler_name": "diffbir_edm_dpmpp_3m_sde",
+                         "scheduler": "simple", "denoise": 1.0}},
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}},
+        "guider": {"class_type": "CFGGuider",
+                   "inputs": {"model": ["4", 2], "positive": ["4", 0], "negative": ["4", 1], "cfg": 3.0}},
+        "sig": {"class_type": "BasicScheduler",
+                "inputs": {"model": ["4", 2], "scheduler": "simple", "steps": 3, "denoise": 1.0}},
+        "ok": {"class_type": "PreviewAny", "inputs": {"source": ["k", 0]}},
+    })
+    extras = {"official": (1.0, 1.0), "eta 0.5": (0.5, 1.0), "s_noise 0.5": (1.0, 0.5)}
+    for i, (eta, s_noise) in enumerate(extras.values()):
+        prompt[f"sel{i}"] = {"class_type": "DiffBIRSamplerSelect",
+                             "inputs": {"sampler_name": "edm_dpm++_3m_sde", "s_churn": 0.0, "s_tmin": 0.0,
+                                        "s_tmax": 300.0, "s_noise": s_noise, "eta": eta, "order": 1}}
+        prompt[f"sca{i}"] = {"class_type": "SamplerCustomAdvanced",
+                             "inputs": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": [f"sel{i}", 0],
+                                        "sigmas": ["sig", 0], "latent_image": ["e", 0]}}
+        prompt[f"o{i}"] = {"class_type": "PreviewAny", "inputs": {"source": [f"sca{i}", 0]}}
+    comfy_host.run(prompt)
+    ksampler = node_output(comfy_host, "k")["samples"]
+    runs = [node_output(comfy_host, f"sca{i}")["samples"] for i in range(len(extras))]
+    assert all(torch.isfinite(r).all() for r in runs) and ksampler.abs().max() > 0
+    scale = ksampler.abs().max().item()
+    assert torch.allclose(runs[0], ksampler, rtol=1e-5, atol=1e-5 * scale), \
+        f"max abs err {(runs[0] - ksampler).abs().max().item():.2e}"
+    for name, run in zip(list(extras)[1:], runs[1:]):
+        assert (run - runs[0]).abs().max().item() > 1e-3 * scale, f"{name} did not change the result"
 
 
 # ------------------------------------------------------------------------------------------ bad inputs

@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..padding import pad_to_multiple
 from ..schedule import LATENT_SCALE
 
 _GRAY = (0.2989, 0.5870, 0.1140)
@@ -49,9 +50,7 @@ def weight_map(target01: torch.Tensor) -> torch.Tensor:
     gray = torch.sum(target01 * torch.tensor(_GRAY, dtype=target01.dtype, device=target01.device).view(1, 3, 1, 1),
                      dim=1, keepdim=True)
     h, w = gray.shape[-2:]
-    ph, pw = h % 2, w % 2
-    if ph or pw:
-        gray = F.pad(gray, (0, pw, 0, ph), mode="replicate")
+    gray = pad_to_multiple(gray, 2, mode="replicate")
     gx = torch.tensor([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=gray.dtype, device=gray.device)[None]
     gy = torch.tensor([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], dtype=gray.dtype, device=gray.device)[None]
     grad = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), torch.stack((gx, gy)), stride=1)

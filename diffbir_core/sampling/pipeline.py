@@ -32,12 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .. import colorfix
+from ..padding import pad_to_multiple, pad_to_size
 from ..schedule import LATENT_SCALE, DiffusionSchedule
 from ..tiling import sliding_windows
-from .denoiser import CLDMDenoiser, Condition
+from .denoiser import CLDMDenoiser, Condition, rescales_any_cfg
 from .noise import GeneratorNoise, NoiseSource
 from .registry import get_sampler
 from .tiled import vae_decode, vae_decode_tiled, vae_encode, vae_encode_tiled
@@ -60,21 +60,41 @@ class CLDMResult:
     denoiser: CLDMDenoiser
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero pad at the bottom/right to a multiple (the official `pad_to_multiples_of`)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not ph and not pw:
-        return x.clone()
-    return F.pad(x, (0, pw, 0, ph), mode="constant", value=0)
-
-
 def q_sample(diffusion: DiffusionSchedule, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
     """sqrt(ac_t) x0 + sqrt(1 - ac_t) noise with float32 coefficients (the official buffers)."""
     ac = diffusion.alphas_cumprod
     a = torch.tensor(ac[t] ** 0.5, dtype=torch.float32, device=x0.device)
     b = torch.tensor((1.0 - ac[t]) ** 0.5, dtype=torch.float32, device=x0.device)
     return a * x0 + b * noise
+
+
+START_POINTS = ("noise", "cond")
+
+
+def _check_start(diffusion: DiffusionSchedule, start_point_type: str, noise_aug: int) -> int:
+    if start_point_type not in START_POINTS:
+        raise ValueError(f"start_point_type must be 'noise' or 'cond', got {start_point_type!r}")
+    noise_aug = int(noise_aug)
+    if not 0 <= noise_aug < len(diffusion.betas):
+        raise ValueError(f"noise_aug must be in [0, {len(diffusion.betas) - 1}], got {noise_aug}")
+    return noise_aug
+
+
+def start_latent(diffusion: DiffusionSchedule, c_img: torch.Tensor, start_point_type: str, noise_aug: int,
+                 noise: NoiseSource) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_T, the condition latent the model sees), drawn from `noise` in the official order.
+
+    x_T has the shape of `c_img` (the latent to sample): "noise" is the first draw itself, "cond" diffuses
+    c_img to the last timestep with it (pure noise under zero-terminal SNR). With noise_aug > 0 the next draw
+    diffuses c_img to timestep noise_aug (officially shared by the unconditional branch); otherwise c_img is
+    returned unchanged. Every later draw (the sampler's) follows these two.
+    """
+    noise_aug = _check_start(diffusion, start_point_type, noise_aug)
+    first = noise.randn(c_img.shape, c_img.device, c_img.dtype)
+    x_T = q_sample(diffusion, c_img, len(diffusion.betas) - 1, first) if start_point_type == "cond" else first
+    if noise_aug > 0:
+        c_img = q_sample(diffusion, c_img, noise_aug, noise.randn_like(c_img))
+    return x_T, c_img
 
 
 def _check_tile(name: str, size: int, multiple: int) -> None:
@@ -91,14 +111,10 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
                noise: NoiseSource | None = None, guidance=None, callback=None, batch_cfg: bool = True,
                **sampler_options) -> CLDMResult:
     sample_fn = get_sampler(sampler)
-    if start_point_type not in ("noise", "cond"):
-        raise ValueError(f"start_point_type must be 'noise' or 'cond', got {start_point_type!r}")
-    noise_aug = int(noise_aug)
-    if not 0 <= noise_aug < len(diffusion.betas):
-        raise ValueError(f"noise_aug must be in [0, {len(diffusion.betas) - 1}], got {noise_aug}")
+    noise_aug = _check_start(diffusion, start_point_type, noise_aug)
     noise = GeneratorNoise() if noise is None else noise
     vae, scale = nets.vae, nets.latent_scale
-    b, _, h0, w0 = cond_img01.shape
+    h0, w0 = cond_img01.shape[-2:]
 
     # 1. pad the condition image
     cond_img01 = pad_to_multiple(cond_img01, 8 if (vae_encoder_tiled or cldm_tiled) else 64)
@@ -124,24 +140,17 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
     else:
         c_img = pad_to_multiple(c_img, 8)
     h2, w2 = c_img.shape[-2:]
-    # 3. start point
-    if start_point_type == "cond":
-        x_T = q_sample(diffusion, c_img, len(diffusion.betas) - 1, noise.randn(c_img.shape, c_img.device, c_img.dtype))
-    else:
-        x_T = noise.randn((b, 4, h2, w2), c_img.device, c_img.dtype)
-    # 4. noise augmentation of the condition
-    if noise_aug > 0:
-        c_img = q_sample(diffusion, c_img, noise_aug, noise.randn_like(c_img))
+    # 3. start point, 4. noise augmentation of the condition
+    x_T, c_img = start_latent(diffusion, c_img, start_point_type, noise_aug, noise)
     if guidance is not None:  # the stage-1 image, zero-padded to the size the latent decodes to
-        ph, pw = h2 * 8 - cond_img01.shape[-2], w2 * 8 - cond_img01.shape[-1]
-        guidance.set_target(F.pad(cond_img01, (0, pw, 0, ph)))
+        guidance.set_target(pad_to_size(cond_img01, h2 * 8, w2 * 8))
     # 5. sample
     tiles = (cldm_tile_size // 8, cldm_tile_stride // 8) if cldm_tiled else None
     denoiser = CLDMDenoiser(
         nets.controlnet, nets.unet, Condition(c_txt_pos, c_img),
         Condition(c_txt_neg, c_img) if c_txt_neg is not None else None,
         cfg_scale=cfg_scale, strength=strength, rescale_cfg=rescale_cfg, tiles=tiles,
-        rescale_any_cfg=(sampler == "dpm++_m2"), batch_cfg=batch_cfg,
+        rescale_any_cfg=rescales_any_cfg(sampler), batch_cfg=batch_cfg,
     )
     with torch.no_grad():
         z = sample_fn(denoiser, x_T, diffusion, steps, noise, callback=callback, guidance=guidance, **sampler_options)
