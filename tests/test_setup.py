@@ -85,6 +85,16 @@ def test_setup_keeps_the_installed_torch_and_commands_before_setup_say_run_it(tm
     install.require()  # this Python ran setup
 
 
+def test_setup_recommends_a_virtual_environment_only_outside_one(monkeypatch):
+    from diffbir_cli import install
+
+    monkeypatch.delenv("CONDA_PREFIX", raising=False)
+    assert install.in_virtual_env() and install.venv_note() is None  # the tests run in one
+    monkeypatch.setattr(sys, "prefix", sys.base_prefix)
+    note = install.venv_note()
+    assert note.startswith(f"note: {sys.executable} is not in a virtual environment") and "python -m venv" in note
+
+
 # --------------------------------------------------------------------------------------------- the README, fresh
 
 
