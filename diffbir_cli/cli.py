@@ -185,7 +185,7 @@ def _files_in_host(host):
 
 def _apply_options(api: dict, args, node_info) -> None:
     if args.upscale is not None:
-        wfl.set_by_type(api, wfl.UPSCALE_INPUTS, float(args.upscale), "--upscale")
+        wfl.set_upscale(api, float(args.upscale))
     if args.steps is not None:
         wfl.set_by_type(api, wfl.STEPS_INPUTS, int(args.steps), "--steps")
     if args.seed is not None:
@@ -361,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-w", "--workflow", default="v2.1-sr",
                    help="workflow alias, file stem or .json path (default v2.1-sr; see --list)")
     r.add_argument("-o", "--out", metavar="DIR", help="folder for the restored images (<stem>.png)")
-    r.add_argument("--upscale", type=float, help="stage-1 upscale factor (Stage1 SwinIR Restore)")
+    r.add_argument("--upscale", type=float, help="upscale factor of the photo (Stage1 SwinIR Restore, Face Detect & Align; "
+                                                       "not a Stage1 restoring face crops)")
     r.add_argument("--steps", type=int, help="sampling steps (KSampler / DiffBIR Sampler)")
     r.add_argument("--seed", type=int, help="sampling seed (KSampler / DiffBIR Sampler)")
     r.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",

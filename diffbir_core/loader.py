@@ -43,6 +43,11 @@ def _short_list(keys: Iterable[str], limit: int = 8) -> str:
 def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], name: str) -> None:
     """load_state_dict(strict=True) with an error that lists every kind of mismatch."""
     own = model.state_dict()
+    # BatchNorm step counters are not weights; files saved before torch 0.4.1 lack them and torch itself
+    # fills them in on load, so do we.
+    counters = {k: own[k] for k in own.keys() - sd.keys() if k.endswith(".num_batches_tracked")}
+    if counters:
+        sd = {**sd, **{k: torch.zeros_like(v, device="cpu") for k, v in counters.items()}}
     missing = own.keys() - sd.keys()
     unexpected = sd.keys() - own.keys()
     mismatched = [

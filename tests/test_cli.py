@@ -33,7 +33,7 @@ from diffbir_cli import cli as cli_mod
 from diffbir_cli import mirrors
 from diffbir_cli import workflow as wfl
 from diffbir_cli.lockfile import LOCK_FILE_NAME
-from diffbir_cli.weights import CATALOGUE
+from diffbir_cli.weights import CATALOGUE, files_needed
 from tiny_models import TINY_SD21_NAME, write_tiny_controlnet, write_tiny_sd21
 
 REPO = Path(__file__).resolve().parent.parent
@@ -374,3 +374,64 @@ def test_a_bad_weight_file_is_one_sentence_and_leaves_no_output_folder(tmp_path,
     debug = cli(*args, "--debug", env=env)
     assert debug.returncode == 1 and "ComfyUI's traceback:" in debug.stderr and not out.exists()
     assert debug.stderr.strip().splitlines()[-1].startswith("error: DiffBIRLoadModels (node 2) failed: ")
+
+
+# ------------------------------------------------------------------------------------------------ faces
+
+
+def test_upscale_reaches_the_photo_and_the_detector_not_the_face_crops():
+    """In the unaligned-face workflow --upscale is the photo's: background Stage1 and Face Detect & Align change
+    together (Paste Back needs them equal); the Stage1 restoring the aligned crops stays at 1."""
+    wf = json.loads((REPO / "workflows" / "diffbir_v2.1_unaligned_face.json").read_text(encoding="utf-8"))
+    api = {str(n["id"]): {"class_type": n["type"], "inputs": {}} for n in wf["nodes"]}
+    for src, _, dst, slot in ((link[1], link[2], link[3], link[4]) for link in wf["links"]):
+        node = next(n for n in wf["nodes"] if n["id"] == dst)
+        api[str(dst)]["inputs"][node["inputs"][slot]["name"]] = [str(src), 0]
+    (face_stage1,) = [i for i, n in api.items() if n["class_type"] == "DiffBIRStage1Restore"
+                      and api[n["inputs"]["image"][0]]["class_type"] == "DiffBIRFaceDetectAlign"]
+    api[face_stage1]["inputs"]["upscale"] = 1.0
+    ids = wfl.set_upscale(api, 4.0)
+    assert sorted(api[i]["class_type"] for i in ids) == ["DiffBIRFaceDetectAlign", "DiffBIRStage1Restore"]
+    assert all(api[i]["inputs"]["upscale"] == 4.0 for i in ids) and api[face_stage1]["inputs"]["upscale"] == 1.0
+
+
+def test_the_face_workflow_downloads_the_detector_into_facedetection():
+    graph = wfl.load_json(wfl.resolve("v2.1-unaligned-face").path)
+    needed = {e.name: e.folder for e in files_needed(wfl.string_values(graph))}
+    assert needed == {"realesrgan_s4_swinir_100k.pth": "diffbir", "face_swinir_v1.ckpt": "diffbir",
+                      "DiffBIR_v2.1.pt": "diffbir", "sd2.1-base-zsnr-laionaes5.ckpt": "checkpoints",
+                      "detection_Resnet50_Final.pth": "facedetection"}
+    assert CATALOGUE["detection_Resnet50_Final.pth"].url == \
+        "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth"
+
+
+def test_restore_faces_in_a_whole_photo(tmp_path, comfy_host, comfy_models_dir, monkeypatch, one_thread):
+    """`restore --workflow v2.1-unaligned-face` end to end (in this process, on the booted host) with tiny models;
+    a detector double decides where the face is."""
+    from PIL import Image
+
+    from tiny_models import face_node_module, one_face, tiny_sd21_checkpoint, write_tiny_retinaface, write_tiny_stage1
+
+    sd = tiny_sd21_checkpoint(comfy_models_dir)
+    write_tiny_stage1(comfy_models_dir / "diffbir" / "tiny_cli_bg.safetensors", "swinir")
+    write_tiny_stage1(comfy_models_dir / "diffbir" / "tiny_cli_face.safetensors", "swinir")
+    write_tiny_controlnet(comfy_models_dir / "diffbir" / TINY_CONTROLNET, "v2.1")
+    (comfy_models_dir / "facedetection").mkdir(exist_ok=True)
+    write_tiny_retinaface(comfy_models_dir / "facedetection" / "tiny_cli_detector.safetensors", "resnet50")
+    seen = []
+    monkeypatch.setattr(face_node_module(), "detect_faces", lambda net, image, *a: seen.append(image.shape) or
+                        one_face(net, image))
+    photo, out = tmp_path / "family.png", tmp_path / "out"
+    Image.effect_noise((48, 40), 60).convert("RGB").save(photo)
+    sets = {"2.stage1_name": "tiny_cli_bg.safetensors", "2.controlnet_name": TINY_CONTROLNET,
+            "12.stage1_name": "tiny_cli_face.safetensors", "3.ckpt_name": sd,
+            "13.detector_name": "tiny_cli_detector.safetensors", "13.face_size": "64",
+            "6.min_short_edge": "64", "15.min_short_edge": "64"}
+    argv = ["restore", str(photo), "--workflow", "v2.1-unaligned-face", "--out", str(out), "--steps", "1",
+            "--upscale", "2", "--offline", "--models", str(comfy_host.models_dir)]
+    for key, value in sets.items():
+        argv += ["--set", f"{key}={value}"]
+    assert cli_mod.main(argv) == 0
+    assert seen == [(3, 80, 96)]  # the detector saw the photo upscaled x 2
+    with Image.open(out / "family.png") as img:
+        assert img.size == (96, 80)  # the photo x 2, faces pasted in

@@ -36,7 +36,7 @@ def test_every_architecture_round_trips_its_official_network(kind):
 
 def test_the_tables_detect_reads_come_from_the_records():
     loadable = {k for k, a in ARCHITECTURES.items() if a.loadable}
-    assert loadable == {"controlnet", "swinir", "bsrnet", "scunet"}
+    assert loadable == {"controlnet", "swinir", "bsrnet", "scunet", "retinaface"}
     assert set(D.STAGE1_KINDS) == {k for k, a in ARCHITECTURES.items() if a.slot == "stage 1"}
     assert {k: D.KIND_NAMES[k] for k in loadable} == {k: ARCHITECTURES[k].name for k in loadable}
     assert set(D.KIND_NAMES) == loadable | {"diffbir_v1_full", "sd21"}

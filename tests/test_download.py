@@ -24,7 +24,7 @@ from diffbir_cli import download as dl
 from diffbir_cli import fetch
 from diffbir_cli.lockfile import LOCK_FILE_NAME
 from diffbir_cli.progress import TextProgress
-from diffbir_cli.weights import CATALOGUE, CHECKPOINTS, DIFFBIR, files_needed, lookup, unknown_files
+from diffbir_cli.weights import CATALOGUE, CHECKPOINTS, DIFFBIR, FACEDETECTION, files_needed, lookup, unknown_files
 from diffbir_core.detect import KIND_NAMES, version_from_name
 
 GOLDEN = Path(__file__).parent / "golden" / "bsrnet.safetensors"
@@ -324,13 +324,13 @@ def test_catalogue_is_consistent():
         "v2-1_512-ema-pruned.ckpt", "sd2.1-base-zsnr-laionaes5.ckpt", "DiffBIR_v2.1.pt", "v2.pth", "v1_general.pth",
         "v1_face.pth", "realesrgan_s4_swinir_100k.pth", "general_swinir_v1.ckpt", "face_swinir_v1.ckpt",
         "codeformer_swinir.ckpt", "BSRNet.pth", "scunet_color_real_psnr.pth", "general_full_v1.ckpt",
-        "face_full_v1.ckpt",
+        "face_full_v1.ckpt", "detection_Resnet50_Final.pth", "detection_mobilenet0.25_Final.pth",
     }
     assert set(CATALOGUE) == expected
     for e in CATALOGUE.values():
         assert e.url.startswith("https://") and e.url.endswith("/" + e.name)
         assert e.kind in KIND_NAMES
-        assert e.folder == (CHECKPOINTS if e.kind == "sd21" else DIFFBIR)
+        assert e.folder == {"sd21": CHECKPOINTS, "retinaface": FACEDETECTION}.get(e.kind, DIFFBIR)
         if e.kind == "controlnet":  # the loader tells ControlNet versions apart by name
             assert version_from_name(e.name) == e.version
 

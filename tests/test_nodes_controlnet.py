@@ -10,6 +10,7 @@ DiffBIRControl that the stock samplers drive.
 """
 
 import copy
+import inspect
 import logging
 import math
 import os

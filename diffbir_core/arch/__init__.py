@@ -125,6 +125,15 @@ ARCHITECTURES: dict[str, Architecture] = {a.kind: a for a in (
         signatures=(Signature("an SCUNet stage-1 denoiser (KAIR key names)",
                               {"m_head.0.weight": ANY, "m_tail.0.weight": ANY}),),
     ),
+    Architecture(
+        "retinaface", "retinaface", _stored_or(_module_reader("retinaface")),
+        name="a RetinaFace face detector (detection_Resnet50_Final.pth or detection_mobilenet0.25_Final.pth)",
+        slot="face detector",
+        signatures=(Signature("a RetinaFace face detector (facexlib's detection_Resnet50_Final.pth / "
+                              "detection_mobilenet0.25_Final.pth)",
+                              {"fpn.output1.0.weight": ANY, "ssh1.conv3X3.0.weight": ANY,
+                               "ClassHead.0.conv1x1.weight": ANY, "LandmarkHead.0.conv1x1.weight": (ANY, ANY, 1, 1)}),),
+    ),
     # The SD 2.1 parts our own pipeline runs: loaded from an SD checkpoint (loader.load_sd_parts), never picked
     # in a slot; their signatures only explain a standalone file picked by mistake.
     Architecture(
