@@ -348,34 +348,6 @@ def test_restore_a_folder_downloading_missing_weights(tmp_path, cli_models, mirr
         assert node in reused[1]
 
 
-def test_a_bad_weight_file_is_one_sentence_and_leaves_no_output_folder(tmp_path, cli_models):
-    """A stage-1 file that is no checkpoint fails in its loader node: one line naming the node and the error
-    class (not ComfyUI's temporary module path), ComfyUI's traceback only with --debug, no empty --out left."""
-    from PIL import Image
-
-    models, out = tmp_path / "models", tmp_path / "out"
-    for sub in ("checkpoints", "diffbir"):
-        (models / sub).mkdir(parents=True)
-        for f in (cli_models / sub).iterdir():
-            (models / sub / f.name).symlink_to(f.resolve())
-    stage1 = models / "diffbir" / "realesrgan_s4_swinir_100k.pth"
-    stage1.unlink(missing_ok=True)
-    stage1.write_bytes(b"<html>sign in to download</html>")
-    png = tmp_path / "in.png"
-    Image.effect_noise((32, 32), 60).convert("RGB").save(png)
-    env = {cli_mod.PRELOAD_ENV: "tiny_models:register_tiny_sd21"}
-    args = ("restore", png, "--out", out, "--models", models, "--offline", *TINY_RUN[:-1])
-
-    line = error_line(cli(*args, env=env), 1)
-    assert re.match(r"error: DiffBIRLoadModels \(node 2\) failed: \w+Error: .*realesrgan_s4_swinir_100k\.pth", line)
-    assert "/" not in line.split(" failed: ", 1)[1].split(":", 1)[0]  # a bare class name
-    assert "--debug" in line and not out.exists()
-
-    debug = cli(*args, "--debug", env=env)
-    assert debug.returncode == 1 and "ComfyUI's traceback:" in debug.stderr and not out.exists()
-    assert debug.stderr.strip().splitlines()[-1].startswith("error: DiffBIRLoadModels (node 2) failed: ")
-
-
 # ------------------------------------------------------------------------------------------------ faces
 
 
@@ -435,3 +407,31 @@ def test_restore_faces_in_a_whole_photo(tmp_path, comfy_host, comfy_models_dir, 
     assert seen == [(3, 80, 96)]  # the detector saw the photo upscaled x 2
     with Image.open(out / "family.png") as img:
         assert img.size == (96, 80)  # the photo x 2, faces pasted in
+
+
+def test_a_bad_weight_file_is_one_sentence_and_leaves_no_output_folder(tmp_path, cli_models):
+    """A stage-1 file that is no checkpoint fails in its loader node: one line naming the node and the error
+    class (not ComfyUI's temporary module path), ComfyUI's traceback only with --debug, no empty --out left."""
+    from PIL import Image
+
+    models, out = tmp_path / "models", tmp_path / "out"
+    for sub in ("checkpoints", "diffbir"):
+        (models / sub).mkdir(parents=True)
+        for f in (cli_models / sub).iterdir():
+            (models / sub / f.name).symlink_to(f.resolve())
+    stage1 = models / "diffbir" / "realesrgan_s4_swinir_100k.pth"
+    stage1.unlink(missing_ok=True)
+    stage1.write_bytes(b"<html>sign in to download</html>")
+    png = tmp_path / "in.png"
+    Image.effect_noise((32, 32), 60).convert("RGB").save(png)
+    env = {cli_mod.PRELOAD_ENV: "tiny_models:register_tiny_sd21"}
+    args = ("restore", png, "--out", out, "--models", models, "--offline", *TINY_RUN[:-1])
+
+    line = error_line(cli(*args, env=env), 1)
+    assert re.match(r"error: DiffBIRLoadModels \(node 2\) failed: \w+Error: .*realesrgan_s4_swinir_100k\.pth", line)
+    assert "/" not in line.split(" failed: ", 1)[1].split(":", 1)[0]  # a bare class name
+    assert "--debug" in line and not out.exists()
+
+    debug = cli(*args, "--debug", env=env)
+    assert debug.returncode == 1 and "ComfyUI's traceback:" in debug.stderr and not out.exists()
+    assert debug.stderr.strip().splitlines()[-1].startswith("error: DiffBIRLoadModels (node 2) failed: ")
