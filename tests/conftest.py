@@ -41,3 +41,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def eight_gb_free(monkeypatch):
+    """The planner's input as on a device with 8 GB free (the machine's own free memory varies)."""
+    import comfy.model_management as mm
+
+    def eight_gb(dev=None, torch_free_too=False):
+        return (8 * 2**30, 8 * 2**30) if torch_free_too else 8 * 2**30
+
+    monkeypatch.setattr(mm, "get_free_memory", eight_gb)

@@ -345,3 +345,9 @@ def test_restore_a_folder_downloading_missing_weights(tmp_path, cli_models, mirr
     assert len(reused) == 2 and reused[0].endswith("nothing")
     for node in ("2 DiffBIRLoadModels", "4 CheckpointLoaderSimple"):  # models loaded once, for the first image
         assert node in reused[1]
+
+
+def test_max_memory_is_read_before_the_start(tmp_path):
+    """--max-memory reaches the nodes' planner as DIFFBIR_MAX_MEMORY; a size it cannot read is a usage error."""
+    line = error_line(cli("restore", tmp_path / "x.png", "--out", tmp_path / "out", "--max-memory", "lots"), 2)
+    assert "--max-memory: cannot read 'lots' as a memory size; write e.g. 6GB" in line

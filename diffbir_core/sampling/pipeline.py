@@ -35,7 +35,7 @@ import torch
 from .. import colorfix
 from ..padding import pad_to_multiple, pad_to_size
 from ..schedule import LATENT_SCALE, DiffusionSchedule
-from ..tiling import sliding_windows
+from ..tiling import check_tile_settings, sliding_windows
 from .denoiser import CLDMDenoiser, Condition, rescales_any_cfg
 from .noise import GeneratorNoise, NoiseSource
 from .registry import get_sampler
@@ -101,11 +101,6 @@ def color_fix(decoded: torch.Tensor, cond_img01: torch.Tensor, method: str = "wa
     return colorfix.color_fix((decoded + 1) / 2, cond_img01, method)
 
 
-def _check_tile(name: str, size: int, multiple: int) -> None:
-    if size <= 0 or size % multiple:
-        raise ValueError(f"{name} must be a positive multiple of {multiple}, got {size}")
-
-
 def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Tensor, c_txt_neg: torch.Tensor | None,
                diffusion: DiffusionSchedule, steps: int, *, sampler: str = "spaced", strength: float = 1.0,
                cfg_scale: float = 1.0, start_point_type: str = "noise", noise_aug: int = 0, rescale_cfg: bool = False,
@@ -126,8 +121,9 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
         vae_encoder_tiled = False  # "the input size is tiny and unnecessary to tile"
     # 2. condition latent
     if vae_encoder_tiled:
-        _check_tile("vae_encoder_tile_size", vae_encoder_tile_size, 8)
         stride = vae_encoder_tile_stride or vae_encoder_tile_size // 2
+        check_tile_settings(vae_encoder_tile_size, stride, tile_name="vae_encoder_tile_size",
+                            stride_name="vae_encoder_tile_stride")
         c_img = vae_encode_tiled(vae, cond_img01 * 2 - 1, vae_encoder_tile_size, stride, scale=scale)
     else:
         c_img = vae_encode(vae, cond_img01 * 2 - 1, scale=scale)
@@ -136,9 +132,8 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
     if cldm_tiled and (h1 < cldm_tile_size // 8 or w1 < cldm_tile_size // 8):
         cldm_tiled = False
     if cldm_tiled:
-        _check_tile("cldm_tile_size", cldm_tile_size, 64)
-        if cldm_tile_stride <= 0 or cldm_tile_stride // 8 <= 0:
-            raise ValueError(f"cldm_tile_stride must be at least 8 pixels, got {cldm_tile_stride}")
+        check_tile_settings(cldm_tile_size, cldm_tile_stride, tile_name="cldm_tile_size",
+                            stride_name="cldm_tile_stride")
         if guidance is not None:
             raise ValueError("restoration guidance is not available with tiled diffusion (it needs the whole image)")
     else:
@@ -164,8 +159,9 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
         vae_decoder_tiled = False
     with torch.no_grad():
         if vae_decoder_tiled:
-            _check_tile("vae_decoder_tile_size", vae_decoder_tile_size, 8)
             stride = vae_decoder_tile_stride or vae_decoder_tile_size // 2
+            check_tile_settings(vae_decoder_tile_size, stride, tile_name="vae_decoder_tile_size",
+                                stride_name="vae_decoder_tile_stride")
             decoded = vae_decode_tiled(vae, z, vae_decoder_tile_size // 8, max(stride // 8, 1), scale=scale)
         else:
             decoded = vae_decode(vae, z, scale=scale)
@@ -185,9 +181,7 @@ def run_stage2_v2(nets: StageTwoNets, clean01: torch.Tensor, c_txt_pos: torch.Te
     pad_clean = pad_to_multiple(clean01, 64)
     h, w = pad_clean.shape[-2:]
     if tiled:
-        _check_tile("tile_size", tile_size, 8)
-        if tile_stride // 8 <= 0:
-            raise ValueError(f"tile_stride must be at least 8 pixels, got {tile_stride}")
+        check_tile_settings(tile_size, tile_stride)
         if min(h, w) < tile_size:
             raise ValueError(f"v2.0.0 tiled sampling needs an image of at least one tile ({tile_size}), got {h}x{w}")
         if guidance is not None:
