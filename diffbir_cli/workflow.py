@@ -46,6 +46,7 @@ ALIASES = {
     "diffbir_v1_general": "v1-general",
     "diffbir_lacontrolnet_stock_ksampler": "lacontrolnet-ksampler",
     "diffbir_degrade_restore_compare": "degrade-compare",
+    "diffbir_v2.1_unaligned_face": "v2.1-unaligned-face",
 }
 
 
@@ -307,7 +308,7 @@ def workflow_to_api(ui_workflow: dict, node_classes: dict, node_info) -> dict:
 STEPS_INPUTS = {"KSampler": "steps", "KSamplerAdvanced": "steps", "DiffBIRSampler": "steps", "BasicScheduler": "steps"}
 SEED_INPUTS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed", "DiffBIRSampler": "seed",
                "RandomNoise": "noise_seed"}
-UPSCALE_INPUTS = {"DiffBIRStage1Restore": "upscale"}
+UPSCALE_INPUTS = {"DiffBIRStage1Restore": "upscale", "DiffBIRFaceDetectAlign": "upscale"}
 
 
 def _label(api: dict, node_id: str) -> str:
@@ -400,6 +401,24 @@ def set_by_type(api: dict, table: dict, value, option: str) -> list[str]:
     for i in ids:
         api[i]["inputs"][table[api[i]["class_type"]]] = value
     return ids
+
+
+def set_upscale(api: dict, value: float, option: str = "--upscale") -> list[str]:
+    """--upscale: the photo's upscale, on every Stage1 SwinIR Restore and Face Detect & Align, except a Stage1 that
+    restores Face Detect & Align's aligned crops (officially at upscale 1; Paste Back needs the photo's size)."""
+    def restores_crops(node: dict) -> bool:
+        ref = node["inputs"].get("image")
+        return isinstance(ref, list) and api.get(str(ref[0]), {}).get("class_type") == "DiffBIRFaceDetectAlign"
+
+    crops = {i: n["inputs"].get("upscale") for i, n in api.items()
+             if n["class_type"] == "DiffBIRStage1Restore" and restores_crops(n)}
+    ids = set_by_type(api, UPSCALE_INPUTS, value, option)
+    for i, old in crops.items():  # put the face crops' upscale back
+        if old is None:
+            api[i]["inputs"].pop("upscale", None)
+        else:
+            api[i]["inputs"]["upscale"] = old
+    return [i for i in ids if i not in crops]
 
 
 def set_image(api: dict, image_name: str) -> str:

@@ -116,11 +116,17 @@ def cast_controlnet(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Modu
     return model
 
 
-def wrap_in_patcher(model: torch.nn.Module):
-    """A ModelPatcher so ComfyUI loads/offloads the network with the UNet (load device = its torch device)."""
+def wrap_in_patcher(model: torch.nn.Module, load_device=None):
+    """A ModelPatcher so ComfyUI loads/offloads the network with the UNet (load device: ComfyUI's torch device).
+
+    The plain ModelPatcher on purpose: newer hosts wrap their own ControlNets in ``CoreModelPatcher``, which may
+    be the dynamic-VRAM patcher that streams weights of ComfyUI-built modules; ours are torch modules whose
+    leaf layers use comfy.ops (``use_comfy_ops``), which the plain patcher's (lowvram) loading handles in every
+    host. Devices go by name: later hosts add keyword arguments (``fast_disk``) after them.
+    """
     return comfy.model_patcher.ModelPatcher(
         model,
-        load_device=comfy.model_management.get_torch_device(),
+        load_device=load_device if load_device is not None else comfy.model_management.get_torch_device(),
         offload_device=comfy.model_management.unet_offload_device(),
     )
 
@@ -182,9 +188,13 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         self._hint_cache = {}
         return self
 
-    def set_cond_hint(self, cond_hint, strength=1.0, timestep_percent_range=(0.0, 1.0), vae=None, extra_concat=None):
-        """Stock "Apply ControlNet" path: keep the image and VAE; the latent is encoded at the first step."""
-        super().set_cond_hint(cond_hint, strength, timestep_percent_range, vae=vae, extra_concat=extra_concat or [])
+    def set_cond_hint(self, cond_hint, strength=1.0, timestep_percent_range=(0.0, 1.0), vae=None, extra_concat=None,
+                      **kwargs):
+        """Stock "Apply ControlNet" path: keep the image and VAE; the latent is encoded at the first step.
+
+        Arguments a newer host adds are passed on by name (they concern the base class, not our condition)."""
+        super().set_cond_hint(cond_hint, strength, timestep_percent_range, vae=vae, extra_concat=extra_concat or [],
+                              **kwargs)
         self.vae = vae
         self.condition_latent = None
         self.condition_size = None
@@ -213,9 +223,8 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         c = self.copy()
         model = _copy.deepcopy(self.control_model)
         c.control_model = model
-        c.control_model_wrapped = comfy.model_patcher.ModelPatcher(
-            model, load_device=load_device, offload_device=comfy.model_management.unet_offload_device())
-        if autoregister and hasattr(self, "multigpu_clones"):
+        c.control_model_wrapped = wrap_in_patcher(model, load_device)
+        if autoregister and hasattr(self, "multigpu_clones"):  # the registry exists since the multi-GPU hosts
             self.multigpu_clones[load_device] = c
         return c
 
@@ -224,8 +233,8 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         out.append(self.control_model_wrapped)
         return out
 
-    def pre_run(self, model, percent_to_timestep_function):
-        super().pre_run(model, percent_to_timestep_function)
+    def pre_run(self, model, percent_to_timestep_function, *args, **kwargs):
+        super().pre_run(model, percent_to_timestep_function, *args, **kwargs)
         self.model_sampling_current = model.model_sampling
         self._check_unet(getattr(model, "diffusion_model", None))
 

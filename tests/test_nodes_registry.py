@@ -11,6 +11,8 @@ DISPLAY_NAMES = {
     "Degrade",
     "DiffBIR Compare",
     "DiffBIR VAE Decode (Tiled)",
+    "DiffBIR Face Detect & Align",
+    "DiffBIR Face Paste Back",
 }
 
 

@@ -23,8 +23,9 @@ import pytest
 import torch
 
 from diffbir_core import stage1 as stage1_core
-from diffbir_core import weights
-from tiny_models import TINY_SD21_NAME, tiny_sd21_checkpoint, write_tiny_controlnet, write_tiny_stage1
+from diffbir_cli import weights
+from tiny_models import (TINY_SD21_NAME, face_node_module, one_face, tiny_sd21_checkpoint, write_tiny_controlnet,
+                         write_tiny_retinaface, write_tiny_stage1)
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -37,6 +38,8 @@ STAGE1_FILES = {"realesrgan_s4_swinir_100k.pth": "swinir", "general_swinir_v1.ck
                 "face_swinir_v1.ckpt": "swinir", "BSRNet.pth": "bsrnet", "scunet_color_real_psnr.pth": "scunet"}
 CONTROLNET_FILES = {"DiffBIR_v2.1.pt": "v2.1", "v2.pth": "v2", "v1_general.pth": "v1", "v1_face.pth": "v1"}
 CHECKPOINT_FILES = ("sd2.1-base-zsnr-laionaes5.ckpt", "v2-1_512-ema-pruned.ckpt")
+DETECTOR_FILES = {"detection_Resnet50_Final.pth": "resnet50", "detection_mobilenet0.25_Final.pth": "mobilenet0.25"}
+TEST_FACE_SIZE = 64  # aligned crops of 64 instead of 512 (CPU time)
 TINY_CHECKPOINT = TINY_SD21_NAME
 STAGE1_SCALE = {"swinir": 1, "bsrnet": 4, "scunet": 1}
 TEST_STEPS, TEST_MIN_SHORT_EDGE = 2, 64
@@ -69,6 +72,15 @@ OFFICIAL = {
     # the stock custom-sampling graph with DiffBIR Sampler Select; sampler: (its sampler_name, the scheduler)
     "diffbir_v2.1_sampler_select.json": {**V21, "stage1": (4.0, "v2.1"), "node": "SamplerCustomAdvanced",
                                          "sampler": ("edm_dpm++_3m_sde", "simple")},
+    # two restorations in one graph: the whole photo (background), then the face crops; pasted back
+    "diffbir_v2.1_unaligned_face.json": {
+        **V21, "stage1": (2.0, "v2.1"), "report": ("1 face",),
+        "files": V21["files"] + ("face_swinir_v1.ckpt", "detection_Resnet50_Final.pth"),
+        "pipelines": ({"files": V21["files"], "stage1_input": "LoadImage"},
+                      {"files": ("face_swinir_v1.ckpt",) + V21["files"][1:], "stage1": (1.0, "v2.1"),
+                       "stage1_input": "DiffBIRFaceDetectAlign"}),
+        # detector, upscale (the official README example's 2), score 0.8, eye distance 5, order, all faces, 512
+        "face": ("detection_Resnet50_Final.pth", 2.0, 0.8, 5.0, "score", 0, 512)},
     "diffbir_lacontrolnet_stock_ksampler.json": {**V21, "files": ("none", "DiffBIR_v2.1.pt",
                                                                   "sd2.1-base-zsnr-laionaes5.ckpt"), "stage1": None,
                                                  "node": "KSampler", "sampler": ("dpmpp_3m_sde", "simple")},
@@ -90,6 +102,7 @@ def by_class(api: dict, class_type: str) -> list[dict]:
 def file_widgets(api: dict) -> list[str]:
     """The loaders' file widget values (what the weight downloader reads from a workflow)."""
     values = [n["inputs"][k] for n in by_class(api, "DiffBIRLoadModels") for k in ("stage1_name", "controlnet_name")]
+    values += [n["inputs"]["detector_name"] for n in by_class(api, "DiffBIRFaceDetectAlign")]
     return values + [n["inputs"]["ckpt_name"] for n in by_class(api, "CheckpointLoaderSimple")]
 
 
@@ -207,13 +220,49 @@ def test_workflow_is_consistent_ui_format(comfy_host, path):
 def test_workflow_uses_official_defaults(comfy_host, path):
     want = OFFICIAL[path.name]
     api = comfy_host.workflow_to_api(load(path))
-    (loader,) = by_class(api, "DiffBIRLoadModels")
-    (ckpt,) = by_class(api, "CheckpointLoaderSimple")
-    assert (loader["inputs"]["stage1_name"], loader["inputs"]["controlnet_name"],
-            ckpt["inputs"]["ckpt_name"]) == want["files"]
-    samplers = [n for kind in SAMPLER_NODES for n in by_class(api, kind)]
-    assert [n["class_type"] for n in samplers] == [want["node"]]
-    s = samplers[0]["inputs"]
+    samplers = [(i, n) for kind in SAMPLER_NODES for i, n in api.items() if n["class_type"] == kind]
+    if "pipelines" not in want:  # one restoration: one loader, one SD checkpoint, one sampler
+        (loader,) = by_class(api, "DiffBIRLoadModels")
+        (ckpt,) = by_class(api, "CheckpointLoaderSimple")
+        assert (loader["inputs"]["stage1_name"], loader["inputs"]["controlnet_name"],
+                ckpt["inputs"]["ckpt_name"]) == want["files"]
+        assert [n["class_type"] for _, n in samplers] == [want["node"]]
+        stage1 = by_class(api, "DiffBIRStage1Restore")
+        _check_sampler(api, want, *samplers[0], stage1[:1])
+        if want["stage1"] is None:
+            assert not stage1
+        else:
+            assert [n["inputs"]["method"] for n in by_class(api, "DiffBIRColorFix")] == ["wavelet"]
+        return
+    # several restorations in one graph (unaligned faces: the whole photo, then the face crops), each pinned
+    assert [n["class_type"] for _, n in samplers] == [{**want, **p}["node"] for p in want["pipelines"]]
+    for (sampler_id, sampler), pipeline in zip(samplers, want["pipelines"]):
+        p = {**want, **pipeline}
+        apply = api[sampler["inputs"]["positive"][0]]
+        stage1_id = apply["inputs"]["image"][0]
+        stage1 = api[stage1_id]
+        files = (api[stage1["inputs"]["stage1"][0]]["inputs"]["stage1_name"],
+                 api[apply["inputs"]["control_net"][0]]["inputs"]["controlnet_name"],
+                 api[apply["inputs"]["model"][0]]["inputs"]["ckpt_name"])
+        assert files == p["files"]
+        _check_sampler(api, p, sampler_id, sampler, [stage1])
+        fixes = [n for n in by_class(api, "DiffBIRColorFix") if n["inputs"]["reference"][0] == stage1_id]
+        assert [n["inputs"]["method"] for n in fixes] == ["wavelet"]
+        assert api[stage1["inputs"]["image"][0]]["class_type"] == p["stage1_input"]
+    if "face" in want:
+        (detect,) = by_class(api, "DiffBIRFaceDetectAlign")
+        (paste,) = by_class(api, "DiffBIRFacePasteBack")
+        d = detect["inputs"]
+        assert (d["detector_name"], d["upscale"], d["score_threshold"], d["min_eye_distance"], d["order"],
+                d["max_faces"], d["face_size"]) == want["face"]
+        assert (paste["inputs"]["erosion"], paste["inputs"]["feather"]) == (0.1, 0.1)
+        (save,) = by_class(api, "SaveImage")
+        assert api[save["inputs"]["images"][0]]["class_type"] == "DiffBIRFacePasteBack"
+
+
+def _check_sampler(api: dict, want: dict, sampler_id: str, sampler: dict, stage1: list) -> None:
+    """One restoration's sampler, prompts, ControlNet strength, decode and stage 1 against the official values."""
+    s = sampler["inputs"]
     if want["node"] == "SamplerCustomAdvanced":  # its settings sit on the nodes feeding it
         noise, guider, select, sigmas = (api[s[k][0]] for k in ("noise", "guider", "sampler", "sigmas"))
         assert [n["class_type"] for n in (noise, guider, select, sigmas)] == \
@@ -246,17 +295,16 @@ def test_workflow_uses_official_defaults(comfy_host, path):
             (1.0, 0.0, 1.0)
         assert apply["inputs"]["vae_tile_size"] == 0, "the official condition encode is untiled"
         if want["node"] != "KSampler":
-            (decode,) = by_class(api, "DiffBIRVAEDecode")  # the official v2 tiled decode, whole below one tile
+            decodes = by_class(api, "DiffBIRVAEDecode")
+            if len(decodes) > 1:  # several restorations: the decode of this sampler's latent
+                decodes = [n for n in decodes if n["inputs"]["samples"][0] == sampler_id]
+            (decode,) = decodes  # the official v2 tiled decode, whole below one tile
             assert (decode["inputs"]["tile_size"], decode["inputs"]["tile_stride"]) == (512, 256)
         texts = [api[apply["inputs"][name][0]]["inputs"]["text"] for name in ("positive", "negative")]
     assert tuple(texts) == want["prompts"]
-    stage1 = by_class(api, "DiffBIRStage1Restore")
-    if want["stage1"] is None:
-        assert not stage1
-    else:
+    if want["stage1"] is not None:
         inputs = stage1[0]["inputs"]
         assert (inputs["upscale"], inputs["version"], inputs["min_short_edge"]) == (*want["stage1"], 512)
-        assert [n["inputs"]["method"] for n in by_class(api, "DiffBIRColorFix")] == ["wavelet"]
 
 
 # ------------------------------------------------------------------------------------------------ execution
@@ -269,6 +317,9 @@ def tiny_files(comfy_host, comfy_models_dir):
         write_tiny_stage1(comfy_models_dir / "diffbir" / tiny_name(official), kind)
     for official, version in CONTROLNET_FILES.items():
         write_tiny_controlnet(comfy_models_dir / "diffbir" / tiny_name(official), version)
+    (comfy_models_dir / "facedetection").mkdir(exist_ok=True)
+    for official, backbone in DETECTOR_FILES.items():
+        write_tiny_retinaface(comfy_models_dir / "facedetection" / tiny_name(official), backbone)
     comfy_host.refresh_models()
     return comfy_models_dir
 
@@ -306,6 +357,10 @@ def for_test(api: dict, png: str) -> dict:
             inputs["steps"] = TEST_STEPS
         elif kind == "DiffBIRStage1Restore":
             inputs["min_short_edge"] = TEST_MIN_SHORT_EDGE
+        elif kind == "DiffBIRFaceDetectAlign":
+            assert inputs["detector_name"] in DETECTOR_FILES
+            inputs["detector_name"] = tiny_name(inputs["detector_name"])
+            inputs["face_size"] = TEST_FACE_SIZE
     return api
 
 
@@ -339,6 +394,10 @@ class Sizes:
             return (self.value(inputs["width"]), self.value(inputs["height"]))
         if kind == "DiffBIRColorFix":
             return self.value(inputs["image"])
+        if kind == "DiffBIRFaceDetectAlign":  # the aligned crops
+            return (inputs["face_size"], inputs["face_size"])
+        if kind == "DiffBIRFacePasteBack":  # image, faces_only: the background's size
+            return self.value(inputs["background"])
         if kind == "EmptyLatentImage":
             return (self.value(inputs["width"]) // 8, self.value(inputs["height"]) // 8)
         if kind == "VAEEncode":
@@ -360,12 +419,14 @@ class Sizes:
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
-def test_workflow_runs_with_tiny_models(comfy_host, tiny_files, input_png, one_thread, path):
+def test_workflow_runs_with_tiny_models(comfy_host, tiny_files, input_png, one_thread, monkeypatch, path):
     import folder_paths
     from PIL import Image
 
     original = comfy_host.workflow_to_api(load(path))
     api = for_test(json.loads(json.dumps(original)), input_png)
+    if by_class(api, "DiffBIRFaceDetectAlign"):  # random detector weights cannot decide where faces are
+        monkeypatch.setattr(face_node_module(), "detect_faces", one_face)
     outputs = comfy_host.run(api)
     sizes = Sizes(api, original)
     checked = 0
@@ -377,13 +438,17 @@ def test_workflow_runs_with_tiny_models(comfy_host, tiny_files, input_png, one_t
                 folder_paths.get_temp_directory()
             with Image.open(Path(folder) / image["subfolder"] / image["filename"]) as img:
                 assert img.size == want, f"node {node_id} ({node['class_type']}): {img.size} != {want}"
+                source = api[node["inputs"]["images"][0]]
+                if source["class_type"] == "DiffBIRFacePasteBack" and node["inputs"]["images"][1] == 1:
+                    assert np.asarray(img).max() > 0, "faces_only is black: no face was pasted"
             checked += 1
         elif node["class_type"] == "PreviewAny":
-            assert "PSNR" in "".join(outputs[node_id]["text"]) and "SSIM" in "".join(outputs[node_id]["text"])
+            text = "".join(outputs[node_id]["text"])
+            for word in OFFICIAL[path.name].get("report", ("PSNR", "SSIM")):
+                assert word in text, f"node {node_id} (PreviewAny): {word!r} not in {text!r}"
     assert checked >= 1
-    if by_class(api, "DiffBIRStage1Restore"):  # the final image has the official size: input x upscale
-        (stage1,) = by_class(api, "DiffBIRStage1Restore")
+    if OFFICIAL[path.name]["stage1"] is not None:  # the final image has the official size: input x upscale
+        upscale, version = OFFICIAL[path.name]["stage1"]  # the whole photo's Stage1 (pinned above)
         (save,) = by_class(api, "SaveImage")
-        rnd = math.ceil if stage1["inputs"]["version"] == "v1" else int
-        upscale = stage1["inputs"]["upscale"]
+        rnd = math.ceil if version == "v1" else int
         assert sizes.value(save["inputs"]["images"]) == (rnd(INPUT_W * upscale), rnd(INPUT_H * upscale))
