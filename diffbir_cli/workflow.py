@@ -46,6 +46,7 @@ ALIASES = {
     "diffbir_v1_general": "v1-general",
     "diffbir_lacontrolnet_stock_ksampler": "lacontrolnet-ksampler",
     "diffbir_degrade_restore_compare": "degrade-compare",
+    "diffbir_v2.1_unaligned_face": "v2.1-unaligned-face",
 }
 
 
@@ -261,7 +262,10 @@ def workflow_to_api(ui_workflow: dict, node_classes: dict, node_info) -> dict:
         else:
             values = list(values or [])
             pos = 0
+            optional = set((info.get("input") or {}).get("optional") or {})
             for name, typ, opts in widgets:
+                if pos >= len(values) and name in optional:
+                    continue  # an optional widget added after the graph was saved: the node's own default
                 if pos >= len(values):
                     raise WorkflowConversionError(
                         f"{label(node)}: widgets_values has {len(values)} entries, no value for widget "
@@ -300,9 +304,11 @@ def workflow_to_api(ui_workflow: dict, node_classes: dict, node_info) -> dict:
 # --------------------------------------------------------------------------- prompt edits
 
 # Option -> {node type: input}: what --steps, --seed and --upscale set, on every node of these types.
-STEPS_INPUTS = {"KSampler": "steps", "KSamplerAdvanced": "steps", "DiffBIRSampler": "steps"}
-SEED_INPUTS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed", "DiffBIRSampler": "seed"}
-UPSCALE_INPUTS = {"DiffBIRStage1Restore": "upscale"}
+# BasicScheduler / RandomNoise: the step count and seed of a stock custom-sampling graph (SamplerCustomAdvanced).
+STEPS_INPUTS = {"KSampler": "steps", "KSamplerAdvanced": "steps", "DiffBIRSampler": "steps", "BasicScheduler": "steps"}
+SEED_INPUTS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed", "DiffBIRSampler": "seed",
+               "RandomNoise": "noise_seed"}
+UPSCALE_INPUTS = {"DiffBIRStage1Restore": "upscale", "DiffBIRFaceDetectAlign": "upscale"}
 
 
 def _label(api: dict, node_id: str) -> str:
@@ -395,6 +401,24 @@ def set_by_type(api: dict, table: dict, value, option: str) -> list[str]:
     for i in ids:
         api[i]["inputs"][table[api[i]["class_type"]]] = value
     return ids
+
+
+def set_upscale(api: dict, value: float, option: str = "--upscale") -> list[str]:
+    """--upscale: the photo's upscale, on every Stage1 SwinIR Restore and Face Detect & Align, except a Stage1 that
+    restores Face Detect & Align's aligned crops (officially at upscale 1; Paste Back needs the photo's size)."""
+    def restores_crops(node: dict) -> bool:
+        ref = node["inputs"].get("image")
+        return isinstance(ref, list) and api.get(str(ref[0]), {}).get("class_type") == "DiffBIRFaceDetectAlign"
+
+    crops = {i: n["inputs"].get("upscale") for i, n in api.items()
+             if n["class_type"] == "DiffBIRStage1Restore" and restores_crops(n)}
+    ids = set_by_type(api, UPSCALE_INPUTS, value, option)
+    for i, old in crops.items():  # put the face crops' upscale back
+        if old is None:
+            api[i]["inputs"].pop("upscale", None)
+        else:
+            api[i]["inputs"]["upscale"] = old
+    return [i for i in ids if i not in crops]
 
 
 def set_image(api: dict, image_name: str) -> str:

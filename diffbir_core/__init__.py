@@ -11,8 +11,6 @@ Modules, one concept each:
   stage1      the official stage-1 pre/post-processing per pipeline, tiled runner
   sampling/   the official samplers over a denoiser, CFG, tiled diffusion and VAE, guidance, apply_cldm
   degrade/    the official training degradations (CodeFormer, Real-ESRGAN), PSNR/SSIM
-  weights     catalogue of the official weight files (URL, folder, kind)
-  download    resumable, size- and hash-checked weight download
   golden      `python -m diffbir_core.golden` replay of official golden files
   arch/       the networks: stage 1 (SwinIR, BSRNet, SCUNet) and stage 2 (UNet, ControlNet, VAE, CLIP text)
 """

@@ -7,8 +7,6 @@ Strict loading reports missing, unexpected and mis-shaped keys by name.
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .arch.ldm_config import clip_text_config, unet_family_config, vae_config
+from .arch import ARCHITECTURES, architecture
 from .checkpoint import CheckpointError, read_checkpoint
 from .detect import KIND_NAMES, Detection, detect, split_v1_full
 
@@ -25,35 +23,15 @@ class WrongCheckpointError(CheckpointError):
     """The file is readable but is not what this slot needs."""
 
 
-# kind -> arch module exposing build(config) and config_from_state_dict(sd[, metadata])
-_ARCH_MODULES = {
-    "swinir": "swinir",
-    "bsrnet": "bsrnet",
-    "scunet": "scunet",
-    "controlnet": "controlnet",
-    "unet": "unet",
-    "vae": "vae",
-    "clip_text": "clip_text",
-}
-
-
 def arch_module(kind: str):
-    return importlib.import_module(f".arch.{_ARCH_MODULES[kind]}", __package__)
+    """The diffbir_core.arch module of network `kind` (its build(config) and OFFICIAL_CONFIG)."""
+    return architecture(kind).network_module()
 
 
 def config_from_state_dict(kind: str, sd: dict, metadata: dict | None = None) -> dict:
-    """Hyper-parameters for `kind` read from the weights (metadata `diffbir_config` wins)."""
-    if metadata and metadata.get("diffbir_config") and kind not in ("controlnet", "unet"):
-        return json.loads(metadata["diffbir_config"])
-    if kind == "controlnet":
-        return unet_family_config(sd, controlnet=True, metadata=metadata)
-    if kind == "unet":
-        return unet_family_config(sd, controlnet=False, metadata=metadata)
-    if kind == "vae":
-        return vae_config(sd)
-    if kind == "clip_text":
-        return clip_text_config(sd)
-    return arch_module(kind).config_from_state_dict(sd)
+    """Hyper-parameters for `kind` read from the weights, as its Architecture record says (for most kinds a
+    `diffbir_config` in the file's metadata wins)."""
+    return architecture(kind).config(sd, metadata)
 
 
 def _short_list(keys: Iterable[str], limit: int = 8) -> str:
@@ -65,6 +43,11 @@ def _short_list(keys: Iterable[str], limit: int = 8) -> str:
 def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], name: str) -> None:
     """load_state_dict(strict=True) with an error that lists every kind of mismatch."""
     own = model.state_dict()
+    # BatchNorm step counters are not weights; files saved before torch 0.4.1 lack them and torch itself
+    # fills them in on load, so do we.
+    counters = {k: own[k] for k in own.keys() - sd.keys() if k.endswith(".num_batches_tracked")}
+    if counters:
+        sd = {**sd, **{k: torch.zeros_like(v, device="cpu") for k, v in counters.items()}}
     missing = own.keys() - sd.keys()
     unexpected = sd.keys() - own.keys()
     mismatched = [
@@ -87,26 +70,26 @@ def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], name: str) 
 def build_network(kind: str, sd: dict[str, torch.Tensor], name: str = "state dict", config: dict | None = None,
                   metadata: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """Build the network of `kind` sized from `sd` (or `config`) and load `sd` strictly."""
+    arch = architecture(kind)
     if config is None:
-        config = config_from_state_dict(kind, sd, metadata)
+        config = arch.config(sd, metadata)
     with torch.device("meta"):
         # Built on meta then loaded with assign=True: no time spent initialising weights
         # that the checkpoint overwrites, and no second copy of a large model in memory.
-        model = arch_module(kind).build(config)
+        model = arch.build(config)
     load_strict(model, sd, name)
-    _materialise_buffers(model, kind, config)
-    memory_format = getattr(arch_module(kind), "MEMORY_FORMAT", None)
-    if memory_format is not None:  # assign-loading replaced the weights with the file's (contiguous) tensors
-        model = model.to(memory_format=memory_format)
+    _materialise_buffers(model, arch, config)
+    if arch.memory_format is not None:  # after the assign-load: the weights are the file's (contiguous) tensors
+        model = model.to(memory_format=arch.memory_format)
     return model.eval().requires_grad_(False), config
 
 
-def _materialise_buffers(model: torch.nn.Module, kind: str, config: dict) -> None:
+def _materialise_buffers(model: torch.nn.Module, arch, config: dict) -> None:
     """Non-persistent buffers stay on meta after assign-loading; rebuild them on CPU."""
     meta_buffers = [n for n, b in model.named_buffers() if b.is_meta]
     if not meta_buffers:
         return
-    fresh = arch_module(kind).build(config)
+    fresh = arch.build(config)
     fresh_buffers = dict(fresh.named_buffers())
     for full_name in meta_buffers:
         owner_name, _, attr = full_name.rpartition(".")
@@ -140,10 +123,9 @@ def expect_kind(det: Detection, expected: Iterable[str], name: str, slot: str) -
     if det.kind in expected:
         return
     wanted = " or ".join(KIND_NAMES.get(k, k) for k in expected)
-    if det.is_stage1:
-        fix = "Pick it in the stage 1 slot instead."
-    elif det.kind == "controlnet":
-        fix = "Pick it in the ControlNet slot instead."
+    slot_of_file = ARCHITECTURES[det.kind].slot if det.kind in ARCHITECTURES else None
+    if slot_of_file:
+        fix = f"Pick it in the {slot_of_file} slot instead."
     else:
         fix = _WRONG_FILE_FIXES.get(det.kind, "")
     raise WrongCheckpointError(f"'{name}' looks like {det.looks_like}, but the {slot} slot expects {wanted}. {fix}".rstrip())

@@ -80,6 +80,34 @@ class DiffusionSchedule:
             return cls.from_config({})
         raise ValueError(f"unknown DiffBIR version {version!r}; expected 'v1', 'v2' or 'v2.1'")
 
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod, parameterization: str = "eps") -> "DiffusionSchedule":
+        """The schedule whose cumulative product is `alphas_cumprod` (betas = 1 - ac_t / ac_{t-1})."""
+        ac = np.asarray(alphas_cumprod, dtype=np.float64)
+        prev = np.concatenate([[1.0], ac[:-1]])
+        return cls(betas=1.0 - ac / prev, parameterization=parameterization)
+
+    @classmethod
+    def from_training_sigmas(cls, sigmas, parameterization: str, zero_snr: bool = False,
+                             linear_start: float | None = None, linear_end: float | None = None
+                             ) -> "DiffusionSchedule":
+        """The official schedule behind a host's table of training sigmas (one per timestep).
+
+        When the host names a scaled-linear schedule (linear_start / linear_end) whose sigmas match the table,
+        the official float64 schedule is rebuilt from the config (for a zero-terminal-SNR schedule with
+        alphas_cumprod(T-1) = 0 exactly, where hosts keep a tiny positive value); otherwise the table itself
+        defines the schedule (ac = 1 / (1 + sigma^2)).
+        """
+        host = np.asarray(sigmas, dtype=np.float64)
+        n = len(host)
+        if linear_start is not None and linear_end is not None:
+            official = cls.from_config({"timesteps": n, "linear_start": linear_start, "linear_end": linear_end,
+                                        "zero_snr": zero_snr, "parameterization": parameterization})
+            k = n - 1 if zero_snr else n  # the zero-terminal sigma is infinite here, finite in the host
+            if np.allclose(training_sigmas(official.alphas_cumprod)[:k], host[:k], rtol=1e-4, atol=0.0):
+                return official
+        return cls.from_alphas_cumprod(1.0 / (1.0 + host**2), parameterization)
+
     def q_sample(self, x0, t: int, noise):
         """Forward diffusion x_t = sqrt(ac_t) x0 + sqrt(1 - ac_t) noise (used for start point and noise_aug)."""
         ac = float(self.alphas_cumprod[t])

@@ -6,7 +6,8 @@ NODE_DISPLAY_NAME_MAPPINGS; they are merged here.
 
 import importlib
 
-_NODE_MODULES = ["degrade", "compare", "stage1", "colorfix", "model_loading", "lacontrolnet", "sampler", "vae"]
+_NODE_MODULES = ["degrade", "compare", "stage1", "colorfix", "model_loading", "lacontrolnet", "sampler", "ksamplers", "vae",
+                 "face"]
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..diffbir_core.arch.ldm_blocks import GroupNorm32, Linear, clear_context_caches, linear
+from ..diffbir_core.padding import pad_to_multiple
 from ..diffbir_core.schedule import LATENT_SCALE
 from .images import rgb_image
-from .vae import LATENT_DOWNSCALE, check_sd_vae, encode_pixels
+from .vae import check_sd_vae, encode_pixels, latent_fits
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +146,17 @@ def cast_controlnet(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Modu
     return model
 
 
-def wrap_in_patcher(model: torch.nn.Module):
-    """A ModelPatcher so ComfyUI loads/offloads the network with the UNet (load device = its torch device)."""
+def wrap_in_patcher(model: torch.nn.Module, load_device=None):
+    """A ModelPatcher so ComfyUI loads/offloads the network with the UNet (load device: ComfyUI's torch device).
+
+    The plain ModelPatcher on purpose: newer hosts wrap their own ControlNets in ``CoreModelPatcher``, which may
+    be the dynamic-VRAM patcher that streams weights of ComfyUI-built modules; ours are torch modules whose
+    leaf layers use comfy.ops (``use_comfy_ops``), which the plain patcher's (lowvram) loading handles in every
+    host. Devices go by name: later hosts add keyword arguments (``fast_disk``) after them.
+    """
     return comfy.model_patcher.ModelPatcher(
         model,
-        load_device=comfy.model_management.get_torch_device(),
+        load_device=load_device if load_device is not None else comfy.model_management.get_torch_device(),
         offload_device=comfy.model_management.unet_offload_device(),
     )
 
@@ -170,18 +177,9 @@ def encode_condition(vae, image: torch.Tensor, tile_size: int = 0, tile_stride: 
     image = rgb_image(image, "image")  # RGBA -> RGB, gray -> RGB; empty and NaN/Inf images refused
     check_sd_vae(vae, "DiffBIR")
     h, w = image.shape[1:3]
-    pad_h, pad_w = (-h) % CONDITION_PAD, (-w) % CONDITION_PAD
-    pixels = image.movedim(-1, 1).float()
-    if pad_h or pad_w:
-        pixels = F.pad(pixels, (0, pad_w, 0, pad_h), value=0.0)
+    pixels = pad_to_multiple(image.movedim(-1, 1).float(), CONDITION_PAD)
     latent = encode_pixels(vae, pixels, tile_size, tile_stride)
     return latent.float() * LATENT_SCALE, (h, w)
-
-
-def _accepted(latent_px: int, image_px: int) -> bool:
-    # ComfyUI's own latents of an image this size: floor (VAE Encode crops, Empty Latent rounds down) or
-    # ceil (an image padded to a multiple of 8).
-    return latent_px in (image_px // LATENT_DOWNSCALE, math.ceil(image_px / LATENT_DOWNSCALE))
 
 
 # ----------------------------------------------------------------------------- the control object
@@ -220,9 +218,13 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         self._hint_cache = {}
         return self
 
-    def set_cond_hint(self, cond_hint, strength=1.0, timestep_percent_range=(0.0, 1.0), vae=None, extra_concat=None):
-        """Stock "Apply ControlNet" path: keep the image and VAE; the latent is encoded at the first step."""
-        super().set_cond_hint(cond_hint, strength, timestep_percent_range, vae=vae, extra_concat=extra_concat or [])
+    def set_cond_hint(self, cond_hint, strength=1.0, timestep_percent_range=(0.0, 1.0), vae=None, extra_concat=None,
+                      **kwargs):
+        """Stock "Apply ControlNet" path: keep the image and VAE; the latent is encoded at the first step.
+
+        Arguments a newer host adds are passed on by name (they concern the base class, not our condition)."""
+        super().set_cond_hint(cond_hint, strength, timestep_percent_range, vae=vae, extra_concat=extra_concat or [],
+                              **kwargs)
         self.vae = vae
         self.condition_latent = None
         self.condition_size = None
@@ -251,9 +253,8 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         c = self.copy()
         model = _copy.deepcopy(self.control_model)
         c.control_model = model
-        c.control_model_wrapped = comfy.model_patcher.ModelPatcher(
-            model, load_device=load_device, offload_device=comfy.model_management.unet_offload_device())
-        if autoregister and hasattr(self, "multigpu_clones"):
+        c.control_model_wrapped = wrap_in_patcher(model, load_device)
+        if autoregister and hasattr(self, "multigpu_clones"):  # the registry exists since the multi-GPU hosts
             self.multigpu_clones[load_device] = c
         return c
 
@@ -262,8 +263,8 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         out.append(self.control_model_wrapped)
         return out
 
-    def pre_run(self, model, percent_to_timestep_function):
-        super().pre_run(model, percent_to_timestep_function)
+    def pre_run(self, model, percent_to_timestep_function, *args, **kwargs):
+        super().pre_run(model, percent_to_timestep_function, *args, **kwargs)
         self.model_sampling_current = model.model_sampling
         self._check_unet(getattr(model, "diffusion_model", None))
         # The ControlNet keeps the text context's k/v between the steps of a run; a run starts without any, so
@@ -344,7 +345,7 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
                     f"DiffBIR ControlNet: tile window {window} does not fit a {w}x{h} tile of the condition latent "
                     f"({latent.shape[-1]}x{latent.shape[-2]}).")
             return self._batched(latent[:, :, y0:y1, x0:x1], x_noisy, batched_number, key, keep=True)
-        if not (_accepted(h, img_h) and _accepted(w, img_w)) or h > latent.shape[-2] or w > latent.shape[-1]:
+        if not (latent_fits(h, img_h) and latent_fits(w, img_w)) or h > latent.shape[-2] or w > latent.shape[-1]:
             raise ValueError(
                 f"DiffBIR ControlNet: the sampler's latent is {w}x{h} ({w * 8}x{h * 8} pixels) but the condition "
                 f"image given to LAControlNet Apply is {img_w}x{img_h} pixels (latent {math.ceil(img_w / 8)}x"

@@ -34,19 +34,20 @@ DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": to
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
-def register_model_folder() -> None:
-    """models/diffbir as the folder type 'diffbir' (kept beside any paths extra_model_paths.yaml added)."""
-    default = os.path.join(folder_paths.models_dir, FOLDER)
+def register_model_folder(name: str = FOLDER) -> None:
+    """models/<name> as the folder type `name` (kept beside any paths extra_model_paths.yaml added)."""
+    default = os.path.join(folder_paths.models_dir, name)
     exts = set(folder_paths.supported_pt_extensions)
-    entry = folder_paths.folder_names_and_paths.get(FOLDER)
+    entry = folder_paths.folder_names_and_paths.get(name)
     if entry is None:
-        folder_paths.folder_names_and_paths[FOLDER] = ([default], exts)
+        folder_paths.folder_names_and_paths[name] = ([default], exts)
         return
     paths, old_exts = entry
     if default not in paths:
         paths.append(default)
-    # A folder first created by extra_model_paths.yaml has no extension filter: list only model files.
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, exts | set(old_exts))
+    # A folder first created by extra_model_paths.yaml (or another pack) has no extension filter: list only
+    # model files.
+    folder_paths.folder_names_and_paths[name] = (paths, exts | set(old_exts))
 
 
 register_model_folder()

@@ -7,34 +7,18 @@ How the node drives ComfyUI (one sampling run, exactly as the stock sampler node
   ``comfy.sampler_helpers.prepare_sampling`` loads the MODEL and the ControlNet (``get_models``) with
   ``load_models_gpu`` and the memory estimate of the latent, processes the conds (the control's ``pre_run``),
   applies the MODEL's patches, wrappers and hooks, and cleans up afterwards.
-* The guider runs ``_OfficialRun`` (a ``comfy.samplers.Sampler``), which calls the official sampler function of
-  ``diffbir_core.sampling`` (own timestep grid, coefficient tables and random draws). That function asks for the
-  model output (eps or v) of the noisy VP latent x at a model timestep t; ``HostModelFunction`` answers by calling
-  the guider at the MODEL's sigma of t: ComfyUI's ``sampling_function`` -> ``calc_cond_batch`` (cond and uncond
-  batched, ``DiffBIRControl.get_control`` computing the 13 controls, ``BaseModel.apply_model`` with the controls
-  added to the UNet) -> CFG on the denoised estimate D. The node converts back with the same sigma s:
-  ``eps = (x sqrt(1+s^2) - D) / s``, ``v = (eps - s D) / sqrt(1+s^2)``. The UNet sees exactly x and t (the host's
-  ``calculate_input`` undoes the scaling, its ``timestep(s)`` gives t back), CFG on D equals the official CFG on
-  eps/v (the map is affine), and for the zero-terminal-SNR v2.1 MODEL ComfyUI keeps s(999) finite (~4.5e3), so
-  the conversion is defined where eps is not; the official sampler then applies its own tables (alpha(999) = 0:
-  x0 = -v). Fractional timesteps (dpm++_m2's grid) reach the UNet and the ControlNet unrounded through a
-  transformer_options key (``control.MODEL_TIMESTEP_KEY``) and a DIFFUSION_MODEL wrapper.
+* The guider runs ``host_model.OfficialRun``, which calls the official sampler function of
+  ``diffbir_core.sampling`` (own timestep grid ``grid(name, schedule, steps)``, coefficient tables and random
+  draws); ``host_model.HostModelFunction`` answers its model calls through the guider (conversion, exact
+  timesteps and tiled diffusion: see that module).
 * ``latent_preview.prepare_callback`` gives previews and the progress bar; every model call and every step
   checks ``comfy.model_management.throw_exception_if_processing_interrupted()`` (Cancel).
-* Noise: one seeded CPU generator (``diffbir_core.sampling.noise.GeneratorNoise``) for every draw, in the
-  official order (x_T, the noise_aug draw, the sampler's draws), so a seed gives the same image on any device.
-* Tiled diffusion: every model call is split into latent tiles; each tile is one guider call whose
-  transformer_options carry the tile window (``control.TILE_KEY``), so the control crops its condition latent to
-  the tile; outputs are blended with the official gaussian weights.
-* rescale_cfg: the guider's cfg is set per call to the official ``s(t)``.
+* Noise: one seeded CPU generator (``diffbir_core.sampling.GeneratorNoise``) for every draw, in the official
+  order (``start_latent``: x_T, the noise_aug draw; then the sampler's draws), so a seed gives the same image on
+  any device.
+* rescale_cfg: the guider's cfg is set per call to the official ``s(t)``; restoration guidance: ``host_guidance``.
 
-The same solvers are also registered as ComfyUI KSAMPLERs named ``diffbir_<name>`` (``++`` -> ``pp``) for the
-stock KSamplerSelect / SamplerCustom / KSampler and returned by the "DiffBIR Sampler Select" node. As KSAMPLERs
-they get ComfyUI's sigmas: the solver maths and the noise order (the sampler's draws continue the seeded CPU
-stream after the stock initial noise, as officially one stream) are the official ones; the EDM solvers run on
-the host's sigmas instead of the official EDM grid, and spaced / ddim / dpm++_m2 run their own official grid for
-len(sigmas) - 1 steps (only the step count is taken from the sigmas; they refuse to start part-way, e.g.
-denoise < 1). The official grids come from the DiffBIR Sampler node.
+The same solvers are also ComfyUI KSAMPLERs and the "DiffBIR Sampler Select" node (``ksamplers``).
 
 Differences from the official pipeline, by design:
 * the sampled latent is the condition image's size / 8 rounded up (or the connected latent's size), not the
@@ -47,60 +31,50 @@ Differences from the official pipeline, by design:
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 
 import comfy.model_management
-import comfy.patcher_extension
 import comfy.samplers
 import comfy.utils
 import latent_preview
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..diffbir_core.sampling.denoiser import rescaled_cfg
-from ..diffbir_core.sampling.dpm_solver import ORDER as DPM_ORDER
-from ..diffbir_core.sampling.dpm_solver import DiscreteVPSchedule
-from ..diffbir_core.sampling.guidance import LOSSES, SPACES, RestorationGuidance
-from ..diffbir_core.sampling.k_solvers import SOLVERS
-from ..diffbir_core.sampling.ksampler import ksampler_function
-from ..diffbir_core.sampling.noise import GeneratorNoise, NoiseSource
-from ..diffbir_core.sampling.options import OFFICIAL_DEFAULTS
-from ..diffbir_core.sampling.pipeline import q_sample
-from ..diffbir_core.sampling.registry import (
-    DDPM_FAMILY,
-    EDM_FAMILY,
+from ..diffbir_core.sampling import (
+    LOSSES,
+    OFFICIAL_DEFAULTS,
+    SPACES,
+    START_POINTS,
+    GeneratorNoise,
     SAMPLER_NAMES,
+    NoiseSource,
     get_sampler,
+    grid,
+    rescales_any_cfg,
+    start_latent,
 )
-from ..diffbir_core.schedule import (
-    DiffusionSchedule,
-    ddim_timesteps,
-    edm_timesteps,
-    space_timesteps,
+from ..diffbir_core.tiling import TILE_MULTIPLE
+from .conditioning import find_control, replace_condition
+from .host_guidance import restoration_guidance
+from .host_model import HostModelFunction, OfficialRun, add_exact_timestep_wrapper, host_sigma, model_diffusion
+from .ksamplers import SAMPLER_NAME_INPUT, SOLVER_SETTING_INPUTS
+from .tiles import (
+    TILE_PLAN_INPUT,
+    auto_plan,
+    check_tile_inputs,
+    check_tile_plan,
+    tile_inputs_error,
+    weights_to_load,
+    with_fallback,
 )
-from ..diffbir_core.tiling import gaussian_weights, sliding_windows
-from .control import MODEL_TIMESTEP_KEY, TILE_KEY, DiffBIRControl
-from .lacontrolnet import model_sampling_kind
+from .vae import latent_fits
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SAMPLER = "edm_dpm++_3m_sde"  # official v2.1 CLI: edm_dpm++_3m_sde, 10 steps, cfg 6
-START_POINTS = ("noise", "cond")
 GUIDANCE_LOSSES = ("none",) + LOSSES
 GUIDANCE_STYLES = ("v2", "v1")
 MAX_NOISE_AUG = 199  # the v2.1 training range of the condition's noise augmentation
-_EXACT_T_WRAPPER = "diffbir_exact_timestep"
-
-
-def ksampler_name(official: str) -> str:
-    """The ComfyUI sampler name of an official sampler: edm_dpm++_3m_sde -> diffbir_edm_dpmpp_3m_sde."""
-    return "diffbir_" + official.replace("++", "pp")
-
-
-KSAMPLER_NAMES = {ksampler_name(name): name for name in SAMPLER_NAMES}
+NODE = "DiffBIR Sampler"
 
 
 def noise_source(seed: int) -> NoiseSource:
@@ -110,288 +84,6 @@ def noise_source(seed: int) -> NoiseSource:
     should. A seeded CPU generator: same seed, same image on any device.
     """
     return GeneratorNoise(seed)
-
-
-# ----------------------------------------------------------------------------------------- schedule and grids
-
-
-def diffusion_for_sampling(model_sampling, prediction: str, zsnr: bool) -> DiffusionSchedule:
-    """The official training schedule matching a MODEL's discrete sampling, as DiffBIR's samplers use it.
-
-    SD 2.1 MODELs (ComfyUI's scaled-linear "linear" schedule) get the official float64 schedule (for v2.1 the
-    zero-terminal-SNR one with alphas_cumprod(999) = 0 exactly, where ComfyUI keeps 4.9e-8); any other discrete
-    schedule is taken from the MODEL's own sigma table.
-    """
-    host = model_sampling.sigmas.detach().double().cpu().numpy()
-    n = int(getattr(model_sampling, "num_timesteps", len(host)))
-    start, end = getattr(model_sampling, "linear_start", None), getattr(model_sampling, "linear_end", None)
-    if start is not None and end is not None and n == len(host):
-        diffusion = DiffusionSchedule.from_config({"timesteps": n, "linear_start": start, "linear_end": end,
-                                                  "zero_snr": zsnr, "parameterization": prediction})
-        ac = diffusion.alphas_cumprod
-        with np.errstate(divide="ignore"):
-            ours = np.sqrt((1.0 - ac) / ac)
-        k = n - 1 if zsnr else n
-        if np.allclose(ours[:k], host[:k], rtol=1e-4, atol=0.0):
-            return diffusion
-    ac = 1.0 / (1.0 + host**2)
-    prev = np.concatenate([[1.0], ac[:-1]])
-    return DiffusionSchedule(betas=1.0 - ac / prev, parameterization=prediction)
-
-
-def model_diffusion(model) -> DiffusionSchedule:
-    """The schedule of a MODEL (ModelPatcher); refuses MODELs that are not discrete eps / v SD models."""
-    prediction, zsnr = model_sampling_kind(model)
-    if prediction not in ("eps", "v"):
-        raise ValueError(
-            "DiffBIR Sampler: the MODEL does not sample as a discrete eps- or v-prediction SD model (DiffBIR needs "
-            "SD 2.1). Connect the SD 2.1 MODEL (for v2.1 the MODEL output of LAControlNet Apply) without other "
-            "ModelSampling patches.")
-    return diffusion_for_sampling(model.get_model_object("model_sampling"), prediction, zsnr)
-
-
-def grid_timesteps(name: str, diffusion: DiffusionSchedule, steps: int) -> list[float]:
-    """The model timesteps of the official grid of sampler `name`, one per step, first (noisiest) first."""
-    n = len(diffusion.betas)
-    steps = int(steps)
-    if name == "spaced":
-        return [float(t) for t in sorted(space_timesteps(n, steps), reverse=True)]
-    if name == "ddim":
-        ts = ddim_timesteps(steps, n)
-        if ts.max() >= n:
-            raise ValueError(
-                f"DiffBIR Sampler: ddim with {steps} steps: the official grid (stride {n // steps}, +1) reaches t = {n}, "
-                "outside the schedule (the official code fails there); choose another step count (e.g. 10, 20, 50).")
-        return [float(t) for t in ts[::-1]]
-    if name == "dpm++_m2":
-        if steps < DPM_ORDER:
-            raise ValueError(f"DiffBIR Sampler: dpm++_m2 needs at least {DPM_ORDER} steps (got {steps}).")
-        ns = DiscreteVPSchedule(diffusion.betas)
-        return [float(t) for t in ns.model_time(ns.time_steps(steps))[:steps]]
-    if name in EDM_FAMILY:
-        return [float(t) for t in edm_timesteps(steps, n)[:-1]]
-    raise ValueError(f"DiffBIR Sampler: unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}.")
-
-
-def host_sigma(model_sampling, t: float) -> torch.Tensor:
-    """The MODEL's sigma at model timestep t (its table at integers, its log-sigma interpolation between)."""
-    if float(t).is_integer():
-        return model_sampling.sigmas[int(t)].detach().float().reshape(())
-    return model_sampling.sigma(torch.tensor([float(t)], dtype=torch.float32)).float().reshape(())
-
-
-# ----------------------------------------------------------------------------------------- the model function
-
-
-def _exact_timestep(executor, x, timesteps, *args, **kwargs):
-    """DIFFUSION_MODEL wrapper: the UNet gets the DiffBIR Sampler's exact timestep (host sigmas round it)."""
-    options = args[3] if len(args) > 3 else kwargs.get("transformer_options")
-    exact = (options or {}).get(MODEL_TIMESTEP_KEY)
-    if exact is not None and torch.is_tensor(timesteps):
-        timesteps = torch.full_like(timesteps, float(exact))
-    return executor(x, timesteps, *args, **kwargs)
-
-
-class HostModelFunction:
-    """``denoise_fn(x, t) -> eps or v`` for the diffbir_core samplers, computed by ComfyUI's guided model.
-
-    x is the VP latent at model timestep t (a (batch,) tensor); the result is the CFG-combined model output in
-    `parameterization` (see the module doc for the conversion). With `tiles = (tile, stride)` in latent pixels each
-    call is split into tiles, the condition latent cropped per tile by the control, outputs gaussian-blended.
-    """
-
-    def __init__(self, guider, model_sampling, parameterization: str, *, cfg: float, rescale_cfg: bool,
-                 rescale_any_cfg: bool, tiles, model_options: dict, seed):
-        self.guider = guider
-        self.model_sampling = model_sampling
-        self.parameterization = parameterization
-        self.cfg = float(cfg)
-        self.rescale_cfg = bool(rescale_cfg)
-        self.rescale_any_cfg = rescale_any_cfg
-        self.tiles = tiles
-        self.model_options = model_options
-        self.seed = seed
-
-    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        t = torch.as_tensor(t)
-        t_value = float(t.reshape(-1)[0])
-        scale = rescaled_cfg(self.cfg, t if t.is_floating_point() else int(t_value), self.rescale_cfg,
-                             self.rescale_any_cfg)
-        self.guider.set_cfg(float(scale))
-        sigma = host_sigma(self.model_sampling, t_value).to(x.device)
-        if self.tiles is None:
-            return self._call(x, sigma, t_value, None)
-        tile, stride = self.tiles
-        out = torch.zeros_like(x)
-        count = torch.zeros_like(x, dtype=torch.float32)
-        for y0, y1, x0, x1 in sliding_windows(x.shape[-2], x.shape[-1], tile, stride):
-            weights = torch.tensor(gaussian_weights(x1 - x0, y1 - y0), dtype=x.dtype, device=x.device)
-            out[..., y0:y1, x0:x1] += self._call(x[..., y0:y1, x0:x1], sigma, t_value, (y0, y1, x0, x1)) * weights
-            count[..., y0:y1, x0:x1] += weights
-        return out / count
-
-    def _call(self, x, sigma, t_value, window):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        options = dict(self.model_options)
-        transformer_options = dict(options.get("transformer_options", {}))
-        transformer_options[MODEL_TIMESTEP_KEY] = t_value
-        if window is not None:
-            transformer_options[TILE_KEY] = window
-        options["transformer_options"] = transformer_options
-        c = torch.sqrt(1.0 + sigma**2)
-        x_host = x * c
-        denoised = self.guider(x_host, sigma.expand(x.shape[0]), model_options=options, seed=self.seed).float()
-        eps = (x_host - denoised) / sigma
-        if self.parameterization == "eps":
-            return eps
-        return (eps - sigma * denoised) / c
-
-
-class _OfficialRun(comfy.samplers.Sampler):
-    """The Sampler CFGGuider.sample() runs: hands the guider to the official sampler (see module doc)."""
-
-    def __init__(self, run):
-        self.run = run
-
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
-        return self.run(model_wrap, extra_args, callback, noise)
-
-
-# ----------------------------------------------------------------------------------------- guidance
-
-
-class _Posterior:
-    """The VAE posterior N(mean, exp(logvar)) as the guidance reads it (`mean`, `sample(noise)`)."""
-
-    def __init__(self, moments: torch.Tensor):
-        self.mean, logvar = torch.chunk(moments, 2, dim=1)
-        self.std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
-
-    def sample(self, noise: torch.Tensor) -> torch.Tensor:
-        return self.mean + self.std * noise.to(self.mean)
-
-
-class HostVAE:
-    """encode (posterior of an image in [-1, 1]) / decode (latent -> image in [-1, 1]) over a ComfyUI VAE.
-
-    The VAE is loaded next to the models already in use (the UNet stays loaded). ComfyUI runs prompts in
-    torch.inference_mode, whose weights cannot be back-propagated through: rgb-space guidance decodes with a
-    grad-capable copy of the decoder made once per run.
-    """
-
-    def __init__(self, vae):
-        model = getattr(vae, "first_stage_model", None)
-        if model is None or getattr(model, "regularization", None) is None or getattr(vae, "latent_channels", 4) != 4:
-            raise ValueError("DiffBIR Sampler: restoration guidance needs the SD 2.1 VAE (a 4-channel KL VAE) at "
-                             "the 'vae' input.")
-        self.vae = vae
-        self.model = model
-        self._decoder = None
-
-    def _load(self):
-        loaded = comfy.model_management.loaded_models(only_currently_used=True)
-        comfy.model_management.load_models_gpu([self.vae.patcher] + [m for m in loaded if m is not self.vae.patcher])
-
-    def _input(self, t: torch.Tensor) -> torch.Tensor:
-        return t.to(device=self.vae.device, dtype=self.vae.vae_dtype)
-
-    def encode(self, image: torch.Tensor) -> _Posterior:
-        self._load()
-        captured = {}
-        def keep_moments(module, args, output):
-            captured["z"] = args[0]  # the regulariser's input: the posterior moments (mean, logvar)
-
-        hook = self.model.regularization.register_forward_hook(keep_moments)
-        try:
-            with torch.no_grad():
-                self.model.encode(self._input(image))
-        finally:
-            hook.remove()
-        return _Posterior(captured["z"].float().to(image.device))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        self._load()
-        model = self.model
-        if torch.is_grad_enabled() and any(p.is_inference() for p in model.parameters()):
-            if self._decoder is None:
-                keep = {id(model.encoder): model.encoder}  # the copy shares the (unused) encoder
-                self._decoder = copy.deepcopy(model, memo=keep)
-            model = self._decoder
-        return model.decode(self._input(z)).float().to(z.device)
-
-
-class _GuidanceOutsideInferenceMode(RestorationGuidance):
-    """RestorationGuidance whose gradient steps run outside ComfyUI's inference mode."""
-
-    def __call__(self, x0, model_t, c1, noise):
-        if not self.active(model_t):
-            return x0
-        with torch.inference_mode(False), torch.enable_grad():
-            return super().__call__(x0.clone(), model_t, torch.as_tensor(c1).clone(), noise)
-
-
-# ----------------------------------------------------------------------------------------- conditioning
-
-
-def _controls(control):
-    while control is not None:
-        yield control
-        control = getattr(control, "previous_controlnet", None)
-
-
-def find_control(conditioning) -> DiffBIRControl | None:
-    for _, options in conditioning or []:
-        for control in _controls(options.get("control")):
-            if isinstance(control, DiffBIRControl):
-                return control
-    return None
-
-
-def _replace_condition(conditionings, latent: torch.Tensor):
-    """Copies of the conditionings whose DiffBIR controls carry `latent` (shared objects stay shared)."""
-    memo = {}
-
-    def rebuild(control):
-        if control is None:
-            return None
-        if id(control) in memo:
-            return memo[id(control)]
-        prev = rebuild(control.previous_controlnet)
-        if isinstance(control, DiffBIRControl):
-            new = control.copy().set_condition(latent, control.condition()[1], control.strength,
-                                               control.timestep_percent_range, control.condition_pixels())
-        elif prev is not control.previous_controlnet:
-            new = control.copy()
-        else:
-            new = control
-        if new is not control:
-            new.set_previous_controlnet(prev)
-        memo[id(control)] = new
-        return new
-
-    out = []
-    for conditioning in conditionings:
-        items = []
-        for tensor, options in conditioning:
-            options = options.copy()
-            if "control" in options:
-                options["control"] = rebuild(options["control"])
-            items.append([tensor, options])
-        out.append(items)
-    return out
-
-
-def _fits(latent_px: int, image_px: int) -> bool:
-    return latent_px in (image_px // 8, math.ceil(image_px / 8))
-
-
-# ----------------------------------------------------------------------------------------- the node
-
-_TIP_SAMPLER = (
-    "The official DiffBIR sampler, on its own official timestep grid. v2.1 default: edm_dpm++_3m_sde (10 steps, "
-    "cfg 6). Paper (v2) recipe: spaced (50 steps, cfg 4). spaced/ddim/dpm++_m2 are the DDPM-family samplers; "
-    "edm_* are the k-diffusion solvers on DiffBIR's EDM grid.")
 
 
 class DiffBIRSampler:
@@ -429,7 +121,7 @@ class DiffBIRSampler:
                 "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                                   "tooltip": "Classifier-free guidance scale. Official v2.1 default 6 (README and "
                                              "gradio 8); the paper's v2 recipe uses 4. 1 skips the negative."}),
-                "sampler_name": (list(SAMPLER_NAMES), {"default": DEFAULT_SAMPLER, "tooltip": _TIP_SAMPLER}),
+                "sampler_name": SAMPLER_NAME_INPUT,
                 "rescale_cfg": ("BOOLEAN", {"default": False,
                                             "tooltip": "Official --rescale_cfg: the guidance scale ramps from 1 at "
                                                        "the noisiest step to 1 + cfg at the end (only when cfg > 1)."}),
@@ -481,29 +173,22 @@ class DiffBIRSampler:
                                                                       "mean moves by the gradient (v2.0.0). v1: "
                                                                       "scale as given, mean moved by half the "
                                                                       "gradient per repeat (v1)."}),
-                "s_churn": ("FLOAT", {"default": OFFICIAL_DEFAULTS["s_churn"], "min": 0.0, "max": 100.0, "step": 0.01,
-                                      "tooltip": "edm_euler / edm_heun / edm_dpm_2: churn (official default 0)."}),
-                "s_tmin": ("FLOAT", {"default": OFFICIAL_DEFAULTS["s_tmin"], "min": 0.0, "max": 10000.0, "step": 0.01,
-                                     "tooltip": "Churn applies for s_tmin <= sigma <= s_tmax (official 0)."}),
-                "s_tmax": ("FLOAT", {"default": OFFICIAL_DEFAULTS["s_tmax"], "min": 0.0, "max": 100000.0,
-                                     "step": 0.01, "tooltip": "See s_tmin (official 300)."}),
-                "s_noise": ("FLOAT", {"default": OFFICIAL_DEFAULTS["s_noise"], "min": 0.0, "max": 100.0, "step": 0.01,
-                                      "tooltip": "Noise multiplier of the churn, ancestral and SDE edm_* samplers "
-                                                 "(official 1)."}),
-                "eta": ("FLOAT", {"default": OFFICIAL_DEFAULTS["eta"], "min": 0.0, "max": 100.0, "step": 0.01,
-                                  "tooltip": "Ancestral / SDE edm_* samplers: amount of fresh noise (official 1; 0 "
-                                             "makes them deterministic)."}),
-                "order": ("INT", {"default": OFFICIAL_DEFAULTS["order"], "min": 1, "max": 4,
-                                  "tooltip": "edm_lms: order of the linear multistep (official 1)."}),
+                **SOLVER_SETTING_INPUTS,
+                "tile_plan": TILE_PLAN_INPUT,
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, tile_size=None, tile_stride=None):
+        """Shown before the run (ComfyUI then leaves the min/max check of these two inputs to us)."""
+        return tile_inputs_error(cls, "tile_size", tile_size, "tile_stride", tile_stride, TILE_MULTIPLE) or True
 
     def sample(self, model, positive, negative, seed, steps, cfg, sampler_name, rescale_cfg, start_point, noise_aug,
                tile_size, tile_stride, latent=None, vae=None, guidance="none", guidance_space="latent",
                guidance_scale=0.5, guidance_t_start=1001, guidance_t_stop=-1, guidance_repeat=1, guidance_style="v2",
                s_churn=OFFICIAL_DEFAULTS["s_churn"], s_tmin=OFFICIAL_DEFAULTS["s_tmin"],
                s_tmax=OFFICIAL_DEFAULTS["s_tmax"], s_noise=OFFICIAL_DEFAULTS["s_noise"], eta=OFFICIAL_DEFAULTS["eta"],
-               order=OFFICIAL_DEFAULTS["order"]):
+               order=OFFICIAL_DEFAULTS["order"], tile_plan="manual"):
         steps, noise_aug, tile_size, tile_stride = int(steps), int(noise_aug), int(tile_size), int(tile_stride)
         self._check_settings(steps, cfg, sampler_name, start_point, noise_aug, tile_size, tile_stride, guidance, vae)
         control = find_control(positive)
@@ -517,7 +202,10 @@ class DiffBIRSampler:
                 "without the condition (officially both share it). Connect the negative output of 'LAControlNet "
                 "Apply' too, or set cfg to 1.")
         diffusion = model_diffusion(model)
-        grid = grid_timesteps(sampler_name, diffusion, steps)
+        try:
+            timesteps = grid(sampler_name, diffusion, steps)
+        except ValueError as err:
+            raise ValueError(f"DiffBIR Sampler: {err}.") from None
 
         c_latent, (img_h, img_w) = control.condition()
         b, h, w = self._latent_size(latent, c_latent, img_h, img_w)
@@ -529,65 +217,64 @@ class DiffBIRSampler:
                 f"DiffBIR Sampler: the latent batch ({b}) does not match the {c_img.shape[0]} condition images: give "
                 "LAControlNet Apply one image or as many as the latent batch.")
 
-        tiles = None
-        if tile_size > 0:
-            tile, stride = tile_size // 8, tile_stride // 8
-            if h >= tile and w >= tile:
-                tiles = (tile, stride)
-            else:
-                log.info("DiffBIR Sampler: the image (%dx%d) is smaller than a tile (%d px): sampled whole, as "
-                         "officially.", w * 8, h * 8, tile_size)
-        if tiles is not None and guidance != "none":
-            raise ValueError("DiffBIR Sampler: restoration guidance needs the whole image and does not work with "
-                             "tiled diffusion (as officially): set tile_size to 0 or guidance to none.")
+        auto = check_tile_plan(NODE, tile_plan)
+        if auto:
+            plan = auto_plan(NODE, "diffusion", h * 8, w * 8, model.load_device, model.model_dtype(),
+                             weights_to_load(model.load_device, model, *control.get_models()))
+            tile_size, tile_stride = plan.tile, plan.stride
 
-        # The one noise stream, in the official order: x_T, then the noise_aug draw, then the sampler's draws.
-        noise = noise_source(seed)
-        last_t = len(diffusion.betas) - 1
-        if start_point == "cond":
-            x_T = q_sample(diffusion, c_img, last_t, noise.randn(c_img.shape))
+        def attempt(tile_size, tile_stride):
+            """One sampling run with these tiles: everything from the first noise draw (a retry replays it)."""
+            tiles = self._tiles(tile_size, tile_stride, h, w, clamp=auto)
+            if tiles is not None and guidance != "none":
+                raise ValueError("DiffBIR Sampler: restoration guidance needs the whole image and does not work "
+                                 "with tiled diffusion (as officially): set tile_size to 0 (tile_plan manual) or "
+                                 "guidance to none.")
+
+            noise = noise_source(seed)
+            x_T, c_aug = start_latent(diffusion, c_img, start_point, noise_aug, noise)
+            conds = replace_condition((positive, negative), c_aug) if noise_aug > 0 else (positive, negative)
+
+            restoration = None
+            if guidance != "none":
+                restoration = restoration_guidance(
+                    control.condition_pixels(), vae, b, h, w, guidance, guidance_space, guidance_scale,
+                    guidance_t_start, guidance_t_stop, guidance_repeat, guidance_style)
+
+            ms = model.get_model_object("model_sampling")
+            sigmas = torch.stack([host_sigma(ms, t) for t in timesteps] + [torch.zeros(())])
+            total = len(timesteps)
+            preview = latent_preview.prepare_callback(model, total)
+            settings = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise, "eta": eta,
+                        "order": int(order)}
+            run_fn = get_sampler(sampler_name)
+
+            def run(guider, extra_args, callback, x_start):
+                options = extra_args["model_options"]  # the run's own copy (CFGGuider.inner_sample)
+                add_exact_timestep_wrapper(options)
+                fn = HostModelFunction(guider, guider.inner_model.model_sampling, diffusion.parameterization, cfg=cfg,
+                                       rescale_cfg=rescale_cfg, rescale_any_cfg=rescales_any_cfg(sampler_name),
+                                       tiles=tiles, model_options=options, seed=extra_args.get("seed"))
+
+                def on_step(d):
+                    comfy.model_management.throw_exception_if_processing_interrupted()
+                    if callback is not None:
+                        callback(d["i"], d["denoised"], d["x"], total)
+
+                with torch.no_grad():
+                    return run_fn(fn, x_start, diffusion, steps, noise, callback=on_step, guidance=restoration,
+                                  **settings)
+
+            guider = comfy.samplers.CFGGuider(model)
+            guider.set_conds(*conds)
+            guider.set_cfg(cfg)
+            return guider.sample(x_T, torch.zeros_like(x_T), OfficialRun(run), sigmas, callback=preview,
+                                 disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+
+        if guidance != "none":  # guidance cannot fall back to tiles
+            samples = attempt(tile_size, tile_stride)
         else:
-            x_T = noise.randn((b, 4, h, w))
-        if noise_aug > 0:
-            c_aug = q_sample(diffusion, c_img, noise_aug, noise.randn_like(c_img))
-            positive, negative = _replace_condition((positive, negative), c_aug)
-
-        restoration = None
-        if guidance != "none":
-            restoration = self._guidance(control, vae, b, h, w, guidance, guidance_space, guidance_scale,
-                                         guidance_t_start, guidance_t_stop, guidance_repeat, guidance_style)
-
-        ms = model.get_model_object("model_sampling")
-        sigmas = torch.stack([host_sigma(ms, t) for t in grid] + [torch.zeros(())])
-        total = len(grid)
-        preview = latent_preview.prepare_callback(model, total)
-        settings = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise, "eta": eta,
-                    "order": int(order)}
-        run_fn = get_sampler(sampler_name)
-
-        def run(guider, extra_args, callback, x_start):
-            options = extra_args["model_options"]  # the run's own copy (CFGGuider.inner_sample)
-            comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
-                                                         _EXACT_T_WRAPPER, _exact_timestep, options,
-                                                         is_model_options=True)
-            fn = HostModelFunction(guider, guider.inner_model.model_sampling, diffusion.parameterization, cfg=cfg,
-                                   rescale_cfg=rescale_cfg, rescale_any_cfg=(sampler_name == "dpm++_m2"), tiles=tiles,
-                                   model_options=options, seed=extra_args.get("seed"))
-
-            def on_step(d):
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                if callback is not None:
-                    callback(d["i"], d["denoised"], d["x"], total)
-
-            with torch.no_grad():
-                return run_fn(fn, x_start, diffusion, steps, noise, callback=on_step, guidance=restoration,
-                              **settings)
-
-        guider = comfy.samplers.CFGGuider(model)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
-        samples = guider.sample(x_T, torch.zeros_like(x_T), _OfficialRun(run), sigmas, callback=preview,
-                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+            samples = with_fallback(NODE, "diffusion", attempt, tile_size, tile_stride, h * 8, w * 8)
         return ({"samples": samples.to(comfy.model_management.intermediate_device())},)
 
     # -- checks and helpers --------------------------------------------------------------------------------
@@ -604,22 +291,25 @@ class DiffBIRSampler:
             raise ValueError(f"DiffBIR Sampler: start_point must be 'noise' or 'cond' (got {start_point!r}).")
         if not 0 <= noise_aug <= MAX_NOISE_AUG:
             raise ValueError(f"DiffBIR Sampler: noise_aug must be in 0..{MAX_NOISE_AUG} (got {noise_aug}).")
-        if tile_size:
-            if tile_size < 0 or tile_size % 8:
-                raise ValueError(f"DiffBIR Sampler: tile_size must be 0 (off) or a positive multiple of 8 pixels "
-                                 f"(got {tile_size}); the official default is 512.")
-            if tile_stride < 8 or tile_stride % 8:
-                raise ValueError(f"DiffBIR Sampler: tile_stride must be a positive multiple of 8 pixels (got "
-                                 f"{tile_stride}); the official default is 256.")
-            if tile_stride > tile_size:
-                raise ValueError(f"DiffBIR Sampler: tile_size ({tile_size}) is smaller than tile_stride "
-                                 f"({tile_stride}), which would leave gaps: use a stride of at most the tile size "
-                                 "(official 512 / 256).")
+        check_tile_inputs("DiffBIR Sampler", tile_size, tile_stride, minimum=TILE_MULTIPLE)
         if guidance not in GUIDANCE_LOSSES:
             raise ValueError(f"DiffBIR Sampler: guidance must be one of {GUIDANCE_LOSSES} (got {guidance!r}).")
         if guidance != "none" and vae is None:
             raise ValueError("DiffBIR Sampler: restoration guidance needs the SD 2.1 VAE: connect the 'vae' input "
                              "(the VAE of your checkpoint), or set guidance to none.")
+
+    @staticmethod
+    def _tiles(tile_size, tile_stride, h, w, clamp):
+        """(tile, stride) in latent pixels, or None. An image smaller than a manual tile is sampled whole, as
+        officially; a planned (or retried) tile is clamped to the image like every tile loop does."""
+        if tile_size <= 0:
+            return None
+        tile, stride = tile_size // 8, tile_stride // 8
+        if clamp or (h >= tile and w >= tile):
+            return tile, stride
+        log.info("DiffBIR Sampler: the image (%dx%d) is smaller than a tile (%d px): sampled whole, as officially.",
+                 w * 8, h * 8, tile_size)
+        return None
 
     @staticmethod
     def _latent_size(latent, c_latent, img_h, img_w):
@@ -630,7 +320,7 @@ class DiffBIRSampler:
             raise ValueError(f"DiffBIR Sampler: 'latent' must be an SD latent (B, 4, h, w), got shape "
                              f"{tuple(samples.shape)}.")
         b, _, h, w = samples.shape
-        if not (_fits(h, img_h) and _fits(w, img_w)) or h > c_latent.shape[-2] or w > c_latent.shape[-1]:
+        if not (latent_fits(h, img_h) and latent_fits(w, img_w)) or h > c_latent.shape[-2] or w > c_latent.shape[-1]:
             raise ValueError(
                 f"DiffBIR Sampler: 'latent' is {w}x{h} ({w * 8}x{h * 8} pixels) but the condition image is {img_w}x"
                 f"{img_h} pixels. Leave 'latent' unconnected (the size then comes from the condition), or give an "
@@ -639,144 +329,6 @@ class DiffBIRSampler:
             log.warning("DiffBIR Sampler: the latent's noise_mask is ignored (DiffBIR restores the whole image).")
         return b, h, w
 
-    @staticmethod
-    def _guidance(control, vae, b, h, w, loss, space, scale, t_start, t_stop, repeat, style):
-        image = control.condition_pixels()
-        if image is None:
-            raise ValueError("DiffBIR Sampler: restoration guidance needs the stage-1 image, but the ControlNet "
-                             "carries only its latent: attach it with 'LAControlNet Apply'.")
-        target = image[..., :3].movedim(-1, 1).float()
-        pad_h, pad_w = h * 8 - target.shape[-2], w * 8 - target.shape[-1]
-        target = F.pad(target, (0, max(pad_w, 0), 0, max(pad_h, 0)))[..., : h * 8, : w * 8]
-        if target.shape[0] == 1 and b > 1:
-            target = target.expand(b, -1, -1, -1)
-        guide = _GuidanceOutsideInferenceMode.official(
-            HostVAE(vae), None, "v1" if style == "v1" else "v2", float(scale), loss=loss, space=space,
-            t_start=int(t_start), t_stop=int(t_stop), repeat=int(repeat))
-        guide.set_target(target.clone())
-        return guide
 
-
-# ----------------------------------------------------------------------------------------- KSAMPLER registration
-
-
-def _model_patcher_of(model):
-    """The ModelPatcher behind the model a KSAMPLER function gets (KSamplerX0Inpaint -> CFGGuider)."""
-    for _ in range(4):
-        patcher = getattr(model, "model_patcher", None)
-        if patcher is not None:
-            return patcher
-        model = getattr(model, "inner_model", None)
-        if model is None:
-            break
-    raise ValueError("DiffBIR KSAMPLER: cannot find the MODEL behind the sampler's model function")
-
-
-def _continuing_stream(seed, x: torch.Tensor) -> NoiseSource | None:
-    """The seeded CPU stream after the host's initial noise: stock noise is the first randn(shape) of that seed."""
-    if seed is None:
-        return None
-    source = GeneratorNoise(int(seed))
-    source.randn(x.shape)
-    return source
-
-
-def make_ksampler_function(official: str, **settings):
-    """The KSAMPLER function for `official` (see the module doc for what it preserves)."""
-    core = ksampler_function(official, **settings)
-    ddpm = official in DDPM_FAMILY
-
-    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-        extra_args = {} if extra_args is None else extra_args
-        options.setdefault("noise", _continuing_stream(extra_args.get("seed"), x))
-        if ddpm:
-            patcher = _model_patcher_of(model)
-            ms = patcher.get_model_object("model_sampling")
-            if float(sigmas[0]) < float(ms.sigma_max) * (1 - 1e-5):
-                raise ValueError(
-                    f"{ksampler_name(official)} always runs its full official grid from pure noise; it cannot "
-                    "start part-way (denoise < 1, start_at_step > 0). Use a full schedule, or an edm sampler.")
-            prediction, zsnr = model_sampling_kind(patcher)
-            if prediction not in ("eps", "v"):
-                raise ValueError(f"{ksampler_name(official)} needs a discrete eps- or v-prediction SD MODEL.")
-            options["alphas_cumprod"] = diffusion_for_sampling(ms, prediction, zsnr).alphas_cumprod
-        return core(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **options)
-
-    sample.__name__ = f"sample_{ksampler_name(official)}"
-    sample.__doc__ = f"DiffBIR's official {official} as a ComfyUI KSAMPLER function."
-    return sample
-
-
-def official_ksampler(official: str, **settings) -> comfy.samplers.KSAMPLER:
-    """A ComfyUI SAMPLER running DiffBIR's `official` sampler (settings: the official EDM extras)."""
-    return comfy.samplers.KSAMPLER(make_ksampler_function(official, **settings))
-
-
-def register_ksamplers() -> list[str]:
-    """Add the diffbir_* samplers to ComfyUI's sampler lists (KSampler, KSamplerSelect); returns the new names.
-
-    ComfyUI resolves a sampler name as ``comfy.k_diffusion.sampling.sample_<name>`` (``comfy.samplers.ksampler``)
-    and lists ``comfy.samplers.KSAMPLER_NAMES`` / ``SAMPLER_NAMES`` (``KSampler.SAMPLERS`` is the same list), so a
-    function is added there under that name and the names are appended in place. Idempotent; names already
-    taken are left alone. Each uses the official default settings (the Select node exposes them).
-    """
-    import comfy.k_diffusion.sampling as k_sampling
-
-    added = []
-    for name, official in KSAMPLER_NAMES.items():
-        attr = f"sample_{name}"
-        if getattr(k_sampling, attr, None) is None:
-            setattr(k_sampling, attr, make_ksampler_function(official))
-        for names in (comfy.samplers.KSAMPLER_NAMES, comfy.samplers.SAMPLER_NAMES):
-            if name not in names:
-                names.append(name)
-                added.append(name)
-    return sorted(set(added))
-
-
-class DiffBIRSamplerSelect:
-    DESCRIPTION = (
-        "One of DiffBIR's official samplers as a SAMPLER for the stock SamplerCustom / SamplerCustomAdvanced. "
-        "They use the scheduler's sigmas: the edm_* solvers step on them (not on DiffBIR's EDM grid), spaced, ddim "
-        "and dpm++_m2 run their own official grid with as many steps as the sigmas have. For the official grids "
-        "use the DiffBIR Sampler node. (The same samplers appear as diffbir_* in the stock sampler lists, with the "
-        "official default settings.)")
-    CATEGORY = "DiffBIR"
-    FUNCTION = "get_sampler"
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("The sampler, for SamplerCustom's 'sampler' input.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        extras = DiffBIRSampler.INPUT_TYPES()["optional"]
-        return {
-            "required": {
-                "sampler_name": (list(SAMPLER_NAMES), {"default": DEFAULT_SAMPLER, "tooltip": _TIP_SAMPLER}),
-                **{k: extras[k] for k in ("s_churn", "s_tmin", "s_tmax", "s_noise", "eta", "order")},
-            },
-        }
-
-    def get_sampler(self, sampler_name, s_churn, s_tmin, s_tmax, s_noise, eta, order):
-        if sampler_name not in SAMPLER_NAMES:
-            raise ValueError(f"DiffBIR Sampler Select: unknown sampler_name {sampler_name!r}; choose one of "
-                             f"{', '.join(SAMPLER_NAMES)}.")
-        settings = {}
-        if sampler_name in EDM_FAMILY:
-            reads = SOLVERS[sampler_name[len("edm_"):]][1]
-            given = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise, "eta": eta,
-                     "order": int(order)}
-            settings = {k: v for k, v in given.items() if k in reads}
-        return (official_ksampler(sampler_name, **settings),)
-
-
-try:
-    REGISTERED_KSAMPLERS = register_ksamplers()
-except (AttributeError, ImportError, TypeError) as err:  # an unexpected ComfyUI: the nodes still work, only the stock lists miss our names
-    REGISTERED_KSAMPLERS = []
-    log.warning("DiffBIR: could not add the diffbir_* samplers to ComfyUI's sampler lists (%s); use the "
-                "'DiffBIR Sampler Select' node instead.", err)
-
-
-NODE_CLASS_MAPPINGS = {"DiffBIRSampler": DiffBIRSampler, "DiffBIRSamplerSelect": DiffBIRSamplerSelect}
-NODE_DISPLAY_NAME_MAPPINGS = {"DiffBIRSampler": "DiffBIR Sampler", "DiffBIRSamplerSelect": "DiffBIR Sampler Select"}
+NODE_CLASS_MAPPINGS = {"DiffBIRSampler": DiffBIRSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"DiffBIRSampler": "DiffBIR Sampler"}

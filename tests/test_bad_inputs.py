@@ -1,6 +1,6 @@
 """Nothing bad gets in: hostile checkpoints and a matrix of bad inputs, in a real ComfyUI (tests/comfy_host.py).
 
-* Hostile checkpoint files (the core-level payloads of test_safe_loading.py) placed in models/diffbir and selected
+* Hostile checkpoint files (the core-level payloads of test_core_checkpoint.py) placed in models/diffbir and selected
   in Load DiffBIR Models: the prompt fails with a clear message, runs nothing from the file, and the host runs the
   next normal prompt.
 * ``MATRIX``: one row per bad input a demanding user can hit. A row runs a graph through the host (``host``

@@ -30,9 +30,10 @@ import torch
 from safetensors.torch import load_file
 
 from diffbir_cli import cli as cli_mod
+from diffbir_cli import mirrors
 from diffbir_cli import workflow as wfl
-from diffbir_core.download import LOCK_FILE_NAME
-from diffbir_core.weights import CATALOGUE
+from diffbir_cli.lockfile import LOCK_FILE_NAME
+from diffbir_cli.weights import CATALOGUE, files_needed
 from tiny_models import TINY_SD21_NAME, write_tiny_controlnet, write_tiny_sd21
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ TINY_RUN = ["--workflow", "v2.1-sr", "--steps", "1", "--upscale", "2",
 
 
 def cli(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if k not in (cli_mod.MIRROR_ENV, cli_mod.PRELOAD_ENV)}
+    full = {k: v for k, v in os.environ.items() if k not in (mirrors.MIRROR_ENV, cli_mod.PRELOAD_ENV)}
     full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
     full["OMP_NUM_THREADS"] = "1"  # tiny networks on a shared CPU: one thread is faster
     full.update(env or {})
@@ -212,10 +213,10 @@ def test_set_finds_nodes_by_id_title_or_type_and_names_what_is_wrong():
         with pytest.raises(wfl.WorkflowError, match=needle):
             wfl.set_input(api, *args, info.__getitem__)
     assert wfl.parse_set("Load Checkpoint v1.2.ckpt_name=a=b.ckpt") == ("Load Checkpoint v1.2", "ckpt_name", "a=b.ckpt")
-    mirrors = cli_mod.mirror_map("huggingface.co=http://127.0.0.1:9/hf/, http://127.0.0.1:9")
-    assert cli_mod.mirror_url(CATALOGUE["v2.pth"].url, mirrors) == \
+    hosts = mirrors.mirror_map("huggingface.co=http://127.0.0.1:9/hf/, http://127.0.0.1:9")
+    assert mirrors.mirror_url(CATALOGUE["v2.pth"].url, hosts) == \
         "http://127.0.0.1:9/hf/lxq007/DiffBIR-v2/resolve/main/v2.pth"
-    assert cli_mod.mirror_url(CATALOGUE["BSRNet.pth"].url, mirrors) == \
+    assert mirrors.mirror_url(CATALOGUE["BSRNet.pth"].url, hosts) == \
         "http://127.0.0.1:9/cszn/KAIR/releases/download/v1.0/BSRNet.pth"
 
 
@@ -231,6 +232,17 @@ def test_steps_and_seed_reach_the_diffbir_sampler_of_the_shipped_workflows():
         assert wfl.set_by_type(api, wfl.STEPS_INPUTS, 3, "--steps") == [sampler]
         assert wfl.set_by_type(api, wfl.SEED_INPUTS, 7, "--seed") == [sampler]
         assert api[sampler]["inputs"] == {"steps": 3, "seed": 7}
+
+
+def test_steps_and_seed_reach_the_stock_custom_sampling_graph():
+    """In the SamplerCustomAdvanced workflow the step count lives on BasicScheduler and the seed on RandomNoise."""
+    wf = json.loads((REPO / "workflows" / "diffbir_v2.1_sampler_select.json").read_text(encoding="utf-8"))
+    api = {str(n["id"]): {"class_type": n["type"], "inputs": {}} for n in wf["nodes"]}
+    (scheduler,) = [i for i, n in api.items() if n["class_type"] == "BasicScheduler"]
+    (noise,) = [i for i, n in api.items() if n["class_type"] == "RandomNoise"]
+    assert wfl.set_by_type(api, wfl.STEPS_INPUTS, 3, "--steps") == [scheduler]
+    assert wfl.set_by_type(api, wfl.SEED_INPUTS, 7, "--seed") == [noise]
+    assert (api[scheduler]["inputs"], api[noise]["inputs"]) == ({"steps": 3}, {"noise_seed": 7})
 
 # ------------------------------------------------------------------------------------------------ download
 
@@ -261,7 +273,7 @@ def test_download_subcommand_against_a_local_mirror(tmp_path, mirror, payloads):
     recorded = lock_path.read_text()
     before = len(mirror.requests)
     proc = cli("download", "BSRNet.pth", "face_swinir_v1.ckpt", "scunet_color_real_psnr.pth", "v2.pth",
-               "--models", models, env={cli_mod.MIRROR_ENV: mirror.base})
+               "--models", models, env={mirrors.MIRROR_ENV: mirror.base})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "BSRNet.pth: present" in proc.stdout and "matches the lock file" in proc.stdout
     assert bsr not in [p for p, _ in mirror.requests[before:]]
@@ -334,3 +346,98 @@ def test_restore_a_folder_downloading_missing_weights(tmp_path, cli_models, mirr
     assert len(reused) == 2 and reused[0].endswith("nothing")
     for node in ("2 DiffBIRLoadModels", "4 CheckpointLoaderSimple"):  # models loaded once, for the first image
         assert node in reused[1]
+
+
+# ------------------------------------------------------------------------------------------------ faces
+
+
+def test_upscale_reaches_the_photo_and_the_detector_not_the_face_crops():
+    """In the unaligned-face workflow --upscale is the photo's: background Stage1 and Face Detect & Align change
+    together (Paste Back needs them equal); the Stage1 restoring the aligned crops stays at 1."""
+    wf = json.loads((REPO / "workflows" / "diffbir_v2.1_unaligned_face.json").read_text(encoding="utf-8"))
+    api = {str(n["id"]): {"class_type": n["type"], "inputs": {}} for n in wf["nodes"]}
+    for src, _, dst, slot in ((link[1], link[2], link[3], link[4]) for link in wf["links"]):
+        node = next(n for n in wf["nodes"] if n["id"] == dst)
+        api[str(dst)]["inputs"][node["inputs"][slot]["name"]] = [str(src), 0]
+    (face_stage1,) = [i for i, n in api.items() if n["class_type"] == "DiffBIRStage1Restore"
+                      and api[n["inputs"]["image"][0]]["class_type"] == "DiffBIRFaceDetectAlign"]
+    api[face_stage1]["inputs"]["upscale"] = 1.0
+    ids = wfl.set_upscale(api, 4.0)
+    assert sorted(api[i]["class_type"] for i in ids) == ["DiffBIRFaceDetectAlign", "DiffBIRStage1Restore"]
+    assert all(api[i]["inputs"]["upscale"] == 4.0 for i in ids) and api[face_stage1]["inputs"]["upscale"] == 1.0
+
+
+def test_the_face_workflow_downloads_the_detector_into_facedetection():
+    graph = wfl.load_json(wfl.resolve("v2.1-unaligned-face").path)
+    needed = {e.name: e.folder for e in files_needed(wfl.string_values(graph))}
+    assert needed == {"realesrgan_s4_swinir_100k.pth": "diffbir", "face_swinir_v1.ckpt": "diffbir",
+                      "DiffBIR_v2.1.pt": "diffbir", "sd2.1-base-zsnr-laionaes5.ckpt": "checkpoints",
+                      "detection_Resnet50_Final.pth": "facedetection"}
+    assert CATALOGUE["detection_Resnet50_Final.pth"].url == \
+        "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth"
+
+
+def test_restore_faces_in_a_whole_photo(tmp_path, comfy_host, comfy_models_dir, monkeypatch, one_thread):
+    """`restore --workflow v2.1-unaligned-face` end to end (in this process, on the booted host) with tiny models;
+    a detector double decides where the face is."""
+    from PIL import Image
+
+    from tiny_models import face_node_module, one_face, tiny_sd21_checkpoint, write_tiny_retinaface, write_tiny_stage1
+
+    sd = tiny_sd21_checkpoint(comfy_models_dir)
+    write_tiny_stage1(comfy_models_dir / "diffbir" / "tiny_cli_bg.safetensors", "swinir")
+    write_tiny_stage1(comfy_models_dir / "diffbir" / "tiny_cli_face.safetensors", "swinir")
+    write_tiny_controlnet(comfy_models_dir / "diffbir" / TINY_CONTROLNET, "v2.1")
+    (comfy_models_dir / "facedetection").mkdir(exist_ok=True)
+    write_tiny_retinaface(comfy_models_dir / "facedetection" / "tiny_cli_detector.safetensors", "resnet50")
+    seen = []
+    monkeypatch.setattr(face_node_module(), "detect_faces", lambda net, image, *a: seen.append(image.shape) or
+                        one_face(net, image))
+    photo, out = tmp_path / "family.png", tmp_path / "out"
+    Image.effect_noise((48, 40), 60).convert("RGB").save(photo)
+    sets = {"2.stage1_name": "tiny_cli_bg.safetensors", "2.controlnet_name": TINY_CONTROLNET,
+            "12.stage1_name": "tiny_cli_face.safetensors", "3.ckpt_name": sd,
+            "13.detector_name": "tiny_cli_detector.safetensors", "13.face_size": "64",
+            "6.min_short_edge": "64", "15.min_short_edge": "64"}
+    argv = ["restore", str(photo), "--workflow", "v2.1-unaligned-face", "--out", str(out), "--steps", "1",
+            "--upscale", "2", "--offline", "--models", str(comfy_host.models_dir)]
+    for key, value in sets.items():
+        argv += ["--set", f"{key}={value}"]
+    assert cli_mod.main(argv) == 0
+    assert seen == [(3, 80, 96)]  # the detector saw the photo upscaled x 2
+    with Image.open(out / "family.png") as img:
+        assert img.size == (96, 80)  # the photo x 2, faces pasted in
+
+
+def test_a_bad_weight_file_is_one_sentence_and_leaves_no_output_folder(tmp_path, cli_models):
+    """A stage-1 file that is no checkpoint fails in its loader node: one line naming the node and the error
+    class (not ComfyUI's temporary module path), ComfyUI's traceback only with --debug, no empty --out left."""
+    from PIL import Image
+
+    models, out = tmp_path / "models", tmp_path / "out"
+    for sub in ("checkpoints", "diffbir"):
+        (models / sub).mkdir(parents=True)
+        for f in (cli_models / sub).iterdir():
+            (models / sub / f.name).symlink_to(f.resolve())
+    stage1 = models / "diffbir" / "realesrgan_s4_swinir_100k.pth"
+    stage1.unlink(missing_ok=True)
+    stage1.write_bytes(b"<html>sign in to download</html>")
+    png = tmp_path / "in.png"
+    Image.effect_noise((32, 32), 60).convert("RGB").save(png)
+    env = {cli_mod.PRELOAD_ENV: "tiny_models:register_tiny_sd21"}
+    args = ("restore", png, "--out", out, "--models", models, "--offline", *TINY_RUN[:-1])
+
+    line = error_line(cli(*args, env=env), 1)
+    assert re.match(r"error: DiffBIRLoadModels \(node 2\) failed: \w+Error: .*realesrgan_s4_swinir_100k\.pth", line)
+    assert "/" not in line.split(" failed: ", 1)[1].split(":", 1)[0]  # a bare class name
+    assert "--debug" in line and not out.exists()
+
+    debug = cli(*args, "--debug", env=env)
+    assert debug.returncode == 1 and "ComfyUI's traceback:" in debug.stderr and not out.exists()
+    assert debug.stderr.strip().splitlines()[-1].startswith("error: DiffBIRLoadModels (node 2) failed: ")
+
+
+def test_max_memory_is_read_before_the_start(tmp_path):
+    """--max-memory reaches the nodes' planner as DIFFBIR_MAX_MEMORY; a size it cannot read is a usage error."""
+    line = error_line(cli("restore", tmp_path / "x.png", "--out", tmp_path / "out", "--max-memory", "lots"), 2)
+    assert "--max-memory: cannot read 'lots' as a memory size; write e.g. 6GB" in line

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import inspect
 import math
 import shutil
 import sys
@@ -24,6 +23,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from comfy_host import node_output
 from random_checkpoints import manifest_shapes
 
 SIZE = 256
@@ -54,13 +54,6 @@ def random_weights(shapes: dict[str, list[int]], seed: int) -> dict[str, torch.T
             t = torch.ones(shape, dtype=torch.float16)
         out[key] = t
     return out
-
-
-def node_output(comfy_host, node_id, index=0):
-    entry = comfy_host.executor.caches.outputs.get(node_id)
-    if inspect.isawaitable(entry):
-        entry = comfy_host.loop.run_until_complete(entry)
-    return getattr(entry, "outputs", entry)[index][0]
 
 
 def release(comfy_host):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import sys
 import uuid
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import comfy_host as ch
 import pytest
 import torch
+from comfy_host import node_output, saved_images
 from tiny_models import (
     TINY_SD21_NAME,
     tiny_sd21_checkpoint,
@@ -57,19 +57,8 @@ def files(comfy_host, comfy_models_dir):
         (comfy_models_dir / "diffbir" / name).unlink(missing_ok=True)
 
 
-def output(host, node_id, index=0):
-    entry = host.executor.caches.outputs.get(node_id)
-    if inspect.isawaitable(entry):
-        entry = host.loop.run_until_complete(entry)
-    return getattr(entry, "outputs", entry)[index][0]
-
-
 def load_counts(host):
     return dict(sys.modules[host.node_classes["DiffBIRLoadModels"].__module__].LOAD_COUNTS)
-
-
-def saved(host, prefix):
-    return sorted(p.name for p in host.output_dir.glob(f"{prefix}_*.png"))
 
 
 def digest(state_dict) -> dict[str, str]:
@@ -106,9 +95,9 @@ def test_cancel_during_stage1_tiles_keeps_models_and_saves_nothing(comfy_host, f
     prefix = f"isolation_cancel_{uuid.uuid4().hex[:6]}"
     prompt = stage1_prompt(files, prefix)
     comfy_host.run(prompt)  # reference, uninterrupted (loads the network)
-    reference = output(comfy_host, "S").clone()
-    first_saved = saved(comfy_host, prefix)
-    stage1 = output(comfy_host, "L")
+    reference = node_output(comfy_host, "S").clone()
+    first_saved = saved_images(comfy_host, prefix)
+    stage1 = node_output(comfy_host, "L")
     weights, loads = digest(stage1.patcher.model.state_dict()), load_counts(comfy_host)
 
     updates = []
@@ -125,13 +114,13 @@ def test_cancel_during_stage1_tiles_keeps_models_and_saves_nothing(comfy_host, f
     monkeypatch.undo()
     assert updates == [(1, 9)]  # 128x128 (64x64 x2) in 64-px tiles, stride 32: 3 x 3 tiles; stopped after one
     assert not mm.processing_interrupted()
-    assert saved(comfy_host, prefix) == first_saved  # nothing written by the cancelled run
+    assert saved_images(comfy_host, prefix) == first_saved  # nothing written by the cancelled run
     assert digest(stage1.patcher.model.state_dict()) == weights and load_counts(comfy_host) == loads
 
     comfy_host.run(prompt)  # the next prompt runs normally, on the same loaded network
-    assert output(comfy_host, "L") is stage1 and load_counts(comfy_host) == loads
-    assert torch.equal(output(comfy_host, "S"), reference)
-    assert len(saved(comfy_host, prefix)) == len(first_saved) + 1
+    assert node_output(comfy_host, "L") is stage1 and load_counts(comfy_host) == loads
+    assert torch.equal(node_output(comfy_host, "S"), reference)
+    assert len(saved_images(comfy_host, prefix)) == len(first_saved) + 1
 
 
 def test_cancel_between_degrade_images(comfy_host, files, monkeypatch):
@@ -158,9 +147,9 @@ def test_cancel_between_degrade_images(comfy_host, files, monkeypatch):
     with pytest.raises(ch.PromptExecutionError, match="execution_interrupted"):
         comfy_host.run(prompt)
     monkeypatch.undo()
-    assert calls == [4] and not mm.processing_interrupted() and saved(comfy_host, prefix) == []
+    assert calls == [4] and not mm.processing_interrupted() and saved_images(comfy_host, prefix) == []
     comfy_host.run(prompt)
-    assert output(comfy_host, "D").shape == (3, 64, 64, 3) and len(saved(comfy_host, prefix)) == 3
+    assert node_output(comfy_host, "D").shape == (3, 64, 64, 3) and len(saved_images(comfy_host, prefix)) == 3
 
 
 # ------------------------------------------------------------------------------------------------ isolation
@@ -208,9 +197,9 @@ def inputs_only(prompt):
 
 
 def snapshot(host):
-    model, clip, vae = (output(host, "C", i) for i in range(3))
-    stage1, control = output(host, "L", 0), output(host, "L", 1)
-    conds = [output(host, k) for k in ("p", "n")]
+    model, clip, vae = (node_output(host, "C", i) for i in range(3))
+    stage1, control = node_output(host, "L", 0), node_output(host, "L", 1)
+    conds = [node_output(host, k) for k in ("p", "n")]
     return {
         # The UNet's weights. model.model's other attributes (model_sampling) are shared by every clone and
         # hold the object patches of whichever clone ComfyUI loaded last (here the v2.1 clone that LAControlNet
@@ -230,19 +219,19 @@ def snapshot(host):
                        control.timestep_percent_range, control.previous_controlnet, control.control_scales,
                        digest(control.control_model.state_dict())),
         "stage1 weights": digest(stage1.patcher.model.state_dict()),
-        "image": digest({"i": output(host, "I")}),
+        "image": digest({"i": node_output(host, "I")}),
     }
 
 
 def test_full_graph_leaves_its_inputs_untouched(comfy_host, files):
     prompt = full_prompt(files, f"isolation_full_{uuid.uuid4().hex[:6]}")
     comfy_host.run(inputs_only(prompt))  # runs and caches the loaders and encoders only
-    objects = [output(comfy_host, k, i) for k, i in (("C", 0), ("C", 1), ("C", 2), ("L", 0), ("L", 1), ("p", 0))]
+    objects = [node_output(comfy_host, k, i) for k, i in (("C", 0), ("C", 1), ("C", 2), ("L", 0), ("L", 1), ("p", 0))]
     before = snapshot(comfy_host)
 
     outputs = comfy_host.run(prompt, keep_cache=True)  # the full graph on those very objects
     assert "PSNR" in outputs["Mout"]["text"][0]
-    assert [output(comfy_host, k, i) for k, i in (("C", 0), ("C", 1), ("C", 2), ("L", 0), ("L", 1), ("p", 0))] \
+    assert [node_output(comfy_host, k, i) for k, i in (("C", 0), ("C", 1), ("C", 2), ("L", 0), ("L", 1), ("p", 0))] \
         == objects  # same objects (cached), so the graph really received them
     after = snapshot(comfy_host)
     assert after.keys() == before.keys()
@@ -253,7 +242,7 @@ def test_full_graph_leaves_its_inputs_untouched(comfy_host, files):
 
 def run_final(host, prompt):
     host.run(prompt)
-    return output(host, "F").clone(), output(host, "D").clone()
+    return node_output(host, "F").clone(), node_output(host, "D").clone()
 
 
 def test_identical_prompts_are_bit_identical_and_seeds_matter(comfy_host, files):
@@ -261,7 +250,7 @@ def test_identical_prompts_are_bit_identical_and_seeds_matter(comfy_host, files)
     first, lq = run_final(comfy_host, full_prompt(files, prefix))
     again, lq_again = run_final(comfy_host, full_prompt(files, prefix))  # executor cache dropped in between
     assert torch.equal(first, again) and torch.equal(lq, lq_again)
-    pngs = saved(comfy_host, prefix)
+    pngs = saved_images(comfy_host, prefix)
     assert len(pngs) == 2
     assert (comfy_host.output_dir / pngs[0]).read_bytes() == (comfy_host.output_dir / pngs[1]).read_bytes()
 

@@ -11,11 +11,9 @@ DiffBIRControl that the stock samplers drive.
 
 import copy
 import inspect
-import json
 import logging
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,14 +22,15 @@ from safetensors.torch import load_file
 
 from diffbir_core.arch import controlnet as controlnet_arch
 from diffbir_core.checkpoint import save_safetensors
-from tiny_models import TINY_CLIP, TINY_SD21_NAME, tiny_sd21_checkpoint, write_tiny_controlnet
+from comfy_host import node_module, node_output
+from tiny_models import TINY_CLIP, TINY_CONTROLNETS, TINY_SD21_NAME
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 ATOL = RTOL = 1e-4
 
 TINY_CKPT = TINY_SD21_NAME  # the tiny SD 2.1 (eps, like SD 2.1-base)
 # The golden small ControlNet: it fits the tiny SD 2.1's UNet (12 input blocks, 32 channels).
-TINY_CN = {"v2.1": "tiny_controlnet_v2.1.safetensors", "v2": "tiny_controlnet_v2.safetensors"}
+TINY_CN = TINY_CONTROLNETS
 # A ControlNet for another UNet shape (4 input blocks, 64 channels): the wrong-UNet error and the v1 full file.
 OTHER_CN_CONFIG = {"image_size": 32, "in_channels": 4, "hint_channels": 4, "model_channels": 64,
                    "attention_resolutions": [1, 2], "num_res_blocks": 1, "channel_mult": [1, 1],
@@ -65,19 +64,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftes
 
 
 @pytest.fixture(scope="module")
-def golden_weights():
-    return load_file(GOLDEN / "cldm_weights.safetensors"), json.loads((GOLDEN / "cldm_weights.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def model_files(comfy_host, comfy_models_dir):
-    """Writes the module's model files once: the tiny SD 2.1, the golden small ControlNet as a v2.1 and a v2
-    file, a ControlNet for another UNet shape and a BSRNet file for the wrong-slot test."""
-    assert tiny_sd21_checkpoint(comfy_models_dir) == TINY_CKPT
-    diffbir = comfy_models_dir / "diffbir"
-    for version, name in TINY_CN.items():
-        write_tiny_controlnet(diffbir / name, version)
-
+def model_files(model_files):
+    """The session's tiny models (conftest.model_files) plus this module's: a ControlNet for another UNet shape
+    and a BSRNet file for the wrong-slot test."""
+    diffbir = model_files / "diffbir"
     bsr = load_file(GOLDEN / "bsrnet.safetensors")
     save_safetensors({k[2:]: v for k, v in bsr.items() if k.startswith("w.")}, diffbir / "golden_bsrnet.safetensors")
 
@@ -85,8 +75,7 @@ def model_files(comfy_host, comfy_models_dir):
         other = controlnet_arch.build(OTHER_CN_CONFIG)
     save_safetensors(random_state_dict(other, 3), diffbir / OTHER_CN,
                      {"diffbir_kind": "controlnet", "diffbir_version": "v2"})
-    comfy_host.refresh_models()
-    return comfy_models_dir
+    return model_files
 
 
 def encode(clip, text):
@@ -96,30 +85,12 @@ def encode(clip, text):
     return nodes.CLIPTextEncode().encode(clip, text)[0]
 
 
-def node_module(comfy_host, name):
-    """One of our nodes/ modules as ComfyUI imported it (its package name depends on the host)."""
-    package = comfy_host.node_classes["DiffBIRLoadModels"].__module__.rsplit(".", 1)[0]
-    return sys.modules[f"{package}.{name}"]
-
-
 def load_models_node(comfy_host, controlnet_name, stage1_name="none", dtype="auto"):
     return comfy_host.node_classes["DiffBIRLoadModels"]().load(stage1_name, controlnet_name, dtype)
 
 
-# ------------------------------------------------------------------------------------------ registration
-
-
-@pytest.mark.parametrize("class_name, display", [("DiffBIRLoadModels", "Load DiffBIR Models"),
-                                                 ("DiffBIRLAControlNetApply", "LAControlNet Apply")])
-def test_node_registration(comfy_host, class_name, display):
-    info = comfy_host.node_info(class_name)
-    assert info["display_name"] == display
-    assert info["category"] == "DiffBIR"
-    assert len(info["description"]) > 80
-    inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
-    for name, spec in inputs.items():
-        assert len(spec) > 1 and spec[1].get("tooltip"), f"{class_name}.{name} has no tooltip"
-    assert len(info["output_tooltips"]) == len(info["output"])
+# ------------------------------------------------------------------------------------------ loading
+# (registration, display names and tooltips of every node: test_nodes_registry.py)
 
 
 def test_loader_lists_folders_with_prefixes(comfy_host, model_files):
@@ -153,22 +124,11 @@ def test_loader_lists_folders_with_prefixes(comfy_host, model_files):
 # ------------------------------------------------------------------------------------------ parity
 
 
-def test_host_unet_with_diffbir_control_matches_official(comfy_host, model_files, golden_weights):
-    import comfy.model_detection
+def test_host_unet_with_diffbir_control_matches_official(comfy_host, model_files, golden_host_unet):
     import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.supported_models
 
-    weights, cfg = golden_weights
-    unet_sd = {k[len("unet."):]: v for k, v in weights.items() if k.startswith("unet.")}
-    unet_config = comfy.model_detection.detect_unet_config(unet_sd, "")
-    model_config = comfy.supported_models.SD20(unet_config)
-    model_config.unet_config["num_head_channels"] = cfg["unet_cfg"]["num_head_channels"]  # not in any shape
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model(unet_sd, "")
-    model.load_model_weights(unet_sd, "")
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                               offload_device=mm.unet_offload_device())
+    patcher = golden_host_unet()
+    model = patcher.model
 
     control, info = load_models_node(comfy_host, TINY_CN["v2.1"], dtype="fp32")[1::4]
     assert "version v2.1" in info and control.version == "v2.1" and control.num_controls == 13
@@ -214,12 +174,8 @@ def test_host_unet_with_diffbir_control_matches_official(comfy_host, model_files
         c.cleanup()
 
 
-def test_condition_latent_matches_official(comfy_host, model_files, golden_weights):
-    import comfy.sd
-
-    weights, cfg = golden_weights
-    vae = comfy.sd.VAE(sd={k[4:]: v for k, v in weights.items() if k.startswith("vae.")},
-                       config={"params": cfg["vae_cfg"]})
+def test_condition_latent_matches_official(comfy_host, model_files, golden_host_vae):
+    vae = golden_host_vae
     s = load_file(GOLDEN / "sample_spaced5_v21_cfg1.safetensors")
     control = load_models_node(comfy_host, TINY_CN["v2.1"], dtype="fp32")[1]
     apply = comfy_host.node_classes["DiffBIRLAControlNetApply"]()
@@ -276,14 +232,6 @@ def sampler_graph(strength=1.0, controlnet=TINY_CN["v2.1"]):
         "12": {"class_type": "PreviewAny", "inputs": {"source": ["7", 0]}},
         "13": {"class_type": "PreviewAny", "inputs": {"source": ["10", 0]}},
     }
-
-
-def node_output(comfy_host, node_id, index=0):
-    """A node's output value from the executor's output cache (kept until the next prompt)."""
-    entry = comfy_host.executor.caches.outputs.get(node_id)
-    if inspect.isawaitable(entry):  # newer ComfyUI: async caches
-        entry = comfy_host.loop.run_until_complete(entry)
-    return getattr(entry, "outputs", entry)[index][0]
 
 
 def run_latents(comfy_host, prompt):
@@ -440,6 +388,42 @@ def test_stock_apply_controlnet_node_encodes_lazily(comfy_host, model_files):
     with pytest.raises(ValueError, match=r"fits an SD 2.1 UNet \(4 input blocks, 64 channels\).*12 input blocks "
                                          r"and 32 channels"):
         nodes.common_ksampler(model, 5, 1, 2.0, "euler", "normal", misfit[0], misfit[1], latent)
+
+
+# ------------------------------------------------------------------------------------------ host versions
+
+
+def test_control_class_fits_this_hosts_control_base(comfy_host, model_files):
+    """DiffBIRControl against the ControlBase of the running ComfyUI (0.3.75, 0.33.0, ...): every method we
+    override takes each argument the host's own method takes, by name; a multi-GPU deep clone (newer hosts)
+    owns a copy of the network in its own patcher and registers where the host keeps such clones."""
+    import comfy.controlnet
+    import comfy.model_patcher
+
+    control = load_models_node(comfy_host, TINY_CN["v2"])[1]
+    cls = type(control)
+    assert issubclass(cls, comfy.controlnet.ControlBase)
+    overridden = [name for name in vars(cls) if callable(getattr(comfy.controlnet.ControlBase, name, None))
+                  and not name.startswith("__")]
+    assert {"pre_run", "cleanup", "get_models", "set_cond_hint", "inference_memory_requirements"} <= set(overridden)
+    for name in overridden:
+        ours = inspect.signature(getattr(cls, name))
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in ours.parameters.values())
+        for param in inspect.signature(getattr(comfy.controlnet.ControlBase, name)).parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            assert param.name in ours.parameters or takes_any, f"{name}() lacks the host's argument {param.name!r}"
+
+    device = torch.device("cpu")
+    clone = control.deepclone_multigpu(device, autoregister=True)
+    assert isinstance(clone, cls) and isinstance(clone.control_model_wrapped, comfy.model_patcher.ModelPatcher)
+    assert clone.control_model is not control.control_model
+    assert clone.control_model_wrapped.model is clone.control_model
+    for a, b in zip(clone.control_model.parameters(), control.control_model.parameters(), strict=True):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    if hasattr(control, "multigpu_clones"):  # hosts with multi-GPU sampling keep and load the clones
+        assert control.multigpu_clones[device] is clone
+        assert clone.control_model_wrapped in control.get_models()
 
 
 # ------------------------------------------------------------------------------------------ v1 full checkpoint

@@ -7,48 +7,26 @@
   diffusion, restoration guidance and the stock SamplerCustom / KSamplerSelect with the diffbir_* samplers.
 """
 
-import inspect
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import TINY_SD21_NAME, tiny_sd21_checkpoint, write_tiny_controlnet
+from comfy_host import node_module, node_output
+from tiny_models import TINY_CONTROLNETS, TINY_SD21_NAME
 
+from diffbir_core.sampling import grid
 from diffbir_core.sampling.noise import RecordedNoise
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 LATENT_SCALE = 0.18215
-TINY_CN = "tiny_controlnet_v2.1.safetensors"
+TINY_CN = TINY_CONTROLNETS["v2.1"]
 OFFICIAL = ("spaced", "ddim", "dpm++_m2", "edm_euler", "edm_euler_a", "edm_heun", "edm_dpm_2", "edm_dpm_2_a",
             "edm_lms", "edm_dpm++_2s_a", "edm_dpm++_sde", "edm_dpm++_2m", "edm_dpm++_2m_sde", "edm_dpm++_3m_sde")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
-
-
-@pytest.fixture(scope="module")
-def model_files(comfy_host, comfy_models_dir):
-    assert tiny_sd21_checkpoint(comfy_models_dir) == TINY_SD21_NAME
-    path = comfy_models_dir / "diffbir" / TINY_CN
-    if not path.is_file():
-        write_tiny_controlnet(path, "v2.1")
-    comfy_host.refresh_models()
-    return comfy_models_dir
-
-
-def node_module(comfy_host, name):
-    package = comfy_host.node_classes["DiffBIRSampler"].__module__.rsplit(".", 1)[0]
-    return sys.modules[f"{package}.{name}"]
-
-
-def node_output(comfy_host, node_id, index=0):
-    entry = comfy_host.executor.caches.outputs.get(node_id)
-    if inspect.isawaitable(entry):
-        entry = comfy_host.loop.run_until_complete(entry)
-    return getattr(entry, "outputs", entry)[index][0]
 
 
 def sampler_inputs(**changes):
@@ -83,20 +61,25 @@ def run_sampler(comfy_host, **changes):
     return node_output(comfy_host, "s")["samples"].clone()
 
 
-@pytest.fixture(scope="module")
-def tiny(comfy_host, model_files):
-    """MODEL (v + zsnr, from LAControlNet Apply), positive/negative with the control, the VAE: for direct calls."""
+def conditioned(comfy_host, size, seed):
+    """MODEL (v + zsnr, from LAControlNet Apply), positive/negative with the control of a random size x size
+    condition image, the VAE: for direct calls."""
     import nodes
 
     model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(TINY_SD21_NAME)[:3]
     control = comfy_host.node_classes["DiffBIRLoadModels"]().load("none", TINY_CN, "auto")[1]
-    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    image = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(seed))
     pos = nodes.CLIPTextEncode().encode(clip, "a sharp photo")[0]
     neg = nodes.CLIPTextEncode().encode(clip, "blurry")[0]
     pos, neg, model = comfy_host.node_classes["DiffBIRLAControlNetApply"]().apply(pos, neg, control, image, vae, 1.0,
                                                                                   0.0, 1.0, model=model)
     return {"model": model, "positive": pos, "negative": neg, "vae": vae, "plain": nodes.CLIPTextEncode().encode(
         clip, "no control")[0]}
+
+
+@pytest.fixture(scope="module")
+def tiny(comfy_host, model_files):
+    return conditioned(comfy_host, 64, 0)
 
 
 def call_node(comfy_host, tiny, **changes):
@@ -126,7 +109,8 @@ def test_nodes_registered_with_tooltips_and_official_defaults(comfy_host):
     assert "4" in req["cfg"][1]["tooltip"]
     assert req["noise_aug"][1]["max"] == 199 and req["start_point"][0] == ["noise", "cond"]
     assert {"latent", "vae", "guidance", "guidance_space", "guidance_scale", "guidance_t_start", "guidance_t_stop",
-            "guidance_repeat", "guidance_style", "s_churn", "s_tmin", "s_tmax", "s_noise", "eta", "order"} == set(opt)
+            "guidance_repeat", "guidance_style", "s_churn", "s_tmin", "s_tmax", "s_noise", "eta", "order",
+            "tile_plan"} == set(opt)
     assert opt["guidance"][0] == ["none", "mse", "w_mse"] and opt["s_tmax"][1]["default"] == 300.0
     # The diffbir_* KSAMPLERs are in the stock lists (KSamplerSelect and KSampler read them).
     stock = comfy_host.node_info("KSamplerSelect")["input"]["required"]["sampler_name"]
@@ -140,23 +124,9 @@ def test_nodes_registered_with_tooltips_and_official_defaults(comfy_host):
 # ------------------------------------------------------------------------------------------ parity
 
 
-def _golden_model(sampling):
-    import comfy.model_detection
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.supported_models
+def _golden_model(patcher, sampling):
     import comfy_extras.nodes_model_advanced as advanced
 
-    weights = load_file(GOLDEN / "cldm_weights.safetensors")
-    cfg = json.loads((GOLDEN / "cldm_weights.json").read_text())
-    unet_sd = {k[len("unet."):]: v for k, v in weights.items() if k.startswith("unet.")}
-    model_config = comfy.supported_models.SD20(comfy.model_detection.detect_unet_config(unet_sd, ""))
-    model_config.unet_config["num_head_channels"] = cfg["unet_cfg"]["num_head_channels"]
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model(unet_sd, "")
-    model.load_model_weights(unet_sd, "")
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                               offload_device=mm.unet_offload_device())
     node = advanced.ModelSamplingDiscrete
     if hasattr(node, "patch"):
         return node().patch(patcher, *sampling)[0]
@@ -166,17 +136,13 @@ def _golden_model(sampling):
 
 @pytest.mark.parametrize("name, sampling", [("sample_spaced5_v21_cfg4_neg", ("v_prediction", True)),
                                             ("sample_spaced5_v2eps_cfg4_neg", ("eps", False))])
-def test_parity_with_official_apply_cldm(comfy_host, model_files, monkeypatch, name, sampling):
-    import comfy.sd
-
+def test_parity_with_official_apply_cldm(comfy_host, model_files, golden_host_unet, golden_host_vae, monkeypatch,
+                                         name, sampling):
     meta = json.loads((GOLDEN / f"{name}.json").read_text())
     assert (meta["sampler"], meta["steps"], meta["cfg_scale"], meta["strength"]) == ("spaced", 5, 4.0, 1.0)
     g = load_file(GOLDEN / f"{name}.safetensors")
-    weights = load_file(GOLDEN / "cldm_weights.safetensors")
-    cfg = json.loads((GOLDEN / "cldm_weights.json").read_text())
-    vae = comfy.sd.VAE(sd={k[4:]: v for k, v in weights.items() if k.startswith("vae.")},
-                       config={"params": cfg["vae_cfg"]})
-    model = _golden_model(sampling)
+    vae = golden_host_vae
+    model = _golden_model(golden_host_unet(), sampling)
     lacn = node_module(comfy_host, "lacontrolnet")
     assert lacn.model_sampling_kind(model) == (sampling[0].split("_")[0], sampling[1])
     control = comfy_host.node_classes["DiffBIRLoadModels"]().load("none", TINY_CN, "fp32")[1]
@@ -225,7 +191,7 @@ def test_fractional_grid_reaches_unet_and_controlnet_unrounded(comfy_host, tiny,
     monkeypatch.setattr(unet, "_forward", unet_spy)
     monkeypatch.setattr(control, "forward", control_spy)
     call_node(comfy_host, tiny, sampler_name="dpm++_m2", steps=3)
-    want = module.grid_timesteps("dpm++_m2", module.model_diffusion(tiny["model"]), 3)
+    want = grid("dpm++_m2", node_module(comfy_host, "host_model").model_diffusion(tiny["model"]), 3)
     assert any(t != round(t) for t in want)
     for name, got in seen.items():
         assert got == pytest.approx(want, abs=1e-3), name
@@ -311,7 +277,7 @@ def test_noise_aug_and_start_point_cond_change_the_result(comfy_host, tiny):
 
 def test_restoration_guidance_runs_with_a_vae(comfy_host, model_files, monkeypatch):
     """Through the executor (torch.inference_mode): latent space, and rgb space back-propagating the VAE decoder."""
-    host_vae = node_module(comfy_host, "sampler").HostVAE
+    host_vae = node_module(comfy_host, "host_guidance").HostVAE
     calls = []
     for name in ("encode", "decode"):
         original = getattr(host_vae, name)
@@ -368,14 +334,54 @@ def test_diffbir_ksamplers_run_in_stock_sampler_custom(comfy_host, model_files):
     assert torch.allclose(stock_spaced, ours, rtol=1e-4, atol=1e-4 * ours.abs().max().item())
 
 
+def test_sampler_select_drives_stock_sampler_custom_advanced(comfy_host, model_files):
+    """DiffBIR Sampler Select in SamplerCustomAdvanced (RandomNoise, CFGGuider, BasicScheduler: the graph of
+    workflows/diffbir_v2.1_sampler_select.json) is the same run as the stock KSampler with the registered
+    diffbir_edm_dpmpp_3m_sde on the same seed, sigmas and cfg; its extras (eta, s_noise) reach the solver."""
+    prompt = graph()
+    prompt.pop("o")  # the DiffBIR Sampler itself is not run here
+    prompt.pop("s")
+    prompt.update({
+        "e": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "k": {"class_type": "KSampler",
+              "inputs": {"model": ["4", 2], "positive": ["4", 0], "negative": ["4", 1], "latent_image": ["e", 0],
+                         "seed": 5, "steps": 3, "cfg": 3.0, "sampler_name": "diffbir_edm_dpmpp_3m_sde",
+                         "scheduler": "simple", "denoise": 1.0}},
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}},
+        "guider": {"class_type": "CFGGuider",
+                   "inputs": {"model": ["4", 2], "positive": ["4", 0], "negative": ["4", 1], "cfg": 3.0}},
+        "sig": {"class_type": "BasicScheduler",
+                "inputs": {"model": ["4", 2], "scheduler": "simple", "steps": 3, "denoise": 1.0}},
+        "ok": {"class_type": "PreviewAny", "inputs": {"source": ["k", 0]}},
+    })
+    extras = {"official": (1.0, 1.0), "eta 0.5": (0.5, 1.0), "s_noise 0.5": (1.0, 0.5)}
+    for i, (eta, s_noise) in enumerate(extras.values()):
+        prompt[f"sel{i}"] = {"class_type": "DiffBIRSamplerSelect",
+                             "inputs": {"sampler_name": "edm_dpm++_3m_sde", "s_churn": 0.0, "s_tmin": 0.0,
+                                        "s_tmax": 300.0, "s_noise": s_noise, "eta": eta, "order": 1}}
+        prompt[f"sca{i}"] = {"class_type": "SamplerCustomAdvanced",
+                             "inputs": {"noise": ["noise", 0], "guider": ["guider", 0], "sampler": [f"sel{i}", 0],
+                                        "sigmas": ["sig", 0], "latent_image": ["e", 0]}}
+        prompt[f"o{i}"] = {"class_type": "PreviewAny", "inputs": {"source": [f"sca{i}", 0]}}
+    comfy_host.run(prompt)
+    ksampler = node_output(comfy_host, "k")["samples"]
+    runs = [node_output(comfy_host, f"sca{i}")["samples"] for i in range(len(extras))]
+    assert all(torch.isfinite(r).all() for r in runs) and ksampler.abs().max() > 0
+    scale = ksampler.abs().max().item()
+    assert torch.allclose(runs[0], ksampler, rtol=1e-5, atol=1e-5 * scale), \
+        f"max abs err {(runs[0] - ksampler).abs().max().item():.2e}"
+    for name, run in zip(list(extras)[1:], runs[1:]):
+        assert (run - runs[0]).abs().max().item() > 1e-3 * scale, f"{name} did not change the result"
+
+
 # ------------------------------------------------------------------------------------------ bad inputs
 
 
 @pytest.mark.parametrize("changes, message", [
     ({"steps": 0}, r"steps must be at least 1"),
     ({"cfg": -1.0}, r"cfg must be >= 0"),
-    ({"tile_size": 16, "tile_stride": 32}, r"tile_size \(16\) is smaller than tile_stride \(32\)"),
-    ({"tile_size": 36, "tile_stride": 16}, r"tile_size must be 0 \(off\) or a positive multiple of 8"),
+    ({"tile_size": 16, "tile_stride": 32}, r"tile_stride \(32\) must not exceed tile_size \(16\)"),
+    ({"tile_size": 36, "tile_stride": 16}, r"tile_size must be 0 \(no tiling\) or a multiple of 8 of at least 8"),
     ({"guidance": "w_mse"}, r"restoration guidance needs the SD 2.1 VAE: connect the 'vae' input"),
     ({"sampler_name": "ddim", "steps": 3}, r"ddim with 3 steps.*choose another step count"),
     ({"sampler_name": "euler"}, r"unknown sampler_name 'euler'"),
@@ -403,3 +409,45 @@ def test_error_reaches_the_prompt(comfy_host, model_files):
     prompt["s"]["inputs"]["positive"] = ["p", 0]  # the stock CLIP Text Encode output: no DiffBIR ControlNet
     with pytest.raises(ch.PromptExecutionError, match=r"connect the positive and negative outputs|Connect the positive"):
         comfy_host.run(prompt)
+
+
+# ------------------------------------------------------------------------------------------ tile_plan auto, OOM
+
+
+@pytest.fixture(scope="module")
+def tiny128(comfy_host, model_files):
+    """The tiny graph on a 128 x 128 condition image (a 16 x 16 latent: room for 64 px tiles)."""
+    return conditioned(comfy_host, 128, 1)
+
+
+def test_auto_plan_is_untiled_when_it_fits_and_bit_identical(comfy_host, tiny, caplog, eight_gb_free):
+    manual = call_node(comfy_host, tiny, sampler_name="edm_dpm++_2m", steps=3)
+    with caplog.at_level("INFO"):
+        auto = call_node(comfy_host, tiny, sampler_name="edm_dpm++_2m", steps=3, tile_size=32, tile_plan="auto")
+    assert torch.equal(auto, manual)
+    assert "DiffBIR Sampler: diffusion: untiled (64x64 px)" in caplog.text
+
+
+def test_out_of_memory_in_diffusion_retries_with_smaller_tiles(comfy_host, tiny128, monkeypatch, caplog):
+    module = node_module(comfy_host, "host_model")
+    want = call_node(comfy_host, tiny128, sampler_name="spaced", steps=2, tile_size=64, tile_stride=32)
+    original = module.HostModelFunction._call
+    sizes = []
+
+    def oom_above_8(self, x, *args):
+        sizes.append(x.shape[-1])
+        if x.shape[-1] > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return original(self, x, *args)
+
+    monkeypatch.setattr(module.HostModelFunction, "_call", oom_above_8)
+    with caplog.at_level("WARNING"):
+        got = call_node(comfy_host, tiny128, sampler_name="spaced", steps=2)  # manual, untiled
+    # the whole 16 x 16 latent fails at the first call; the rerun (same seed, same draws) samples 64 px tiles
+    assert sizes[0] == 16 and set(sizes[1:]) == {8}
+    assert torch.equal(got, want)
+    assert "diffusion: out of memory with untiled tiles; retrying with 64 px tiles" in caplog.text
+    monkeypatch.setattr(module.HostModelFunction, "_call", lambda self, x, *args: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("out of memory")))
+    with pytest.raises(MemoryError, match=r"diffusion ran out of memory at every tile size tried \(untiled, 64 px"):
+        call_node(comfy_host, tiny128, sampler_name="spaced", steps=2)

@@ -1,4 +1,4 @@
-"""Stage1 SwinIR Restore and DiffBIR Color Fix in a real ComfyUI (tests/comfy_host.py).
+"""Stage1 SwinIR Restore in a real ComfyUI (tests/comfy_host.py); its prompts end in DiffBIR Color Fix.
 
 The stage-1 network is the small golden SwinIR (tests/golden/swinir.safetensors, official key layout),
 which ComfyUI's stock "Load Upscale Model" (spandrel) recognises as a SwinIR.
@@ -6,12 +6,12 @@ which ComfyUI's stock "Load Upscale Model" (spandrel) recognises as a SwinIR.
 
 from __future__ import annotations
 
-import importlib
 import json
 import uuid
 from pathlib import Path
 
 import comfy_host as ch
+from comfy_host import node_module
 import pytest
 import torch
 
@@ -56,10 +56,6 @@ def input_png(comfy_host):
     path.unlink(missing_ok=True)
 
 
-def _node_module(comfy_host, class_name):
-    return importlib.import_module(comfy_host.node_classes[class_name].__module__)
-
-
 def _prompt(png, model, prefix, **stage1_inputs):
     inputs = {"image": ["1", 0], "upscale_model": ["2", 0], "upscale": 2.0, "version": "auto",
               "min_short_edge": 128, "tile_size": 0, "tile_overlap": 32}
@@ -84,25 +80,15 @@ def _saved_size(comfy_host, outputs, node="5"):
 # ------------------------------------------------------------------------------------------------ node_info
 
 
-@pytest.mark.parametrize("name,display", [(STAGE1, "Stage1 SwinIR Restore"), (COLORFIX, "DiffBIR Color Fix")])
-def test_node_info(comfy_host, name, display):
-    info = comfy_host.node_info(name)
-    assert info["display_name"] == display
-    assert info["category"] == "DiffBIR"
-    assert len(info["description"]) > 80
-    for section in ("required", "optional"):
-        for inp, spec in (info["input"].get(section) or {}).items():
-            assert spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"
-    assert len(info["output_tooltips"]) == len(info["output"]) and all(info["output_tooltips"])
-    if name == STAGE1:
-        assert info["output"] == ["IMAGE", "INT", "INT"]
-        assert info["input"]["optional"]["stage1"][0] == "DIFFBIR_STAGE1"
-        assert info["input"]["optional"]["upscale_model"][0] == "UPSCALE_MODEL"
-        assert info["input"]["required"]["version"][0] == ["auto", "v1", "v2", "v2.1"]
-        assert info["input"]["required"]["min_short_edge"][1]["default"] == 512
-        assert info["input"]["required"]["tile_size"][1]["default"] == 0
-    else:
-        assert info["input"]["required"]["method"][0] == ["wavelet", "adain", "none"]
+def test_node_info(comfy_host):
+    """Its inputs, outputs and defaults (display name, category and tooltips: test_nodes_registry.py)."""
+    info = comfy_host.node_info(STAGE1)
+    assert info["output"] == ["IMAGE", "INT", "INT"]
+    assert info["input"]["optional"]["stage1"][0] == "DIFFBIR_STAGE1"
+    assert info["input"]["optional"]["upscale_model"][0] == "UPSCALE_MODEL"
+    assert info["input"]["required"]["version"][0] == ["auto", "v1", "v2", "v2.1"]
+    assert info["input"]["required"]["min_short_edge"][1]["default"] == 512
+    assert info["input"]["required"]["tile_size"][1]["default"] == 0
 
 
 # ------------------------------------------------------------------------------------------------ prompts
@@ -160,8 +146,8 @@ def test_stage1_payload_from_a_model_patcher(comfy_host):
     from diffbir_core import stage1 as core
     from diffbir_core.loader import build_network
 
-    node_mod = _node_module(comfy_host, STAGE1)
-    types_mod = importlib.import_module(node_mod.__name__.rsplit(".", 1)[0] + ".types")
+    node_mod = node_module(comfy_host, "stage1")
+    types_mod = node_module(comfy_host, "types")
     node = comfy_host.node_classes[STAGE1]()
 
     def payload(kind, version, scale, multiple):
@@ -206,22 +192,3 @@ def test_stage1_payload_from_a_model_patcher(comfy_host):
     assert [pick("upscale_model", 4, "SwinIR"), pick("upscale_model", 2, "ESRGAN"), pick("upscale_model", 1, "SwinIR"),
             pick("upscale_model", 1, "SCUNet"), pick("upscale_model", 1, "DAT")] == \
         ["bsrnet", "bsrnet", "swinir", "scunet", "swinir"]
-
-
-def test_color_fix_batches(comfy_host):
-    from diffbir_core.colorfix import color_fix
-
-    node = comfy_host.node_classes[COLORFIX]()
-    g = torch.Generator().manual_seed(9)
-    image = torch.rand(3, 32, 48, 3, generator=g)
-    ref = torch.rand(1, 16, 24, 4, generator=g)  # RGBA, other size: resized, alpha dropped
-    before = image.clone()
-    (out,) = node.fix(image, ref, "wavelet")
-    assert out.shape == image.shape and torch.equal(image, before)
-    want = color_fix(image[1:2].movedim(-1, 1), ref[..., :3].movedim(-1, 1), "wavelet").clamp(0, 1)
-    torch.testing.assert_close(out[1:2].movedim(-1, 1).cpu(), want, atol=1e-5, rtol=1e-5)
-    assert torch.equal(node.fix(image, ref, "none")[0].cpu(), image)
-    (adain,) = node.fix(image, image.flip(0), "adain")
-    assert adain.shape == image.shape
-    with pytest.raises(ValueError, match=r"'reference' has 2 images but 'image' has 3"):
-        node.fix(image, image[:2], "wavelet")

@@ -10,40 +10,19 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
 import comfy_host as ch
 import pytest
 import torch
-from test_isolation import output, saved
-from tiny_models import TINY_SD21_NAME, tiny_sd21_checkpoint, write_tiny_controlnet
+from comfy_host import node_output, saved_images
+from tiny_models import TINY_CONTROLNETS, TINY_SD21_NAME
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
-CN = "vae_tests_controlnet_v2.safetensors"
+CN = TINY_CONTROLNETS["v2"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
-
-
-@pytest.fixture(scope="module")
-def small_vae(comfy_host):
-    """ComfyUI's VAE class built from the golden small VAE (fast; same code path as a loaded SD 2.1 VAE)."""
-    import comfy.sd
-    from safetensors.torch import load_file
-
-    weights = load_file(GOLDEN / "cldm_weights.safetensors")
-    cfg = json.loads((GOLDEN / "cldm_weights.json").read_text())
-    return comfy.sd.VAE(sd={k[4:]: v for k, v in weights.items() if k.startswith("vae.")},
-                        config={"params": cfg["vae_cfg"]})
-
-
-@pytest.fixture(scope="module")
-def files(comfy_host, comfy_models_dir):
-    tiny_sd21_checkpoint(comfy_models_dir)
-    write_tiny_controlnet(comfy_models_dir / "diffbir" / CN, "v2")
-    comfy_host.refresh_models()
 
 
 def node(host, name):
@@ -83,29 +62,29 @@ def latent(h, w, seed=0):
 # ------------------------------------------------------------------------------------------------ decode
 
 
-def test_decode_within_one_tile_is_the_stock_decode(comfy_host, small_vae):
+def test_decode_within_one_tile_is_the_stock_decode(comfy_host, golden_host_vae):
     z = latent(8, 12)
-    (stock,) = node(comfy_host, "VAEDecode").decode(small_vae, {"samples": z})
+    (stock,) = node(comfy_host, "VAEDecode").decode(golden_host_vae, {"samples": z})
     for tile in (0, 512, 96):
-        (ours,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, small_vae, tile, 48)
+        (ours,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, tile, 48)
         assert ours.shape == stock.shape == (1, 64, 96, 3)
         assert torch.equal(ours, stock), tile
 
 
-def test_tiled_decode_calls_the_vae_per_tile_and_blends(comfy_host, small_vae, monkeypatch):
+def test_tiled_decode_calls_the_vae_per_tile_and_blends(comfy_host, golden_host_vae, monkeypatch):
     z = latent(24, 32, seed=1)
     calls = Calls(monkeypatch, "decode")
-    (tiled,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, small_vae, 128, 64)
+    (tiled,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 128, 64)
     monkeypatch.undo()
     # latent tiles of 16 with stride 8: rows 0, 8 and columns 0, 8, 16 -> 6 calls, none larger than a tile
     assert calls.sizes == [(16, 16)] * 6
     assert tiled.shape == (1, 192, 256, 3) and bool(torch.isfinite(tiled).all())
     assert 0.0 <= float(tiled.min()) and float(tiled.max()) <= 1.0
     # Output pixels 0-63 (latent 0-7) of rows and columns are covered by the first tile only: its own decode.
-    (corner,) = node(comfy_host, "VAEDecode").decode(small_vae, {"samples": z[..., :16, :16]})
+    (corner,) = node(comfy_host, "VAEDecode").decode(golden_host_vae, {"samples": z[..., :16, :16]})
     assert (tiled[:, :64, :64] - corner[:, :64, :64]).abs().max() < 1e-5
     # The blended middle is a weighted average of the overlapping tiles: not the first tile's value alone.
-    (whole,) = node(comfy_host, "VAEDecode").decode(small_vae, {"samples": z})
+    (whole,) = node(comfy_host, "VAEDecode").decode(golden_host_vae, {"samples": z})
     assert not torch.allclose(tiled[:, 64:128, 64:128], corner[:, 64:128, 64:128], atol=1e-4)
     print(f"tiled vs whole decode, small random VAE: MAE {(tiled - whole).abs().mean():.4f}")
 
@@ -120,7 +99,7 @@ def decode_prompt(prefix, size=192):
     }
 
 
-def test_cancel_during_tiled_decode_stops_within_one_tile(comfy_host, files, monkeypatch):
+def test_cancel_during_tiled_decode_stops_within_one_tile(comfy_host, model_files, monkeypatch):
     import comfy.model_management as mm
 
     prefix = f"vae_decode_cancel_{uuid.uuid4().hex[:6]}"
@@ -130,13 +109,13 @@ def test_cancel_during_tiled_decode_stops_within_one_tile(comfy_host, files, mon
         comfy_host.run(prompt)
     monkeypatch.undo()
     assert calls.sizes == [(16, 16)]  # 2 x 2 tiles planned (24x24 latent, tile 16, stride 8): stopped after one
-    assert not mm.processing_interrupted() and saved(comfy_host, prefix) == []
+    assert not mm.processing_interrupted() and saved_images(comfy_host, prefix) == []
 
     calls = Calls(monkeypatch, "decode")
     comfy_host.run(prompt)  # the next prompt runs normally, all four tiles
     monkeypatch.undo()
-    assert calls.sizes == [(16, 16)] * 4 and len(saved(comfy_host, prefix)) == 1
-    assert output(comfy_host, "D").shape == (1, 192, 192, 3)
+    assert calls.sizes == [(16, 16)] * 4 and len(saved_images(comfy_host, prefix)) == 1
+    assert node_output(comfy_host, "D").shape == (1, 192, 192, 3)
 
 
 # ------------------------------------------------------------------------------------------------ encode
@@ -171,10 +150,10 @@ def png(comfy_host):
 
 
 def condition(host):
-    return output(host, "A")[0][1]["control"]
+    return node_output(host, "A")[0][1]["control"]
 
 
-def test_tiled_condition_encode(comfy_host, files, png, monkeypatch):
+def test_tiled_condition_encode(comfy_host, model_files, png, monkeypatch):
     comfy_host.run(apply_prompt(png, 0))
     whole = condition(comfy_host)
     assert whole.condition_size == (192, 160) and whole.condition_latent.shape == (1, 4, 24, 24)  # 64-padded
@@ -190,12 +169,12 @@ def test_tiled_condition_encode(comfy_host, files, png, monkeypatch):
     assert tiled.condition_size == (192, 160) and tiled.condition_latent.shape == (1, 4, 24, 24)
     assert bool(torch.isfinite(tiled.condition_latent).all())
     # latent 0-7 of rows and columns is covered by the first tile only: its own encoding (x 0.18215)
-    first = output(comfy_host, "C", 2).encode(output(comfy_host, "I")[:, :128, :128]).float() * 0.18215
+    first = node_output(comfy_host, "C", 2).encode(node_output(comfy_host, "I")[:, :128, :128]).float() * 0.18215
     assert (tiled.condition_latent[..., :8, :8] - first[..., :8, :8]).abs().max() < 1e-5
     assert not torch.equal(tiled.condition_latent, whole.condition_latent)
 
 
-def test_cancel_during_tiled_condition_encode(comfy_host, files, png, monkeypatch):
+def test_cancel_during_tiled_condition_encode(comfy_host, model_files, png, monkeypatch):
     import comfy.model_management as mm
 
     prompt = apply_prompt(png, 128)
@@ -218,19 +197,121 @@ def test_cancel_during_tiled_condition_encode(comfy_host, files, png, monkeypatc
     (256, 384, r"tile_stride \(384\) must not exceed tile_size \(256\): tiles would leave gaps; use 128"),
     (100000, 64, r"tile_size must be <= 8192, got 100000"),
 ])
-def test_bad_decode_tiles_are_refused_before_the_run(comfy_host, files, tile, stride, message):
+def test_bad_decode_tiles_are_refused_before_the_run(comfy_host, model_files, tile, stride, message):
     prompt = decode_prompt("never")
     prompt["D"]["inputs"].update(tile_size=tile, tile_stride=stride)
     with pytest.raises(ch.PromptValidationError, match=message):
         comfy_host.run(prompt, strict=True)
 
 
-def test_bad_encode_tiles_are_refused_before_the_run(comfy_host, files, png):
+def test_bad_encode_tiles_are_refused_before_the_run(comfy_host, model_files, png):
     with pytest.raises(ch.PromptValidationError,
                        match=r"vae_tile_stride \(512\) must not exceed vae_tile_size \(256\)"):
         comfy_host.run(apply_prompt(png, 256, 512), strict=True)
 
 
-def test_decode_refuses_a_latent_that_is_not_sd(comfy_host, small_vae):
+def test_decode_refuses_a_latent_that_is_not_sd(comfy_host, golden_host_vae):
     with pytest.raises(ValueError, match=r"expected an SD 2.1 latent of shape \(B, 4, h, w\), got \(1, 16, 8, 8\)"):
-        node(comfy_host, "DiffBIRVAEDecode").decode({"samples": torch.zeros(1, 16, 8, 8)}, small_vae, 512, 256)
+        node(comfy_host, "DiffBIRVAEDecode").decode({"samples": torch.zeros(1, 16, 8, 8)}, golden_host_vae, 512, 256)
+
+
+# ------------------------------------------------------------------------------------------------ tile_plan auto
+
+
+class OOMAbove:
+    """Wraps comfy.sd.VAE.encode/decode (bypassing the host's own tiled fallback inside them): an out-of-memory
+    error for calls whose spatial side exceeds `limit` (latent pixels for decode, image pixels for encode)."""
+
+    def __init__(self, monkeypatch, method: str, limit: int):
+        import comfy.sd
+
+        self.sizes = []
+        original = getattr(comfy.sd.VAE, method)
+
+        def wrapped(vae, x, *args, **kwargs):
+            size = tuple(x.shape[-2:]) if method == "decode" else tuple(x.shape[1:3])
+            self.sizes.append(size)
+            if max(size) > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+            return original(vae, x, *args, **kwargs)
+
+        monkeypatch.setattr(comfy.sd.VAE, method, wrapped)
+
+
+def test_auto_plan_is_untiled_when_it_fits_and_bit_identical(comfy_host, golden_host_vae, caplog, eight_gb_free):
+    z = latent(64, 64, seed=2)  # a 512 x 512 image, with the machine's free memory
+    (manual,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256)
+    with caplog.at_level("INFO"):
+        (auto,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 128, 64, "auto")
+    assert torch.equal(auto, manual)
+    assert "DiffBIR VAE Decode: vae_decode: untiled (512x512 px)" in caplog.text
+
+
+def budget_for_tiles(side, tile):
+    """A DIFFBIR_MAX_MEMORY just above what `tile` px tiles of a side x side decode need (the planner plans for
+    the full-size SD 2.1 decoder, whatever the VAE here): the plan is then that tile."""
+    from diffbir_core import memory
+
+    cap = int(memory.predicted_bytes("vae_decode", side, side, tile)) + 2**20
+    plan = memory.plan_stage("vae_decode", side, side, cap)
+    assert plan.tile == tile, plan
+    return cap, plan
+
+
+def test_auto_plan_tiles_within_max_memory(comfy_host, golden_host_vae, monkeypatch, caplog, eight_gb_free):
+    cap, plan = budget_for_tiles(256, 192)
+    monkeypatch.setenv("DIFFBIR_MAX_MEMORY", str(cap))
+    z = latent(32, 32, seed=3)
+    calls = Calls(monkeypatch, "decode")
+    with caplog.at_level("INFO"):
+        (auto,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256, "auto")
+    monkeypatch.undo()
+    assert calls.sizes == [(24, 24)] * 4
+    assert f"DiffBIR VAE Decode: {plan.describe()}" in caplog.text
+    assert "vae_decode: 2 x 2 tiles of 192 px (stride 96), planned for" in caplog.text
+    (manual,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 192, 96)
+    assert torch.equal(auto, manual)
+
+
+def test_out_of_memory_in_decode_retries_with_smaller_tiles(comfy_host, golden_host_vae, monkeypatch, caplog):
+    z = latent(24, 32, seed=4)
+    (want,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 128, 64)
+    oom = OOMAbove(monkeypatch, "decode", limit=16)
+    with caplog.at_level("WARNING"):
+        (got,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256)
+    monkeypatch.undo()
+    # untiled (24x32 latent) fails, 192 px tiles (latent 24) fail, 128 px tiles run: the manual 128 px result
+    assert oom.sizes[:2] == [(24, 32), (24, 24)] and set(oom.sizes[2:]) == {(16, 16)}
+    assert torch.equal(got, want)
+    assert "vae_decode: out of memory with untiled tiles; retrying with 192 px tiles" in caplog.text
+    assert "retrying with 128 px tiles" in caplog.text
+    oom = OOMAbove(monkeypatch, "decode", limit=4)
+    with pytest.raises(MemoryError, match=r"vae_decode ran out of memory at every tile size tried .*smallest 64 px"):
+        node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256)
+
+
+def test_out_of_memory_in_condition_encode_retries_with_smaller_tiles(comfy_host, model_files, png, monkeypatch):
+    comfy_host.run(apply_prompt(png, 128))
+    want = condition(comfy_host).condition_latent.clone()
+    prompt = apply_prompt(png, 0)
+    prompt["A"]["inputs"]["vae_tile_plan"] = "manual"
+    oom = OOMAbove(monkeypatch, "encode", limit=128)
+    comfy_host.run(prompt)
+    monkeypatch.undo()
+    # the 64-padded 192x192 image fails whole, then every 128 px tile runs: the manual 128 px tiled latent
+    assert oom.sizes[0] == (192, 192) and set(oom.sizes[1:]) == {(128, 128)}
+    assert torch.equal(condition(comfy_host).condition_latent, want)
+
+
+def test_cancel_during_an_auto_planned_decode(comfy_host, model_files, monkeypatch, eight_gb_free):
+    import comfy.model_management as mm
+
+    cap, _ = budget_for_tiles(192, 128)  # 2 x 2 tiles of 128 px
+    monkeypatch.setenv("DIFFBIR_MAX_MEMORY", str(cap))
+    prefix = f"vae_decode_auto_cancel_{uuid.uuid4().hex[:6]}"
+    prompt = decode_prompt(prefix)
+    prompt["D"]["inputs"].update(tile_size=0, tile_plan="auto")
+    calls = Calls(monkeypatch, "decode", cancel_on=1)
+    with pytest.raises(ch.PromptExecutionError, match="execution_interrupted"):
+        comfy_host.run(prompt)
+    assert calls.sizes == [(16, 16)] and not mm.processing_interrupted() and saved(comfy_host, prefix) == []

@@ -128,6 +128,8 @@ def write_tiny_sd21(path: Path, seed: int = 0) -> Path:
 
 
 TINY_SD21_NAME = "tiny_sd21.safetensors"
+# The golden small ControlNet fits the tiny SD 2.1's UNet; conftest.model_files writes one file per version.
+TINY_CONTROLNETS = {"v2.1": "tiny_controlnet_v2.1.safetensors", "v2": "tiny_controlnet_v2.safetensors"}
 
 
 def tiny_sd21_checkpoint(models_dir: Path, name: str = TINY_SD21_NAME) -> str:
@@ -161,3 +163,53 @@ def write_tiny_stage1(path: Path, kind: str) -> Path:
     save_file({k[2:]: v for k, v in t.items() if k.startswith("w.")}, str(path),
               metadata={"diffbir_kind": kind, "diffbir_config": json.dumps(config)})
     return path
+
+
+def tiny_retinaface_state_dict(backbone: str = "mobilenet0.25", seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random-weight RetinaFace in the official key layout: the official MobileNet-0.25 size (0.4 M parameters),
+    or for "resnet50" a ResNet-50-layout network one block per stage and width 8 (the official one is 27 M)."""
+    from diffbir_core.arch import retinaface
+
+    config = {"backbone": backbone}
+    if backbone == retinaface.RESNET50:
+        config.update(resnet_layers=(1, 1, 1, 1), width=8, out_channel=32)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = _random_init(retinaface.build(config), seed)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def write_tiny_retinaface(path: Path, backbone: str = "mobilenet0.25", seed: int = 0) -> Path:
+    """The tiny RetinaFace as a .safetensors file, or for any other suffix as the official files are: a plain
+    pickled state dict."""
+    sd = tiny_retinaface_state_dict(backbone, seed)
+    if Path(path).suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save(sd, str(path))
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# a face-detector double: random detector weights cannot decide where faces are
+
+
+def one_face(net, image, *args, **kwargs):
+    """Stands in for `diffbir_core.face.detection.detect_faces`: one face (eyes 15 pixels apart) near the top left
+    of whatever photo it gets; `net` must be the loaded detector (the real file is still read and built)."""
+    from diffbir_core.face.align import face_template
+    from diffbir_core.face.detection import Detections
+
+    assert isinstance(net, torch.nn.Module)
+    lm = (face_template(512) * 0.12 + torch.tensor([20.0, 10.0], dtype=torch.float64)).float()[None]
+    return Detections(torch.tensor([[20.0, 10.0, 81.0, 71.0]]), torch.tensor([0.99]), lm)
+
+
+def face_node_module():
+    """The extension's nodes/face.py module as the host loaded it (to put `one_face` in with monkeypatch)."""
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if name.endswith("nodes.face") and hasattr(module, "DiffBIRFaceDetectAlign"):
+            return module
+    raise LookupError("the DiffBIR face nodes are not loaded")

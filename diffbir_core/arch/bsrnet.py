@@ -86,15 +86,11 @@ class RRDBNet(nn.Module):
         return self.conv_last(self.lrelu(self.HRconv(fea)))
 
 
-# Channels-last convolution weights: the 23 RRDB blocks are all 3x3 convolutions, ~15% faster in NHWC on the
-# CPU (no per-call layout reorder in oneDNN). The loader re-applies it after assign-loading a checkpoint.
-MEMORY_FORMAT = torch.channels_last
-
-
 def build(config: dict | None = None) -> nn.Module:
     """Build the network for ``config`` (official argument names; missing keys take OFFICIAL_CONFIG values,
-    None means OFFICIAL_CONFIG). The module is in eval mode with random weights: load a state dict next."""
-    return RRDBNet(**complete_config("RRDBNet", config, OFFICIAL_CONFIG)).eval().to(memory_format=MEMORY_FORMAT)
+    None means OFFICIAL_CONFIG). The module is in eval mode with random weights: load a state dict next (the
+    loader keeps its weights channels-last: the bsrnet record in arch/__init__.py)."""
+    return RRDBNet(**complete_config("RRDBNet", config, OFFICIAL_CONFIG)).eval()
 
 
 def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:

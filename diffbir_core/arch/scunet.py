@@ -20,6 +20,7 @@ from spandrel.architectures.SCUNet import SCUNet as _SpandrelSCUNet
 from spandrel.architectures.SCUNet.__arch.SCUNet import WMSA as _SpandrelWMSA
 from torch import nn
 
+from ..padding import pad_to_multiple
 from .config import complete_config
 from .spandrel_compat import LinspaceOnCPU
 
@@ -75,8 +76,7 @@ class SCUNet(_SpandrelSCUNet):
     def check_image_size(self, x: torch.Tensor) -> torch.Tensor:
         # Official: nn.ReplicationPad2d((0, pad_right, 0, pad_bottom)) to a multiple of 64 (the UNet halves the
         # size three times and windows are 8). spandrel's forward crops back to the input size afterwards.
-        h, w = x.shape[-2:]
-        return F.pad(x, (0, -w % 64, 0, -h % 64), mode="replicate")
+        return pad_to_multiple(x, 64, mode="replicate")
 
 
 def build(config: dict | None = None) -> nn.Module:

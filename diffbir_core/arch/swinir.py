@@ -50,11 +50,6 @@ OFFICIAL_CONFIG: dict = {
     "unshuffle_scale": 8,
 }
 
-# Convolution weights are kept channels-last: oneDNN (CPU) and cuDNN run 3x3 convolutions on NHWC without the
-# per-call layout reorders they need for NCHW, which makes the full-resolution upsampling tail ~35% and the
-# whole network ~10% faster on the CPU. The loader re-applies it after assign-loading a checkpoint.
-MEMORY_FORMAT = torch.channels_last
-
 # Official constructor arguments that no DiffBIR config sets; accepted so their defaults can be overridden.
 _OPTIONAL_ARGS = {"qkv_bias": True, "drop_path_rate": 0.1, "ape": False, "patch_norm": True}
 
@@ -130,7 +125,7 @@ def build(config: dict | None = None) -> nn.Module:
     # unshuffle: the transformer sees H/s x W/s, which must be a multiple of the window; forward only pads to
     # the window size in pixels, so the caller must pad to window*s. Without unshuffle forward pads itself.
     net.size_multiple = cfg["window_size"] * start_unshuffle if unshuffle else 1
-    return net.eval().to(memory_format=MEMORY_FORMAT)
+    return net.eval()  # the loader keeps its weights channels-last (the swinir record in arch/__init__.py)
 
 
 def _count(sd, prefix: str) -> int:

@@ -10,22 +10,43 @@ Modules, one concept each:
   dpm_solver  DPM-Solver++ multistep order 2 over the clipped discrete VP schedule (v2.1)
   k_solvers   the eleven k-diffusion solvers over an x0-denoiser (ComfyUI KSAMPLER signature)
   edm         EDM grid and the eps/v -> x0 denoiser wrapping of the k-diffusion solvers
-  registry    SAMPLERS: all fourteen names behind one signature
+  registry    SAMPLERS: all fourteen names behind one signature, and each one's timestep grid
   guidance    restoration guidance (MSE / weighted MSE, latent / rgb, v1 / v2 update rules)
   ksampler    adapters to ComfyUI's KSAMPLER function signature
-  pipeline    apply_cldm (v2.1/main Pipeline.apply_cldm) and run_stage2_v2 (v2.0.0)
+  pipeline    apply_cldm (v2.1/main Pipeline.apply_cldm), its start point, and run_stage2_v2 (v2.0.0)
+
+The names below are the public API a host (the ComfyUI nodes) builds a stage-2 run from.
 """
 
+from .denoiser import rescaled_cfg, rescales_any_cfg
+from .guidance import LOSSES, SPACES, RestorationGuidance
+from .k_solvers import SOLVERS
+from .ksampler import ksampler_function
 from .noise import GeneratorNoise, GlobalNoise, NoiseSource, RecordedNoise
-from .registry import SAMPLER_NAMES, SAMPLERS, get_sampler, sample
+from .options import OFFICIAL_DEFAULTS
+from .pipeline import START_POINTS, start_latent
+from .registry import DDPM_FAMILY, EDM_FAMILY, SAMPLER_NAMES, SAMPLERS, get_sampler, grid, sample
 
 __all__ = [
-           "SAMPLERS",
-           "SAMPLER_NAMES",
-           "GeneratorNoise",
-           "GlobalNoise",
-           "NoiseSource",
-           "RecordedNoise",
-           "get_sampler",
-           "sample",
+    "DDPM_FAMILY",
+    "EDM_FAMILY",
+    "LOSSES",
+    "OFFICIAL_DEFAULTS",
+    "SAMPLERS",
+    "SAMPLER_NAMES",
+    "SOLVERS",
+    "SPACES",
+    "START_POINTS",
+    "GeneratorNoise",
+    "GlobalNoise",
+    "NoiseSource",
+    "RecordedNoise",
+    "RestorationGuidance",
+    "get_sampler",
+    "grid",
+    "ksampler_function",
+    "rescaled_cfg",
+    "rescales_any_cfg",
+    "sample",
+    "start_latent",
 ]

@@ -20,18 +20,27 @@ from .options import split_options
 ETA = 0.0
 
 
-def sample_ddim(denoise_fn, x_T: torch.Tensor, diffusion: DiffusionSchedule, steps: int, noise, callback=None,
-                guidance=None, **options) -> torch.Tensor:
-    split_options("ddim", options, ())
+def grid(diffusion: DiffusionSchedule, steps: int) -> list[float]:
+    """The model timesteps ddim visits, noisiest first; refuses step counts the official code cannot run."""
     steps = int(steps)
     num_timesteps = len(diffusion.alphas_cumprod)
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"ddim needs 1..{num_timesteps} steps (got {steps})")
-    if ddim_timesteps(steps, num_timesteps).max() >= num_timesteps:
+    ts = ddim_timesteps(steps, num_timesteps)
+    if ts.max() >= num_timesteps:
         # e.g. 3 steps: stride 333 gives 0, 333, 666, 999 and +1 reaches t = 1000, where the
         # official code fails with an IndexError; refuse with the reason instead.
         raise ValueError(f"ddim with {steps} steps: the official uniform grid (stride {num_timesteps // steps}, +1) "
-                         f"reaches t = {num_timesteps}, outside the schedule; choose another step count")
+                         f"reaches t = {num_timesteps}, outside the schedule (the official code fails there); "
+                         "choose another step count (e.g. 10, 20, 50)")
+    return [float(t) for t in ts[::-1]]
+
+
+def sample_ddim(denoise_fn, x_T: torch.Tensor, diffusion: DiffusionSchedule, steps: int, noise, callback=None,
+                guidance=None, **options) -> torch.Tensor:
+    split_options("ddim", options, ())
+    steps = int(steps)
+    grid(diffusion, steps)  # the step-count checks
     tables = ddim_tables(diffusion.alphas_cumprod, steps, eta=ETA)
     f32 = lambda a: torch.tensor(a, dtype=torch.float32, device=x_T.device)
     alphas, alphas_prev, sigmas = f32(tables.ddim_alphas), f32(tables.ddim_alphas_prev), f32(tables.ddim_sigmas)

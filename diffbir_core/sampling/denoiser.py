@@ -33,6 +33,12 @@ from .tiled import tiled_call
 NUM_CONTROLS = 13
 
 
+def rescales_any_cfg(sampler: str) -> bool:
+    """Whether `sampler` rescales cfg whenever cfg != 1: the official DPM-Solver wrapper (dpm++_m2) does, the
+    other samplers' `get_cfg_scale` only for cfg > 1."""
+    return sampler == "dpm++_m2"
+
+
 def rescaled_cfg(cfg_scale: float, model_t, rescale: bool, rescale_any_cfg: bool = False):
     """The official `get_cfg_scale`: ramps from 1 at t~999 to 1 + cfg at t = 0 when enabled.
 

@@ -71,12 +71,23 @@ class DiscreteVPSchedule:
         return torch.linspace(self.T, 1.0 / self.total_N, steps + 1).to(device)
 
 
-def sample_dpmpp_m2(denoise_fn, x_T: torch.Tensor, diffusion: DiffusionSchedule, steps: int, noise, callback=None,
-                    guidance=None, **options) -> torch.Tensor:
-    split_options("dpm++_m2", options, ())
+def _check_steps(steps) -> int:
     steps = int(steps)
     if steps < ORDER:
         raise ValueError(f"dpm++_m2 needs at least {ORDER} steps (got {steps})")
+    return steps
+
+
+def grid(diffusion: DiffusionSchedule, steps: int) -> list[float]:
+    """The (fractional) model timesteps dpm++_m2 evaluates, one per step, noisiest first."""
+    ns = DiscreteVPSchedule(diffusion.betas)
+    return [float(t) for t in ns.model_time(ns.time_steps(_check_steps(steps)))[:int(steps)]]
+
+
+def sample_dpmpp_m2(denoise_fn, x_T: torch.Tensor, diffusion: DiffusionSchedule, steps: int, noise, callback=None,
+                    guidance=None, **options) -> torch.Tensor:
+    split_options("dpm++_m2", options, ())
+    steps = _check_steps(steps)
     ns = DiscreteVPSchedule(diffusion.betas)
     timesteps = ns.time_steps(steps, x_T.device)
     param = diffusion.parameterization

@@ -35,10 +35,20 @@ class EDMSchedule:
     timesteps: torch.Tensor  # (steps + 1,) int64, the model timestep of each sigma
 
 
-def edm_schedule(diffusion: DiffusionSchedule, steps: int, device=None) -> EDMSchedule:
+def _check_steps(steps) -> int:
     steps = int(steps)
     if steps < 1:
         raise ValueError(f"EDM samplers need at least 1 step (got {steps})")
+    return steps
+
+
+def grid(diffusion: DiffusionSchedule, steps: int) -> list[float]:
+    """The model timesteps of the EDM grid, one per step, noisiest first (the final sigma = 0 left out)."""
+    return [float(t) for t in edm_timesteps(_check_steps(steps), len(diffusion.alphas_cumprod))[:-1]]
+
+
+def edm_schedule(diffusion: DiffusionSchedule, steps: int, device=None) -> EDMSchedule:
+    steps = _check_steps(steps)
     ac = diffusion.alphas_cumprod
     return EDMSchedule(
         sigmas=torch.tensor(edm_sigmas(ac, steps), dtype=torch.float32, device=device),

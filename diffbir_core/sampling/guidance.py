@@ -1,19 +1,19 @@
 """Restoration guidance (v1 "latent image guidance", v2.0.0 MSE / weighted-MSE guidance).
 
-At a step with model timestep t, if `t_stop < t + 1 < t_start`, the denoised estimate x̂0 is
+At a step with model timestep t, if `t_stop < t + 1 < t_start`, the denoised estimate x0_hat is
 pulled towards the stage-1 result y = 2 * cond_img01 - 1, `repeat` times:
 
 * loss: MSE `L = sum_b mean_chw (pred - target)^2`, or weighted MSE with the weight map
   `w = 1 - tanh(blocksum_2x2 |Sobel(gray((y + 1) / 2))|)` (flat regions ~1, edges ~0);
   `g = -scale * dL/dpred` (scale is the internal scale: v2 `--g_scale * 3000`, v1 `--g_scale`);
-* space "latent": pred = x̂0, target = `vae.encode(y).sample() * 0.18215`, re-sampled every
+* space "latent": pred = x0_hat, target = `vae.encode(y).sample() * 0.18215`, re-sampled every
   repeat (one `noise.randn_like` per repeat, drawn before the step's own draw);
-  space "rgb": pred = `vae.decode(x̂0 / 0.18215)`, g back-propagated through the decoder to x̂0;
-* update, rule "v2" (v2.0.0): `x̂0 += g / c1` each repeat, c1 = posterior-mean coefficient of
-  x̂0, so the DDPM posterior mean moves by exactly g; rule "v1": `x̂0 += g` (for the next
-  repeat's gradient) while the mean, computed from the unguided x̂0, moves by `0.5 * g` per
-  repeat. Both are returned as one corrected x̂0' whose posterior mean `c1 * x̂0' + c2 * x_t`
-  is the official one (v1: x̂0' = x̂0 + 0.5 * sum(g) / c1).
+  space "rgb": pred = `vae.decode(x0_hat / 0.18215)`, g back-propagated through the decoder to x0_hat;
+* update, rule "v2" (v2.0.0): `x0_hat += g / c1` each repeat, c1 = posterior-mean coefficient of
+  x0_hat, so the DDPM posterior mean moves by exactly g; rule "v1": `x0_hat += g` (for the next
+  repeat's gradient) while the mean, computed from the unguided x0_hat, moves by `0.5 * g` per
+  repeat. Both are returned as one corrected x0_hat' whose posterior mean `c1 * x0_hat' + c2 * x_t`
+  is the official one (v1: x0_hat' = x0_hat + 0.5 * sum(g) / c1).
 
 Working where the official code does not:
 * weighted MSE in latent space (the official weight map needs RGB and crashes on a 4-channel
@@ -22,11 +22,11 @@ Working where the official code does not:
 * odd image sides (the 2x2 block sum needs even sides): the gray image is replicate-padded to
   even sides and the map cropped back;
 * any diffusion version (v1, v2, v2.1 v-prediction) and every sampler: samplers hand over their
-  x̂0 (spaced: the official place; ddim / dpm++_m2: their x0 prediction, from which they
+  x0_hat (spaced: the official place; ddim / dpm++_m2: their x0 prediction, from which they
   re-derive eps; edm_*: the denoiser output D(x, sigma)) together with c1 of the DDPM posterior
   between the current and the next noise level of their grid,
   `c1 = (1 - ac_t / ac_next) * sqrt(ac_next) / (1 - ac_t)` (`posterior_c1`). For the spaced
-  sampler this is the official c1; for the others it makes the same correction of x̂0, which
+  sampler this is the official c1; for the others it makes the same correction of x0_hat, which
   moves their next latent by about g rather than exactly g.
 Guidance is not available with tiled diffusion (as officially: it needs the whole image).
 """
@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..padding import pad_to_multiple
 from ..schedule import LATENT_SCALE
 
 _GRAY = (0.2989, 0.5870, 0.1140)
@@ -49,9 +50,7 @@ def weight_map(target01: torch.Tensor) -> torch.Tensor:
     gray = torch.sum(target01 * torch.tensor(_GRAY, dtype=target01.dtype, device=target01.device).view(1, 3, 1, 1),
                      dim=1, keepdim=True)
     h, w = gray.shape[-2:]
-    ph, pw = h % 2, w % 2
-    if ph or pw:
-        gray = F.pad(gray, (0, pw, 0, ph), mode="replicate")
+    gray = pad_to_multiple(gray, 2, mode="replicate")
     gx = torch.tensor([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=gray.dtype, device=gray.device)[None]
     gy = torch.tensor([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], dtype=gray.dtype, device=gray.device)[None]
     grad = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), torch.stack((gx, gy)), stride=1)
@@ -106,8 +105,8 @@ class RestorationGuidance:
 
     @classmethod
     def official(cls, vae, target01, version: str, scale_arg: float, **kwargs) -> RestorationGuidance:
-        """v2 (v2.0.0, also used for v2.1): internal scale = g_scale * 3000, x̂0 += g / c1.
-        v1: internal scale = g_scale, x̂0 += g with mean += 0.5 g, default repeat 5 and MSE loss."""
+        """v2 (v2.0.0, also used for v2.1): internal scale = g_scale * 3000, x0_hat += g / c1.
+        v1: internal scale = g_scale, x0_hat += g with mean += 0.5 g, default repeat 5 and MSE loss."""
         if version == "v1":
             kwargs.setdefault("repeat", 5)
             kwargs.setdefault("loss", "mse")
@@ -159,7 +158,7 @@ class RestorationGuidance:
         return g.detach()
 
     def __call__(self, x0: torch.Tensor, model_t, c1, noise) -> torch.Tensor:
-        """Corrected x̂0 (see the module doc); x0 unchanged outside the window."""
+        """Corrected x0_hat (see the module doc); x0 unchanged outside the window."""
         if not self.active(model_t):
             return x0
         if self.target is None:

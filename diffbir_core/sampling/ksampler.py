@@ -42,12 +42,6 @@ from .options import OFFICIAL_DEFAULTS
 from .registry import DDPM_FAMILY, EDM_FAMILY, get_sampler
 
 
-def _schedule_from_alphas_cumprod(alphas_cumprod) -> DiffusionSchedule:
-    ac = np.asarray(torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu(), dtype=np.float64)
-    prev = np.concatenate([[1.0], ac[:-1]])
-    return DiffusionSchedule(betas=1.0 - ac / prev, parameterization="v")
-
-
 class X0ToV:
     """denoise_fn(x_vp, t) -> v for a DDPM-family sampler, from a k-diffusion x0-denoiser (see module doc)."""
 
@@ -89,7 +83,8 @@ def ddpm_ksampler(name: str):
         if alphas_cumprod is None:
             raise ValueError(f"{name}: pass the model's training alphas_cumprod in extra_options")
         extra_args = {} if extra_args is None else extra_args
-        diffusion = _schedule_from_alphas_cumprod(alphas_cumprod)
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu().numpy()
+        diffusion = DiffusionSchedule.from_alphas_cumprod(ac, parameterization="v")
         sigma_max = float(sigmas[0])
         denoise_fn = X0ToV(model, diffusion.alphas_cumprod, sigma_max, extra_args)
         x_T = x / (1.0 + sigma_max**2) ** 0.5

@@ -13,11 +13,12 @@
 5. sample with control strength, CFG, rescale_cfg, tiling (`denoiser.CLDMDenoiser`);
 6. crop the latent to the unpadded latent size, decode (`z / 0.18215`), crop to the image size.
 The result carries `c_img` as recorded by the golden files (before the latent pad and before
-noise_aug), `z_final` and `decoded` (~[-1, 1]); `color_fix` gives the official final
+noise_aug), `z_final` and `decoded` (~[-1, 1]); `colorfix.color_fix_decoded` gives the official final
 `wavelet_reconstruction((decoded + 1) / 2, cond_img01)`.
 
 `run_stage2_v2` mirrors v2.0.0 `Pipeline.run_stage2` (spec B.3-B.7): always pad to 64, v2.0.0
-tiled encode / eps tiles / tiled decode, `better_start`, restoration guidance.
+tiled encode / eps tiles / tiled decode, `better_start`, restoration guidance; `sample_v2` is its sampling
+step alone (`SpacedSampler.sample` with the start point), which the v2.0.0 golden files record.
 
 Differences from the official code, by design:
 * tiled VAE (`vae_encoder_tiled` / `vae_decoder_tiled`) uses the v2.0.0 gaussian-blended tiles
@@ -31,12 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .. import colorfix
+from ..padding import pad_to_multiple, pad_to_size
 from ..schedule import LATENT_SCALE, DiffusionSchedule
-from ..tiling import sliding_windows
-from .denoiser import CLDMDenoiser, Condition
+from ..tiling import check_tile_settings, sliding_windows
+from .denoiser import CLDMDenoiser, Condition, rescales_any_cfg
 from .noise import GeneratorNoise, NoiseSource
 from .registry import get_sampler
 from .tiled import vae_decode, vae_decode_tiled, vae_encode, vae_encode_tiled
@@ -59,15 +60,6 @@ class CLDMResult:
     denoiser: CLDMDenoiser
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero pad at the bottom/right to a multiple (the official `pad_to_multiples_of`)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not ph and not pw:
-        return x.clone()
-    return F.pad(x, (0, pw, 0, ph), mode="constant", value=0)
-
-
 def q_sample(diffusion: DiffusionSchedule, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
     """sqrt(ac_t) x0 + sqrt(1 - ac_t) noise with float32 coefficients (the official buffers)."""
     ac = diffusion.alphas_cumprod
@@ -76,14 +68,33 @@ def q_sample(diffusion: DiffusionSchedule, x0: torch.Tensor, t: int, noise: torc
     return a * x0 + b * noise
 
 
-def color_fix(decoded: torch.Tensor, cond_img01: torch.Tensor, method: str = "wavelet") -> torch.Tensor:
-    """The official post-processing colour fix of `(decoded + 1) / 2` against the stage-1 image."""
-    return colorfix.color_fix((decoded + 1) / 2, cond_img01, method)
+START_POINTS = ("noise", "cond")
 
 
-def _check_tile(name: str, size: int, multiple: int) -> None:
-    if size <= 0 or size % multiple:
-        raise ValueError(f"{name} must be a positive multiple of {multiple}, got {size}")
+def _check_start(diffusion: DiffusionSchedule, start_point_type: str, noise_aug: int) -> int:
+    if start_point_type not in START_POINTS:
+        raise ValueError(f"start_point_type must be 'noise' or 'cond', got {start_point_type!r}")
+    noise_aug = int(noise_aug)
+    if not 0 <= noise_aug < len(diffusion.betas):
+        raise ValueError(f"noise_aug must be in [0, {len(diffusion.betas) - 1}], got {noise_aug}")
+    return noise_aug
+
+
+def start_latent(diffusion: DiffusionSchedule, c_img: torch.Tensor, start_point_type: str, noise_aug: int,
+                 noise: NoiseSource) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_T, the condition latent the model sees), drawn from `noise` in the official order.
+
+    x_T has the shape of `c_img` (the latent to sample): "noise" is the first draw itself, "cond" diffuses
+    c_img to the last timestep with it (pure noise under zero-terminal SNR). With noise_aug > 0 the next draw
+    diffuses c_img to timestep noise_aug (officially shared by the unconditional branch); otherwise c_img is
+    returned unchanged. Every later draw (the sampler's) follows these two.
+    """
+    noise_aug = _check_start(diffusion, start_point_type, noise_aug)
+    first = noise.randn(c_img.shape, c_img.device, c_img.dtype)
+    x_T = q_sample(diffusion, c_img, len(diffusion.betas) - 1, first) if start_point_type == "cond" else first
+    if noise_aug > 0:
+        c_img = q_sample(diffusion, c_img, noise_aug, noise.randn_like(c_img))
+    return x_T, c_img
 
 
 def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Tensor, c_txt_neg: torch.Tensor | None,
@@ -95,14 +106,10 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
                noise: NoiseSource | None = None, guidance=None, callback=None, batch_cfg: bool = True,
                **sampler_options) -> CLDMResult:
     sample_fn = get_sampler(sampler)
-    if start_point_type not in ("noise", "cond"):
-        raise ValueError(f"start_point_type must be 'noise' or 'cond', got {start_point_type!r}")
-    noise_aug = int(noise_aug)
-    if not 0 <= noise_aug < len(diffusion.betas):
-        raise ValueError(f"noise_aug must be in [0, {len(diffusion.betas) - 1}], got {noise_aug}")
+    noise_aug = _check_start(diffusion, start_point_type, noise_aug)
     noise = GeneratorNoise() if noise is None else noise
     vae, scale = nets.vae, nets.latent_scale
-    b, _, h0, w0 = cond_img01.shape
+    h0, w0 = cond_img01.shape[-2:]
 
     # 1. pad the condition image
     cond_img01 = pad_to_multiple(cond_img01, 8 if (vae_encoder_tiled or cldm_tiled) else 64)
@@ -110,8 +117,9 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
         vae_encoder_tiled = False  # "the input size is tiny and unnecessary to tile"
     # 2. condition latent
     if vae_encoder_tiled:
-        _check_tile("vae_encoder_tile_size", vae_encoder_tile_size, 8)
         stride = vae_encoder_tile_stride or vae_encoder_tile_size // 2
+        check_tile_settings(vae_encoder_tile_size, stride, tile_name="vae_encoder_tile_size",
+                            stride_name="vae_encoder_tile_stride")
         c_img = vae_encode_tiled(vae, cond_img01 * 2 - 1, vae_encoder_tile_size, stride, scale=scale)
     else:
         c_img = vae_encode(vae, cond_img01 * 2 - 1, scale=scale)
@@ -120,32 +128,24 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
     if cldm_tiled and (h1 < cldm_tile_size // 8 or w1 < cldm_tile_size // 8):
         cldm_tiled = False
     if cldm_tiled:
-        _check_tile("cldm_tile_size", cldm_tile_size, 64)
-        if cldm_tile_stride <= 0 or cldm_tile_stride // 8 <= 0:
-            raise ValueError(f"cldm_tile_stride must be at least 8 pixels, got {cldm_tile_stride}")
+        check_tile_settings(cldm_tile_size, cldm_tile_stride, tile_name="cldm_tile_size",
+                            stride_name="cldm_tile_stride")
         if guidance is not None:
             raise ValueError("restoration guidance is not available with tiled diffusion (it needs the whole image)")
     else:
         c_img = pad_to_multiple(c_img, 8)
     h2, w2 = c_img.shape[-2:]
-    # 3. start point
-    if start_point_type == "cond":
-        x_T = q_sample(diffusion, c_img, len(diffusion.betas) - 1, noise.randn(c_img.shape, c_img.device, c_img.dtype))
-    else:
-        x_T = noise.randn((b, 4, h2, w2), c_img.device, c_img.dtype)
-    # 4. noise augmentation of the condition
-    if noise_aug > 0:
-        c_img = q_sample(diffusion, c_img, noise_aug, noise.randn_like(c_img))
+    # 3. start point, 4. noise augmentation of the condition
+    x_T, c_img = start_latent(diffusion, c_img, start_point_type, noise_aug, noise)
     if guidance is not None:  # the stage-1 image, zero-padded to the size the latent decodes to
-        ph, pw = h2 * 8 - cond_img01.shape[-2], w2 * 8 - cond_img01.shape[-1]
-        guidance.set_target(F.pad(cond_img01, (0, pw, 0, ph)))
+        guidance.set_target(pad_to_size(cond_img01, h2 * 8, w2 * 8))
     # 5. sample
     tiles = (cldm_tile_size // 8, cldm_tile_stride // 8) if cldm_tiled else None
     denoiser = CLDMDenoiser(
         nets.controlnet, nets.unet, Condition(c_txt_pos, c_img),
         Condition(c_txt_neg, c_img) if c_txt_neg is not None else None,
         cfg_scale=cfg_scale, strength=strength, rescale_cfg=rescale_cfg, tiles=tiles,
-        rescale_any_cfg=(sampler == "dpm++_m2"), batch_cfg=batch_cfg,
+        rescale_any_cfg=rescales_any_cfg(sampler), batch_cfg=batch_cfg,
     )
     with torch.no_grad():
         z = sample_fn(denoiser, x_T, diffusion, steps, noise, callback=callback, guidance=guidance, **sampler_options)
@@ -155,8 +155,9 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
         vae_decoder_tiled = False
     with torch.no_grad():
         if vae_decoder_tiled:
-            _check_tile("vae_decoder_tile_size", vae_decoder_tile_size, 8)
             stride = vae_decoder_tile_stride or vae_decoder_tile_size // 2
+            check_tile_settings(vae_decoder_tile_size, stride, tile_name="vae_decoder_tile_size",
+                                stride_name="vae_decoder_tile_stride")
             decoded = vae_decode_tiled(vae, z, vae_decoder_tile_size // 8, max(stride // 8, 1), scale=scale)
         else:
             decoded = vae_decode(vae, z, scale=scale)
@@ -169,35 +170,59 @@ def run_stage2_v2(nets: StageTwoNets, clean01: torch.Tensor, c_txt_pos: torch.Te
                   diffusion: DiffusionSchedule, steps: int, *, strength: float = 1.0, cfg_scale: float = 1.0,
                   tiled: bool = False, tile_size: int = 512, tile_stride: int = 256, better_start: bool = False,
                   noise: NoiseSource | None = None, guidance=None, callback=None, batch_cfg: bool = True) -> CLDMResult:
-    """v2.0.0 `Pipeline.run_stage2` with the spaced sampler (see the module doc)."""
+    """v2.0.0 `Pipeline.run_stage2` with the spaced sampler (see the module doc): pad to 64, encode (tiled when
+    `tiled`), `sample_v2`, decode (tiled when `tiled`), crop."""
     noise = GeneratorNoise() if noise is None else noise
     vae, scale = nets.vae, nets.latent_scale
-    b, _, h0, w0 = clean01.shape
+    h0, w0 = clean01.shape[-2:]
     pad_clean = pad_to_multiple(clean01, 64)
-    h, w = pad_clean.shape[-2:]
+    tiles = v2_tiles(pad_clean.shape[-2:], tile_size, tile_stride, guidance) if tiled else None
     if tiled:
-        _check_tile("tile_size", tile_size, 8)
-        if tile_stride // 8 <= 0:
-            raise ValueError(f"tile_stride must be at least 8 pixels, got {tile_stride}")
-        if min(h, w) < tile_size:
-            raise ValueError(f"v2.0.0 tiled sampling needs an image of at least one tile ({tile_size}), got {h}x{w}")
-        if guidance is not None:
-            raise ValueError("tiled sampling doesn't support restoration guidance (as in v2.0.0)")
-        c_img = vae_encode_tiled(vae, pad_clean * 2 - 1, tile_size, tile_stride, scale=scale)
+        def encode(x, **kw):
+            return vae_encode_tiled(vae, x, tile_size, tile_stride, scale=scale, **kw)
     else:
-        c_img = vae_encode(vae, pad_clean * 2 - 1, scale=scale)
+        def encode(x, **kw):
+            return vae_encode(vae, x, scale=scale, **kw)
+    c_img = encode(pad_clean * 2 - 1)
+    z, denoiser = sample_v2(nets, pad_clean, c_img, c_txt_pos, c_txt_neg, diffusion, steps, encode=encode,
+                            strength=strength, cfg_scale=cfg_scale, tiles=tiles, better_start=better_start, noise=noise,
+                            guidance=guidance, callback=callback, batch_cfg=batch_cfg)
+    with torch.no_grad():
+        decoded = vae_decode_tiled(vae, z, *tiles, scale=scale) if tiled else vae_decode(vae, z, scale=scale)
+    tile_list = sliding_windows(*z.shape[-2:], *tiles) if tiles else []
+    return CLDMResult(z_final=z, decoded=decoded[..., :h0, :w0], c_img=c_img, tiles_latent=tile_list, denoiser=denoiser)
+
+
+def v2_tiles(size: tuple[int, int], tile_size: int, tile_stride: int, guidance=None) -> tuple[int, int]:
+    """(latent tile, latent stride) of v2.0.0 tiled sampling for an image of `size` pixels, checked as v2.0.0
+    requires: whole latent tiles, an image of at least one tile, no restoration guidance."""
+    if tile_size <= 0:
+        raise ValueError(f"tiled sampling needs a positive tile_size, got {tile_size}")
+    check_tile_settings(tile_size, tile_stride)
+    if min(size) < tile_size:
+        h, w = size
+        raise ValueError(f"v2.0.0 tiled sampling needs an image of at least one tile ({tile_size}), got {h}x{w}")
     if guidance is not None:
-        guidance.set_target(pad_clean)
+        raise ValueError("tiled sampling doesn't support restoration guidance (as in v2.0.0)")
+    return tile_size // 8, tile_stride // 8
+
+
+def sample_v2(nets: StageTwoNets, clean01: torch.Tensor, c_img: torch.Tensor, c_txt_pos: torch.Tensor,
+              c_txt_neg: torch.Tensor | None, diffusion: DiffusionSchedule, steps: int, *, encode, strength: float = 1.0,
+              cfg_scale: float = 1.0, tiles: tuple[int, int] | None = None, better_start: bool = False,
+              noise: NoiseSource, guidance=None, callback=None, batch_cfg: bool = True):
+    """v2.0.0 `SpacedSampler.sample` and its start point, on the condition latent `c_img` of `clean01` (the
+    stage-1 image in [0, 1], also the guidance target): x_T is a fresh draw, or with `better_start` the noised
+    `encode`d low frequencies of `clean01`; `tiles` (latent tile, stride; see `v2_tiles`) tiles the model calls
+    only. Returns (z, denoiser). The v2.0.0 golden files record this step alone, with untiled VAE calls."""
+    if guidance is not None:
+        guidance.set_target(clean01)
     if better_start:
-        _, low = colorfix.wavelet_decomposition(pad_clean)  # encoded in [0, 1], as officially
-        if tiled:
-            x0 = vae_encode_tiled(vae, low, tile_size, tile_stride, sample=True, noise=noise, scale=scale)
-        else:
-            x0 = vae_encode(vae, low, sample=True, noise=noise, scale=scale)
+        _, low = colorfix.wavelet_decomposition(clean01)  # encoded in [0, 1], as officially
+        x0 = encode(low, sample=True, noise=noise)
         x_T = q_sample(diffusion, x0, len(diffusion.betas) - 1, noise.randn(x0.shape, x0.device, x0.dtype))
     else:
-        x_T = noise.randn((b, 4, h // 8, w // 8), c_img.device, c_img.dtype)
-    tiles = (tile_size // 8, tile_stride // 8) if tiled else None
+        x_T = noise.randn((clean01.shape[0], 4, *c_img.shape[-2:]), c_img.device, c_img.dtype)
     denoiser = CLDMDenoiser(
         nets.controlnet, nets.unet, Condition(c_txt_pos, c_img),
         Condition(c_txt_neg, c_img) if c_txt_neg is not None else None,
@@ -205,6 +230,4 @@ def run_stage2_v2(nets: StageTwoNets, clean01: torch.Tensor, c_txt_pos: torch.Te
     )
     with torch.no_grad():
         z = get_sampler("spaced")(denoiser, x_T, diffusion, steps, noise, callback=callback, guidance=guidance)
-        decoded = vae_decode_tiled(vae, z, *tiles, scale=scale) if tiled else vae_decode(vae, z, scale=scale)
-    tile_list = sliding_windows(h // 8, w // 8, *tiles) if tiles else []
-    return CLDMResult(z_final=z, decoded=decoded[..., :h0, :w0], c_img=c_img, tiles_latent=tile_list, denoiser=denoiser)
+    return z, denoiser

@@ -11,28 +11,30 @@
   sampler derives its own official grid from these (schedules are data: `diffbir_core.schedule`).
 * `noise`: a `noise.NoiseSource`; `callback(dict)` once per step with at least x, i, denoised;
   `guidance`: an optional `guidance.RestorationGuidance`.
+* `grid(name, diffusion, steps)`: the model timesteps the sampler evaluates, one per step,
+  noisiest first (fractional for dpm++_m2); hosts that run the sampler on their own machinery
+  map these to their noise levels.
 * `options`: the official settings s_churn, s_tmin, s_tmax, s_noise, eta, order (defaults are
   the official CLI defaults 0, 0, 300, 1, 1, 1); each sampler reads its own subset.
 """
 
 from __future__ import annotations
 
-from .ddim import sample_ddim
-from .dpm_solver import sample_dpmpp_m2
-from .edm import make_edm_sampler
+from . import ddim, dpm_solver, edm, spaced
 from .k_solvers import SOLVERS
-from .spaced import sample_spaced
 
 SAMPLERS = {
-    "spaced": sample_spaced,
-    "ddim": sample_ddim,
-    "dpm++_m2": sample_dpmpp_m2,
-    **{f"edm_{kind}": make_edm_sampler(kind) for kind in SOLVERS},
+    "spaced": spaced.sample_spaced,
+    "ddim": ddim.sample_ddim,
+    "dpm++_m2": dpm_solver.sample_dpmpp_m2,
+    **{f"edm_{kind}": edm.make_edm_sampler(kind) for kind in SOLVERS},
 }
 SAMPLER_NAMES = tuple(SAMPLERS)
 DDPM_FAMILY = ("spaced", "ddim", "dpm++_m2")
 EDM_FAMILY = tuple(n for n in SAMPLER_NAMES if n.startswith("edm_"))
 BROWNIAN_SAMPLERS = ("edm_dpm++_sde", "edm_dpm++_2m_sde", "edm_dpm++_3m_sde")
+_GRIDS = {"spaced": spaced.grid, "ddim": ddim.grid, "dpm++_m2": dpm_solver.grid,
+          **{name: edm.grid for name in EDM_FAMILY}}
 
 
 def get_sampler(name: str):
@@ -43,3 +45,9 @@ def get_sampler(name: str):
 
 def sample(name: str, denoise_fn, x_T, diffusion, steps: int, noise, callback=None, guidance=None, **options):
     return get_sampler(name)(denoise_fn, x_T, diffusion, steps, noise, callback=callback, guidance=guidance, **options)
+
+
+def grid(name: str, diffusion, steps: int) -> list[float]:
+    """The official model timesteps of sampler `name` for `steps` steps (see the module doc)."""
+    get_sampler(name)
+    return _GRIDS[name](diffusion, steps)

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from ..schedule import DiffusionSchedule, predict_x0, spaced_tables
+from ..schedule import DiffusionSchedule, predict_x0, space_timesteps, spaced_tables
 from .options import split_options
 
 _TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
            "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2")
+
+
+def grid(diffusion: DiffusionSchedule, steps: int) -> list[float]:
+    """The model timesteps the spaced sampler visits, noisiest first."""
+    return [float(t) for t in sorted(space_timesteps(len(diffusion.betas), int(steps)), reverse=True)]
 
 
 def sample_spaced(denoise_fn, x_T: torch.Tensor, diffusion: DiffusionSchedule, steps: int, noise, callback=None,

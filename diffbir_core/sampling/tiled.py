@@ -21,37 +21,7 @@ from collections.abc import Callable
 import torch
 
 from ..schedule import LATENT_SCALE
-from ..tiling import gaussian_weights, sliding_windows
-
-
-def _weights(tile_h: int, tile_w: int, like: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(gaussian_weights(tile_w, tile_h), dtype=torch.float32, device=like.device)
-    return w[None, None].to(like.dtype)
-
-
-def _blend(windows: list[tuple[int, int, int, int]], call: Callable[[int, int, int, int], torch.Tensor],
-           size: tuple[int, int], scale: int = 1, dtype: torch.dtype | None = None,
-           on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """sum(w * call(window)) / sum(w) over `windows`, each result placed at its window times `scale`.
-
-    The one tile loop of this module: `size` is the output's (H, W), batch and channels come from the first
-    result, `dtype` (default: the results') is that of the output and the weights. `on_tile(i, n)` runs before
-    tile i of n: the host's interrupt check and progress hook (it may raise to stop between tiles).
-    """
-    out = count = weights = None
-    for i, (y0, y1, x0, x1) in enumerate(windows):
-        if on_tile is not None:
-            on_tile(i, len(windows))
-        res = call(y0, y1, x0, x1)
-        if out is None:
-            out = res.new_zeros((res.shape[0], res.shape[1], *size), dtype=dtype or res.dtype)
-            count = torch.zeros_like(out, dtype=torch.float32)
-        if weights is None or weights.shape[-2:] != res.shape[-2:]:
-            weights = _weights(res.shape[-2], res.shape[-1], out)
-        region = (..., slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale))
-        out[region] += res * weights
-        count[region] += weights
-    return out / count
+from ..tiling import blend_tiles, sliding_windows
 
 
 def tiled_call(call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, c_img: torch.Tensor,
@@ -65,7 +35,7 @@ def tiled_call(call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: to
             raise ValueError(f"tiled model call returned {res.shape[1]} channels, expected {c}")
         return res
 
-    return _blend(sliding_windows(h, w, tile, stride), one, (h, w), dtype=x.dtype)
+    return blend_tiles(sliding_windows(h, w, tile, stride), one, (h, w), dtype=x.dtype)
 
 
 def vae_encode(vae, image: torch.Tensor, sample: bool = False, noise=None, scale: float = LATENT_SCALE) -> torch.Tensor:
@@ -84,13 +54,13 @@ def encode_tiles(encode: Callable[[torch.Tensor], torch.Tensor], image: torch.Te
     """`encode(pixel_tile) -> latent_tile` over pixel tiles of tile_size (stride tile_stride), gaussian-blended.
 
     The grid is laid out in latent pixels (tile_size // 8, tile_stride // 8) as the official v2.0.0 code does, so
-    the image sides must be multiples of 8. `on_tile(i, n)` as in `_blend` (nothing is returned when it raises).
+    the image sides must be multiples of 8. `on_tile(i, n)` as in `tiling.blend_tiles` (nothing is returned when it raises).
     """
     h, w = image.shape[-2:]
     if h % 8 or w % 8:
         raise ValueError(f"tiled VAE encode needs sides that are multiples of 8, got {h}x{w}")
     windows = sliding_windows(h // 8, w // 8, max(tile_size // 8, 1), max(tile_stride // 8, 1))
-    return _blend(windows, lambda y0, y1, x0, x1: encode(image[:, :, y0 * 8 : y1 * 8, x0 * 8 : x1 * 8]),
+    return blend_tiles(windows, lambda y0, y1, x0, x1: encode(image[:, :, y0 * 8 : y1 * 8, x0 * 8 : x1 * 8]),
                   (h // 8, w // 8), on_tile=on_tile)
 
 
@@ -99,10 +69,10 @@ def decode_tiles(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor
     """`decode(latent_tile) -> pixel_tile` over latent tiles of `tile` (stride `stride`), pixel gaussian blend.
 
     Only one tile's decoder activations exist at a time; the blended output and its weight sum are the only
-    whole-image buffers. `on_tile(i, n)` as in `_blend`.
+    whole-image buffers. `on_tile(i, n)` as in `tiling.blend_tiles`.
     """
     h, w = z.shape[-2:]
-    return _blend(sliding_windows(h, w, tile, stride), lambda y0, y1, x0, x1: decode(z[..., y0:y1, x0:x1]),
+    return blend_tiles(sliding_windows(h, w, tile, stride), lambda y0, y1, x0, x1: decode(z[..., y0:y1, x0:x1]),
                   (h * 8, w * 8), scale=8, on_tile=on_tile)
 
 

@@ -25,12 +25,14 @@ CHECKPOINTS = "checkpoints"
 DIFFBIR = "diffbir"
 UPSCALE_MODELS = "upscale_models"
 CONTROLNET = "controlnet"
-MODEL_FOLDERS = (CHECKPOINTS, DIFFBIR, UPSCALE_MODELS, CONTROLNET)
+FACEDETECTION = "facedetection"  # the folder other ComfyUI face packs keep facexlib's detectors in
+MODEL_FOLDERS = (CHECKPOINTS, DIFFBIR, UPSCALE_MODELS, CONTROLNET, FACEDETECTION)
 
 _HF_V1 = "https://huggingface.co/lxq007/DiffBIR/resolve/main/"
 _HF_V2 = "https://huggingface.co/lxq007/DiffBIR-v2/resolve/main/"
 _KAIR = "https://github.com/cszn/KAIR/releases/download/v1.0/"
 _SD21 = "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/"
+_FACEXLIB = "https://github.com/xinntao/facexlib/releases/download/v0.1.0/"
 
 # Widget value meaning "no file" in Load DiffBIR Models.
 NONE_VALUES = ("", "none")
@@ -122,6 +124,18 @@ _FILES = (
     WeightFile(
         "face_full_v1.ckpt", _HF_V1 + "face_full_v1.ckpt", DIFFBIR, "diffbir_v1_full", "v1", ("v1",),
         "DiffBIR v1 faces, all in one file: stage-1 SwinIR + LAControlNet + SD 2.1 (superseded by the split files).",
+    ),
+    WeightFile(
+        "detection_Resnet50_Final.pth", _FACEXLIB + "detection_Resnet50_Final.pth", FACEDETECTION, "retinaface", None,
+        ("v2", "v2.1"),
+        "RetinaFace ResNet-50 face detector (facexlib's retinaface_resnet50): finds faces for the unaligned-face task.",
+        (DIFFBIR,),
+    ),
+    WeightFile(
+        "detection_mobilenet0.25_Final.pth", _FACEXLIB + "detection_mobilenet0.25_Final.pth", FACEDETECTION,
+        "retinaface", None, (),
+        "RetinaFace MobileNet-0.25 face detector (facexlib's retinaface_mobile0.25): smaller and faster, less exact.",
+        (DIFFBIR,),
     ),
 )
 

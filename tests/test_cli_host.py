@@ -43,7 +43,7 @@ def test_stock_graph_runs_in_process(comfy_host):
 def test_invalid_prompt_raises_with_comfy_validation_text(comfy_host):
     prompt = _empty_image_save(64, 48, "host_bad")
     prompt["1"]["inputs"]["width"] = 0  # below EmptyImage's minimum of 1
-    with pytest.raises(AssertionError, match=r"(?s)node 1 \(EmptyImage\).*width"):
+    with pytest.raises(ch.PromptValidationError, match=r"(?s)node 1 \(EmptyImage\).*width"):
         comfy_host.run(prompt)
 
 

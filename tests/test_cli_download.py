@@ -20,9 +20,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save
 
-from diffbir_core import download as dl
+from diffbir_cli import download as dl
+from diffbir_cli import fetch
+from diffbir_cli.lockfile import LOCK_FILE_NAME
+from diffbir_cli.progress import TextProgress
+from diffbir_cli.weights import CATALOGUE, CHECKPOINTS, DIFFBIR, FACEDETECTION, files_needed, lookup, unknown_files
 from diffbir_core.detect import KIND_NAMES, version_from_name
-from diffbir_core.weights import CATALOGUE, CHECKPOINTS, DIFFBIR, files_needed, lookup, unknown_files
 
 GOLDEN = Path(__file__).parent / "golden" / "bsrnet.safetensors"
 
@@ -133,7 +136,7 @@ def _sha(b: bytes) -> str:
 def _fetch(server, tmp_path, name="BSRNet.pth", kind="bsrnet", **kw):
     url = f"{server.base}/files/{name}"
     dest = tmp_path / "models" / "diffbir" / name
-    lock = tmp_path / "models" / dl.LOCK_FILE_NAME
+    lock = tmp_path / "models" / LOCK_FILE_NAME
     kw.setdefault("retry_wait", 0)
     kw.setdefault("timeout", 5)
     kw.setdefault("chunk_size", 16384)
@@ -303,7 +306,7 @@ def test_http_error_and_bad_scheme_messages(server, tmp_path):
 
 def test_text_progress_draws_one_throttled_line():
     out = io.StringIO()
-    bar = dl.TextProgress("BSRNet.pth", stream=out, interval=10.0)
+    bar = TextProgress("BSRNet.pth", stream=out, interval=10.0)
     for done in range(0, 1001, 10):
         bar(done, 1000)
     bar.close()
@@ -321,13 +324,13 @@ def test_catalogue_is_consistent():
         "v2-1_512-ema-pruned.ckpt", "sd2.1-base-zsnr-laionaes5.ckpt", "DiffBIR_v2.1.pt", "v2.pth", "v1_general.pth",
         "v1_face.pth", "realesrgan_s4_swinir_100k.pth", "general_swinir_v1.ckpt", "face_swinir_v1.ckpt",
         "codeformer_swinir.ckpt", "BSRNet.pth", "scunet_color_real_psnr.pth", "general_full_v1.ckpt",
-        "face_full_v1.ckpt",
+        "face_full_v1.ckpt", "detection_Resnet50_Final.pth", "detection_mobilenet0.25_Final.pth",
     }
     assert set(CATALOGUE) == expected
     for e in CATALOGUE.values():
         assert e.url.startswith("https://") and e.url.endswith("/" + e.name)
         assert e.kind in KIND_NAMES
-        assert e.folder == (CHECKPOINTS if e.kind == "sd21" else DIFFBIR)
+        assert e.folder == {"sd21": CHECKPOINTS, "retinaface": FACEDETECTION}.get(e.kind, DIFFBIR)
         if e.kind == "controlnet":  # the loader tells ControlNet versions apart by name
             assert version_from_name(e.name) == e.version
 
@@ -348,10 +351,48 @@ def test_offline_message_lists_missing_files_and_folders(tmp_path):
     (models / "upscale_models").mkdir(parents=True)
     (models / "upscale_models" / "BSRNet.pth").write_bytes(b"x")  # present in an alternative folder
     files = files_needed(["BSRNet.pth", "v2.pth", "v2-1_512-ema-pruned.ckpt"])
-    msg = dl.missing_files_message(files, models)
+    msg = fetch.missing_files_message(files, models)
     assert "BSRNet.pth" not in msg and msg.startswith("2 model files are missing")
     assert f"into {models / 'diffbir'}" in msg and f"into {models / 'checkpoints'}" in msg
     assert CATALOGUE["v2.pth"].url in msg and CATALOGUE["v2-1_512-ema-pruned.ckpt"].url in msg
-    assert dl.missing_files_message(files[:1], models) == ""
-    with pytest.raises(dl.MissingWeightsError, match=r"v2\.pth"):
-        dl.ensure_weights(files, models, offline=True)
+    assert fetch.missing_files_message(files[:1], models) == ""
+    with pytest.raises(fetch.MissingWeightsError, match=r"v2\.pth"):
+        fetch.fetch_weights(files, models, offline=True)
+
+
+def test_failures_from_a_mirror_name_the_official_url_and_every_failed_file(server, tmp_path, capsys):
+    """One fetch tries every missing file; the summary names each failed one with its official URL and folder,
+    and each file's own message tells to download it by hand from the official URL, not the mirror's."""
+    from diffbir_cli import fetch
+    from diffbir_cli.mirrors import mirror_map
+
+    models = tmp_path / "models"
+    files = files_needed(["BSRNet.pth", "v2.pth", "sd2.1-base-zsnr-laionaes5.ckpt"])
+    server.state.files["/cszn/KAIR/releases/download/v1.0/BSRNet.pth"] = b"<html>not here</html>"  # wrong kind
+    with pytest.raises(fetch.FetchError) as err:
+        fetch.fetch_weights(files, models, mirrors=mirror_map(server.base), retries=0)
+    summary = str(err.value)
+    assert summary.startswith("3 of 3 weight files failed")
+    for entry in files:
+        assert f"{entry.name} from {entry.url} into {models / entry.folder}" in summary
+    assert "--offline" in summary and "--mirror" in summary
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3 and "not a usable checkpoint" in errors[0]
+    for line, entry in zip(errors[1:], files[1:], strict=True):
+        assert "HTTP 404" in line and f"manually from {entry.url} and put it in '{models / entry.folder}'" in line
+    assert sorted(p.name for p in models.rglob("*") if p.is_file()) == []  # nothing half-downloaded is kept
+
+
+def test_the_core_has_no_download_code():
+    """Weights distribution lives in diffbir_cli: no diffbir_core module imports a network library."""
+    import ast
+
+    network = {"urllib", "http", "socket", "ssl", "requests", "httpx", "aiohttp"}
+    core = Path(__file__).resolve().parent.parent / "diffbir_core"
+    offenders = []
+    for path in sorted(core.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            offenders += [f"{path.relative_to(core)}: {n}" for n in names if n.split(".")[0] in network]
+    assert not offenders and not (core / "download.py").exists() and not (core / "weights.py").exists(), offenders

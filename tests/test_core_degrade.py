@@ -1,4 +1,4 @@
-"""Degradation pipelines (diffbir_core.degrade) and the Degrade node.
+"""Degradation pipelines (diffbir_core.degrade); the Degrade node is tested in test_nodes_degrade.py.
 
 Statistical checks run draw_params over many seeds (cheap); full applications use small images.
 """
@@ -15,20 +15,17 @@ import pytest
 import torch
 from PIL import Image
 
-from extension import node_module
+from sample_images import smooth_image as _image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from diffbir_core.degrade import (
-    FORMAT,
     PRESET_NAMES,
     PRESETS,
-    RANGE_INFO,
     apply,
     degrade_batch,
     draw_params,
     make_rng,
-    params_from_json,
     params_to_json,
     parse_range,
 )
@@ -39,20 +36,7 @@ from diffbir_core.degrade.filtering import filter2d, pad_reflect101
 from diffbir_core.degrade.usm import cv2_gaussian_1d, usm_sharpen
 
 
-
-
-degrade_module = node_module("degrade")
-DiffBIRDegrade = degrade_module.DiffBIRDegrade
-
 N_SEEDS = 800  # draws only; ~0.5 ms each
-
-
-def _image(h=64, w=64, seed=0):
-    y, x = np.mgrid[0:h, 0:w] / max(h, w)
-    rng = np.random.default_rng(seed)
-    img = np.stack([0.5 + 0.4 * np.sin(9 * x + 3 * y), 0.5 + 0.4 * np.cos(7 * y - 4 * x), (x + y) / 2], -1)
-    img = img + 0.08 * rng.standard_normal((h, w, 3))
-    return torch.from_numpy(np.clip(img, 0, 1).astype(np.float32))
 
 
 @pytest.fixture(scope="module")
@@ -79,38 +63,6 @@ def test_same_seed_bit_identical_different_seeds_differ(preset):
     assert p3 != p1 and not torch.equal(lq1, lq3)
     assert lq1.shape == hq1.shape == img.shape and lq1.dtype == torch.float32
     assert float(lq1.min()) >= 0 and float(lq1.max()) <= 1
-
-
-@pytest.mark.parametrize("preset", PRESET_NAMES)
-def test_params_string_reproduces_image(preset):
-    node = DiffBIRDegrade()
-    img = _image(48, 56)[None]
-    lq, hq, text = node.degrade(img, preset, 123)
-    params = json.loads(text)
-    assert params["format"] == FORMAT and params["preset"] == preset and params["seed"] == 123
-    # preset, seed and overrides are ignored when params_json is given
-    lq2, hq2, text2 = node.degrade(img, "face", 999, params_json=text, blur_sigma="1-2")
-    assert torch.equal(lq, lq2) and torch.equal(hq, hq2) and json.loads(text2) == params
-    # the library route too
-    lq3, hq3 = apply(img[0], params_from_json(text, 1)[0])
-    assert torch.equal(lq3, lq[0]) and torch.equal(hq3, hq[0])
-
-
-def test_batch_each_image_own_draws_seed_plus_index():
-    node = DiffBIRDegrade()
-    one = _image()
-    batch = torch.stack([one, one, one])
-    lq, hq, text = node.degrade(batch, "realesrgan", 40)
-    params = json.loads(text)
-    assert isinstance(params, list) and [p["seed"] for p in params] == [40, 41, 42]
-    assert not torch.equal(lq[0], lq[1]) and not torch.equal(lq[1], lq[2])
-    for i in range(3):
-        lq_i, hq_i, _ = node.degrade(one[None], "realesrgan", 40 + i)
-        assert torch.equal(lq_i[0], lq[i]) and torch.equal(hq_i[0], hq[i])
-    lq_r, _, _ = node.degrade(batch, "general", 0, params_json=text)
-    assert torch.equal(lq_r, lq)
-    with pytest.raises(ValueError, match="params_json.*3 parameter sets.*2 images"):
-        node.degrade(batch[:2], "general", 0, params_json=text)
 
 
 def test_params_are_json_and_exact():
@@ -372,67 +324,6 @@ def test_overrides_apply():
         if q["stage2"]["noise"]["type"] == "gaussian":
             assert 3 <= q["stage2"]["noise"]["sigma"] <= 4
     assert parse_range("0.5 to 2", "blur_sigma") == (0.5, 2.0) and parse_range(" ", "blur_sigma") is None
-
-
-@pytest.mark.parametrize(
-    "key,text,match",
-    [
-        ("blur_sigma", "5-1", "blur_sigma.*greater than high"),
-        ("noise_sigma", "abc", "noise_sigma.*cannot read 'abc'"),
-        ("jpeg_quality", "0-50", "jpeg_quality.*>= 1"),
-        ("jpeg_quality", "50-120", "jpeg_quality.*<= 100"),
-        ("blur_sigma", "0-2", "blur_sigma.*> 0"),
-        ("noise_sigma", "-1-5", "noise_sigma.*cannot read"),
-    ],
-)
-def test_bad_overrides_name_the_input(key, text, match):
-    with pytest.raises(ValueError, match=match):
-        DiffBIRDegrade().degrade(_image()[None], "general", 0, **{key: text})
-
-
-def test_override_for_other_pipeline_and_bad_params_json():
-    node = DiffBIRDegrade()
-    img = _image()[None]
-    with pytest.raises(ValueError, match="resize_scale.*does not apply to preset 'general'"):
-        node.degrade(img, "general", 0, resize_scale="0.5-1.2")
-    with pytest.raises(ValueError, match="downsample.*does not apply to preset 'realesrgan'"):
-        node.degrade(img, "realesrgan", 0, downsample="2-4")
-    with pytest.raises(ValueError, match="resize_scale.*must contain 1"):
-        node.degrade(img, "realesrgan", 0, resize_scale="2-3")
-    with pytest.raises(ValueError, match="params_json: not valid JSON"):
-        node.degrade(img, "general", 0, params_json="{oops")
-    p = draw_params("general", make_rng(0))
-    del p["noise"]
-    with pytest.raises(ValueError, match="params_json.noise"):
-        node.degrade(img, "general", 0, params_json=json.dumps(p))
-    p = draw_params("realesrgan", make_rng(0))
-    p["stage1"]["jpeg_quality"] = 500
-    with pytest.raises(ValueError, match=r"params_json.stage1.jpeg_quality: must be 1..100"):
-        node.degrade(img, "general", 0, params_json=json.dumps(p))
-    with pytest.raises(ValueError, match="preset: unknown preset"):
-        node.degrade(img, "nope", 0)
-    with pytest.raises(TypeError, match="numpy.random.Generator"):
-        draw_params("general", 123)
-    with pytest.raises(ValueError, match=r"image: expected 1 \(gray\), 2 \(gray\+alpha\), 3 \(RGB\) or 4"):
-        node.degrade(torch.zeros(1, 32, 32, 5), "general", 0)  # RGBA and gray are converted to RGB
-
-
-# ------------------------------------------------------------------ node contract
-
-
-def test_node_contract():
-    assert degrade_module.NODE_DISPLAY_NAME_MAPPINGS == {"DiffBIRDegrade": "Degrade"}
-    assert degrade_module.NODE_CLASS_MAPPINGS == {"DiffBIRDegrade": DiffBIRDegrade}
-    spec = DiffBIRDegrade.INPUT_TYPES()
-    inputs = {**spec["required"], **spec["optional"]}
-    assert set(RANGE_INFO) <= set(inputs) and "params_json" in inputs
-    for name, (_, opts) in inputs.items():
-        assert opts.get("tooltip"), name
-    assert DiffBIRDegrade.RETURN_TYPES == ("IMAGE", "IMAGE", "STRING")
-    assert DiffBIRDegrade.RETURN_NAMES == ("lq", "hq", "params")
-    assert len(DiffBIRDegrade.OUTPUT_TOOLTIPS) == 3 and DiffBIRDegrade.CATEGORY == "DiffBIR"
-    assert DiffBIRDegrade.DESCRIPTION and hasattr(DiffBIRDegrade, DiffBIRDegrade.FUNCTION)
-    assert set(inputs["preset"][0]) == set(PRESET_NAMES)
 
 
 def test_core_and_nodes_do_not_import_comfy():

@@ -1,6 +1,6 @@
 """Schedules as data: the documented grids, and the zero-terminal-SNR rescale's defining properties.
 
-(The complete tables are checked against the official ones by the golden runner, test_golden_runner.py.)
+(The complete tables are checked against the official ones by the golden runner, test_core_golden.py.)
 """
 
 import numpy as np

@@ -1,0 +1,142 @@
+"""The model function of the core samplers, answered by ComfyUI's guided model (used by the DiffBIR Sampler).
+
+The core samplers ask for the model output (eps or v) of the noisy VP latent x at a model timestep t.
+``HostModelFunction`` answers by calling a stock ``comfy.samplers.CFGGuider`` at the MODEL's sigma s of t:
+ComfyUI's ``sampling_function`` -> ``calc_cond_batch`` (cond and uncond batched, ``DiffBIRControl.get_control``
+computing the 13 controls, ``BaseModel.apply_model`` with the controls added to the UNet) -> CFG on the denoised
+estimate D, converted back with the same sigma: ``eps = (x sqrt(1+s^2) - D) / s``, ``v = (eps - s D) /
+sqrt(1+s^2)``. The UNet sees exactly x and t (the host's ``calculate_input`` undoes the scaling, its
+``timestep(s)`` gives t back), CFG on D equals the official CFG on eps/v (the map is affine), and for the
+zero-terminal-SNR v2.1 MODEL ComfyUI keeps s(999) finite (~4.5e3), so the conversion is defined where eps is
+not. Fractional timesteps (dpm++_m2's grid) reach the UNet and the ControlNet unrounded through a
+transformer_options key (``control.MODEL_TIMESTEP_KEY``) and a DIFFUSION_MODEL wrapper.
+
+Tiled diffusion: each call is split into latent tiles (``diffbir_core.tiling``); each tile is one guider call
+whose transformer_options carry the tile window (``control.TILE_KEY``), so the control crops its condition
+latent to the tile; outputs are blended with the official gaussian weights.
+"""
+
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.samplers
+import torch
+
+from ..diffbir_core.sampling.denoiser import rescaled_cfg
+from ..diffbir_core.schedule import DiffusionSchedule
+from ..diffbir_core.tiling import blend_tiles, sliding_windows
+from .control import MODEL_TIMESTEP_KEY, TILE_KEY
+from .lacontrolnet import model_sampling_kind
+
+EXACT_T_WRAPPER = "diffbir_exact_timestep"
+
+
+def host_diffusion(model_sampling, prediction: str, zsnr: bool) -> DiffusionSchedule:
+    """The official training schedule behind a MODEL's discrete sampling (see
+    ``DiffusionSchedule.from_training_sigmas``): SD 2.1 MODELs name ComfyUI's scaled-linear schedule."""
+    sigmas = model_sampling.sigmas.detach().double().cpu().numpy()
+    n = int(getattr(model_sampling, "num_timesteps", len(sigmas)))
+    start, end = getattr(model_sampling, "linear_start", None), getattr(model_sampling, "linear_end", None)
+    if n != len(sigmas):  # not the table of a plain scaled-linear schedule
+        start = end = None
+    return DiffusionSchedule.from_training_sigmas(sigmas, prediction, zsnr, start, end)
+
+
+def model_diffusion(model, node: str = "DiffBIR Sampler") -> DiffusionSchedule:
+    """The schedule of a MODEL (ModelPatcher); refuses MODELs that are not discrete eps / v SD models."""
+    prediction, zsnr = model_sampling_kind(model)
+    if prediction not in ("eps", "v"):
+        raise ValueError(
+            f"{node}: the MODEL does not sample as a discrete eps- or v-prediction SD model (DiffBIR needs "
+            "SD 2.1). Connect the SD 2.1 MODEL (for v2.1 the MODEL output of LAControlNet Apply) without other "
+            "ModelSampling patches.")
+    return host_diffusion(model.get_model_object("model_sampling"), prediction, zsnr)
+
+
+def host_sigma(model_sampling, t: float) -> torch.Tensor:
+    """The MODEL's sigma at model timestep t (its table at integers, its log-sigma interpolation between)."""
+    if float(t).is_integer():
+        return model_sampling.sigmas[int(t)].detach().float().reshape(())
+    return model_sampling.sigma(torch.tensor([float(t)], dtype=torch.float32)).float().reshape(())
+
+
+def _exact_timestep(executor, x, timesteps, *args, **kwargs):
+    """DIFFUSION_MODEL wrapper: the UNet gets the DiffBIR Sampler's exact timestep (host sigmas round it)."""
+    options = args[3] if len(args) > 3 else kwargs.get("transformer_options")
+    exact = (options or {}).get(MODEL_TIMESTEP_KEY)
+    if exact is not None and torch.is_tensor(timesteps):
+        timesteps = torch.full_like(timesteps, float(exact))
+    return executor(x, timesteps, *args, **kwargs)
+
+
+def add_exact_timestep_wrapper(model_options: dict) -> None:
+    """Install the exact-timestep wrapper in a run's own model_options (CFGGuider.inner_sample's copy)."""
+    comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                 EXACT_T_WRAPPER, _exact_timestep, model_options,
+                                                 is_model_options=True)
+
+
+class HostModelFunction:
+    """``denoise_fn(x, t) -> eps or v`` for the diffbir_core samplers, computed by ComfyUI's guided model.
+
+    x is the VP latent at model timestep t (a (batch,) tensor); the result is the CFG-combined model output in
+    `parameterization` (see the module doc for the conversion). With `tiles = (tile, stride)` in latent pixels each
+    call is split into tiles, the condition latent cropped per tile by the control, outputs gaussian-blended.
+    """
+
+    def __init__(self, guider, model_sampling, parameterization: str, *, cfg: float, rescale_cfg: bool,
+                 rescale_any_cfg: bool, tiles, model_options: dict, seed):
+        self.guider = guider
+        self.model_sampling = model_sampling
+        self.parameterization = parameterization
+        self.cfg = float(cfg)
+        self.rescale_cfg = bool(rescale_cfg)
+        self.rescale_any_cfg = rescale_any_cfg
+        self.tiles = tiles
+        self.model_options = model_options
+        self.seed = seed
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = torch.as_tensor(t)
+        t_value = float(t.reshape(-1)[0])
+        scale = rescaled_cfg(self.cfg, t if t.is_floating_point() else int(t_value), self.rescale_cfg,
+                             self.rescale_any_cfg)
+        self.guider.set_cfg(float(scale))
+        sigma = host_sigma(self.model_sampling, t_value).to(x.device)
+        if self.tiles is None:
+            return self._call(x, sigma, t_value, None)
+        tile, stride = self.tiles
+
+        def one(y0, y1, x0, x1):
+            return self._call(x[..., y0:y1, x0:x1], sigma, t_value, (y0, y1, x0, x1))
+
+        return blend_tiles(sliding_windows(x.shape[-2], x.shape[-1], tile, stride), one, tuple(x.shape[-2:]),
+                           dtype=x.dtype)
+
+    def _call(self, x, sigma, t_value, window):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        options = dict(self.model_options)
+        transformer_options = dict(options.get("transformer_options", {}))
+        transformer_options[MODEL_TIMESTEP_KEY] = t_value
+        if window is not None:
+            transformer_options[TILE_KEY] = window
+        options["transformer_options"] = transformer_options
+        c = torch.sqrt(1.0 + sigma**2)
+        x_host = x * c
+        denoised = self.guider(x_host, sigma.expand(x.shape[0]), model_options=options, seed=self.seed).float()
+        eps = (x_host - denoised) / sigma
+        if self.parameterization == "eps":
+            return eps
+        return (eps - sigma * denoised) / c
+
+
+class OfficialRun(comfy.samplers.Sampler):
+    """The Sampler CFGGuider.sample() runs: hands the guider to `run(guider, extra_args, callback, noise)`."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        return self.run(model_wrap, extra_args, callback, noise)
