@@ -11,8 +11,9 @@ Both use the same random full-size weights (the official step reads the very ten
 from, in their file layout) and the same inputs; the largest difference of the two outputs is printed. The two
 alternate round by round (order reversed each round) and the ratio ours / official is taken per round.
 
-FLOPs of one step are counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions, matmuls, SDPA
-and oneDNN linears; norms and elementwise ops are not counted), and the achieved fraction is FLOPs / seconds / peak, where the peak
+FLOPs of one step (for ours a second step, after the first filled its per-run caches) are counted with
+``torch.utils.flop_counter.FlopCounterMode`` (convolutions, matmuls, SDPA and oneDNN linears; norms and
+elementwise ops are not counted), and the achieved fraction is FLOPs / seconds / peak, where the peak
 is this machine's measured dense matmul rate in the same dtype and thread count (best of a few 2048^3 matmuls).
 
 ``--config small`` builds a 0.3-width network (model_channels 96) for quick runs; the default is the real SD 2.1
@@ -161,7 +162,7 @@ def _host_steps(args, size, device, dtype):
             return official(x_vp.to(dtype), t, (pos.to(dtype), c_img.to(dtype)), (neg.to(dtype), c_img.to(dtype)),
                             args.cfg)
 
-    # The host returns the denoised latent; the official step the model output (eps or v): compare alike.
+    # The host returns the denoised latent, the official step the model output (eps or v): compare alike.
     return ours, ref, lambda out: ms.calculate_denoised(sigma, out.float(), x_ve)
 
 
@@ -169,12 +170,13 @@ def child_step(args, size: int) -> dict:
     device, dtype = C.setup(args)
     peak = matmul_peak(device, dtype)
     C.log(f"matmul peak {peak / 1e9:.1f} GFLOP/s; building the networks")
-    ours, ref, comparable = (_host_steps if args.path == "host" else _core_steps)(args, size, device, dtype)
-    C.log("counting FLOPs (also the warm-up: first-call allocations, oneDNN primitive creation)")
-    flops_ref = count_flops(ref)
+    ours, ref, ref_as_ours = (_host_steps if args.path == "host" else _core_steps)(args, size, device, dtype)
+    C.log("warm-up and counting FLOPs")
+    flops_ref = count_flops(ref)  # also its warm-up (first-call allocations, oneDNN primitive creation)
+    ours()  # fills what ours keeps per run (text k/v): the counted step is a steady-state one, as steps 2..N
     flops_ours = count_flops(ours)
     C.log("comparing outputs")
-    a, b = comparable(ours()).float(), comparable(ref()).float()
+    a, b = ours().float(), ref_as_ours(ref()).float()
     times = C.interleaved({"official": ref, "ours": ours}, args.repeats, device, warmup=False,
                           label=f"step {size}")
     return {"times": times, "flops_ref": flops_ref, "flops_ours": flops_ours, "peak": peak,
