@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 from . import install, location
 from . import workflow as wfl
@@ -263,6 +264,14 @@ def cmd_restore(args) -> int:
         wfl.parse_set(text)  # syntax errors before the slow start
     mirrors = mirror_map(args.mirror)
     install.require()  # before the first import of PIL or torch: say "run setup", not ModuleNotFoundError
+    if args.max_memory:
+        from diffbir_core.memory import parse_bytes
+
+        try:
+            parse_bytes(args.max_memory)
+        except ValueError as err:
+            raise CliError(f"--max-memory: {err}", EXIT_USAGE) from None
+        os.environ["DIFFBIR_MAX_MEMORY"] = args.max_memory  # the nodes' tile_plan auto plans within it
     images = collect_inputs(args.inputs)
     out_dir = pathlib.Path(args.out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
@@ -369,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--offline", action="store_true",
                    help="never use the network; say which weight files to put where when some are missing")
     r.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
+    r.add_argument("--max-memory", metavar="SIZE",
+                   help="plan the tiles (tile_plan auto) for at most this much memory, e.g. 6GB")
     r.add_argument("--list", action="store_true", help="list the workflows and exit")
     r.set_defaults(func=cmd_restore)
 
@@ -445,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose, debug = getattr(args, "verbose", False), getattr(args, "debug", False)
+    if not (verbose or debug):  # spandrel's SwinIR calls torch.meshgrid the old way; not the user's concern
+        warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
     handler = logging.StreamHandler(sys.stderr)
     if not (verbose or debug):  # ComfyUI logs a failed node's traceback itself; without -v the one sentence says it
         handler.addFilter(lambda record: record.name.startswith("diffbir_cli"))

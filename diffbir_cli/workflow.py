@@ -262,7 +262,10 @@ def workflow_to_api(ui_workflow: dict, node_classes: dict, node_info) -> dict:
         else:
             values = list(values or [])
             pos = 0
+            optional = set((info.get("input") or {}).get("optional") or {})
             for name, typ, opts in widgets:
+                if pos >= len(values) and name in optional:
+                    continue  # an optional widget added after the graph was saved: the node's own default
                 if pos >= len(values):
                     raise WorkflowConversionError(
                         f"{label(node)}: widgets_values has {len(values)} entries, no value for widget "

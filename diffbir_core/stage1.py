@@ -49,8 +49,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .memory import is_out_of_memory
 from .padding import pad_to_multiple, pad_to_size
-from .tiling import gaussian_weights, sliding_windows
+from .tiling import blend_tiles, sliding_windows
 
 log = logging.getLogger(__name__)
 
@@ -190,18 +191,8 @@ def pil_bicubic_resize(x: torch.Tensor, size: tuple[int, int], quantize: bool = 
 # --------------------------------------------------------------------------------------------- tiling
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
-                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
-    if oom_types and isinstance(exc, oom_types):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
 def _default_on_oom() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    gc.collect()  # device caches are the host's to release: it passes its own on_oom (ComfyUI: soft_empty_cache)
 
 
 def _round_tile(tile: int, multiple: int) -> int:
@@ -236,36 +227,28 @@ def tile_count(h: int, w: int, tile: int, overlap: int, size_multiple: int = 1) 
 
 def _run_once(net_fn: NetFn, x: torch.Tensor, tile: int, overlap: int, scale: int, size_multiple: int,
               on_tile: TileCallback | None) -> torch.Tensor:
-    b, _, h, w = x.shape
+    h, w = x.shape[-2:]
     if tile == 0 or (tile >= h and tile >= w):
         windows = [(0, h, 0, w)]
     else:
         windows = sliding_windows(h, w, tile, tile - overlap)
-    n = len(windows)
-    out = count = weights = None
-    for i, (y0, y1, x0, x1) in enumerate(windows, start=1):
+
+    def one(y0, y1, x0, x1):
         th, tw = y1 - y0, x1 - x0
         y = net_fn(pad_to_multiple(x[..., y0:y1, x0:x1], size_multiple))
         y = y[..., : th * scale, : tw * scale].to(device=x.device, dtype=torch.float32)
         if y.shape[-2:] != (th * scale, tw * scale):
             raise RuntimeError(f"stage-1 network returned {tuple(y.shape[-2:])} for a {th}x{tw} input; "
                                f"expected {th * scale}x{tw * scale} (scale {scale})")
-        if n == 1:
-            out = y
-        else:
-            if out is None:
-                out = torch.zeros((b, y.shape[1], h * scale, w * scale), dtype=torch.float32, device=x.device)
-                count = torch.zeros((1, 1, h * scale, w * scale), dtype=torch.float32, device=x.device)
-                weights = torch.from_numpy(gaussian_weights(tw * scale, th * scale)).to(
-                    device=x.device, dtype=torch.float32)[None, None]
-            oy0, oy1, ox0, ox1 = y0 * scale, y1 * scale, x0 * scale, x1 * scale
-            out[..., oy0:oy1, ox0:ox1] += y * weights
-            count[..., oy0:oy1, ox0:ox1] += weights
-        del y
-        if on_tile is not None:
+        return y
+
+    def after_previous(i, n):  # `on_tile` reports tile i of n (1-based) once it is done
+        if i and on_tile is not None:
             on_tile(i, n)
-    if n > 1:
-        out = out / count
+
+    out = blend_tiles(windows, one, (h * scale, w * scale), scale, dtype=torch.float32, on_tile=after_previous)
+    if on_tile is not None:
+        on_tile(len(windows), len(windows))
     return out
 
 
@@ -324,11 +307,13 @@ class Stage1Result:
 def restore(net_fn: NetFn, image: torch.Tensor, pipeline: str, upscale: float, version: str = "v2.1",
             min_short_edge: int = OFFICIAL_MIN_SHORT_EDGE, scale: int = 1, size_multiple: int = 1,
             tile: int = 0, overlap: int = 0, on_tile: TileCallback | None = None,
-            min_tile: int = DEFAULT_MIN_TILE, quantize: bool = True) -> Stage1Result:
+            min_tile: int = DEFAULT_MIN_TILE, quantize: bool = True,
+            on_oom: Callable[[], None] | None = None) -> Stage1Result:
     """The official stage-1 of `pipeline` on `image` (N,C,H,W float in [0,1]); never modifies `image`.
 
     Returns the stage-1 image at the working size (not clamped, as officially) and the plan of sizes.
-    `quantize` only concerns the PIL-emulated resizes (see `pil_bicubic_resize`).
+    `quantize` only concerns the PIL-emulated resizes (see `pil_bicubic_resize`); `on_oom` releases the
+    device's cached memory before an out-of-memory retry (see `run_tiled`).
     """
     if image.ndim != 4:
         raise ValueError(f"image must be N,C,H,W, got shape {tuple(image.shape)}")
@@ -336,7 +321,7 @@ def restore(net_fn: NetFn, image: torch.Tensor, pipeline: str, upscale: float, v
     p = plan(h, w, pipeline, upscale, version, min_short_edge, scale, size_multiple)
     x = image.to(torch.float32, copy=True)  # the network may work in place; the caller's tensor stays intact
     run = {"tile": tile, "overlap": overlap, "scale": scale, "size_multiple": size_multiple, "on_tile": on_tile,
-           "min_tile": min_tile}
+           "min_tile": min_tile, "on_oom": on_oom}
 
     if pipeline == "swinir":
         x = pil_bicubic_resize(x, p.target_size, quantize)

@@ -16,6 +16,38 @@ import numpy as np
 import torch
 
 
+TILE_MULTIPLE = 8  # tiles are laid out in latent pixels: 8 image pixels each
+MIN_VAE_TILE = 64  # a VAE tile below this is almost all border (the decoder's receptive field)
+
+
+def tile_settings_error(tile_size: int, tile_stride: int, *, minimum: int = TILE_MULTIPLE,
+                        tile_name: str = "tile_size", stride_name: str = "tile_stride") -> str | None:
+    """Why a (tile_size, tile_stride) pair in image pixels cannot be used, or None; tile_size 0 means no tiling.
+
+    The one rule of every tiled stage: the tile a multiple of 8 pixels of at least `minimum`, the stride a
+    positive multiple of 8 no larger than the tile (a larger stride would leave gaps).
+    """
+    if tile_size == 0:
+        return None
+    if tile_size < minimum or tile_size % TILE_MULTIPLE:
+        return (f"{tile_name} must be 0 (no tiling) or a multiple of {TILE_MULTIPLE} of at least {minimum} pixels, "
+                f"got {tile_size} (the official default is 512)")
+    if tile_stride < TILE_MULTIPLE or tile_stride % TILE_MULTIPLE:
+        return (f"{stride_name} must be a positive multiple of {TILE_MULTIPLE} pixels, got {tile_stride} "
+                f"(official: {tile_name} / 2)")
+    if tile_stride > tile_size:
+        return (f"{stride_name} ({tile_stride}) must not exceed {tile_name} ({tile_size}): tiles would leave gaps; "
+                f"use {tile_size // 2} for the official half-tile overlap")
+    return None
+
+
+def check_tile_settings(tile_size: int, tile_stride: int, **names) -> None:
+    """`tile_settings_error` as a ValueError (keyword arguments as there)."""
+    error = tile_settings_error(tile_size, tile_stride, **names)
+    if error:
+        raise ValueError(error)
+
+
 def _starts(size: int, tile: int, stride: int) -> list[int]:
     starts = list(range(0, size - tile + 1, stride))
     if (size - tile) % stride != 0:
@@ -57,8 +89,14 @@ def blend_tiles(windows: list[tuple[int, int, int, int]], call: Callable[[int, i
 
     The one tile loop of the package: `size` is the output's (H, W), batch and channels come from the first
     result, `dtype` (default: the results') is that of the output and the weights. `on_tile(i, n)` runs before
-    tile i of n: the host's interrupt check and progress hook (it may raise to stop between tiles).
+    tile i of n: the host's interrupt check and progress hook (it may raise to stop between tiles). A single
+    window covering the whole output returns the call's result itself.
     """
+    if len(windows) == 1 and windows[0] == (0, size[0] // scale, 0, size[1] // scale):
+        if on_tile is not None:
+            on_tile(0, 1)
+        res = call(*windows[0])  # one tile is the whole output: w * y / w would round
+        return res if dtype is None else res.to(dtype)
     out = count = weights = None
     for i, (y0, y1, x0, x1) in enumerate(windows):
         if on_tile is not None:
@@ -66,7 +104,7 @@ def blend_tiles(windows: list[tuple[int, int, int, int]], call: Callable[[int, i
         res = call(y0, y1, x0, x1)
         if out is None:
             out = res.new_zeros((res.shape[0], res.shape[1], *size), dtype=dtype or res.dtype)
-            count = torch.zeros_like(out, dtype=torch.float32)
+            count = torch.zeros((1, 1, *size), dtype=torch.float32, device=out.device)  # same for every channel
         if weights is None or weights.shape[-2:] != res.shape[-2:]:
             weights = _weights(res.shape[-2], res.shape[-1], out)
         region = (..., slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale))

@@ -12,9 +12,9 @@ import copy
 
 import comfy.model_management
 import torch
-import torch.nn.functional as F
 
 from ..diffbir_core.arch.vae import DiagonalGaussianDistribution
+from ..diffbir_core.padding import pad_to_size
 from ..diffbir_core.sampling.guidance import RestorationGuidance
 
 
@@ -74,15 +74,14 @@ class GuidanceOutsideInferenceMode(RestorationGuidance):
 
 
 def restoration_guidance(image: torch.Tensor | None, vae, b: int, h: int, w: int, loss: str, space: str,
-                         scale: float, t_start: int, t_stop: int, repeat: int, style: str) -> GuidanceOutsideInferenceMode:
+                         scale: float, t_start: int, t_stop: int, repeat: int,
+                         style: str) -> GuidanceOutsideInferenceMode:
     """The guidance of a run sampling a (b, 4, h, w) latent towards `image` (the stage-1 IMAGE, NHWC)."""
     if image is None:
         raise ValueError("DiffBIR Sampler: restoration guidance needs the stage-1 image, but the ControlNet "
                          "carries only its latent: attach it with 'LAControlNet Apply'.")
     # the target is the image the latent decodes to: zero-padded (or cropped) to 8 x the latent size
-    target = image[..., :3].movedim(-1, 1).float()
-    pad_h, pad_w = h * 8 - target.shape[-2], w * 8 - target.shape[-1]
-    target = F.pad(target, (0, max(pad_w, 0), 0, max(pad_h, 0)))[..., : h * 8, : w * 8]
+    target = pad_to_size(image[..., :3].movedim(-1, 1).float(), h * 8, w * 8)
     if target.shape[0] == 1 and b > 1:
         target = target.expand(b, -1, -1, -1)
     guide = GuidanceOutsideInferenceMode.official(

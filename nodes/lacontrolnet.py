@@ -18,11 +18,21 @@ import logging
 
 import comfy.model_sampling
 
-from .control import DiffBIRControl, encode_condition
+from ..diffbir_core.tiling import MIN_VAE_TILE, tile_settings_error
+from .control import CONDITION_PAD, DiffBIRControl, encode_condition
 from .images import rgb_image, widget_range_error
-from .vae import tile_settings_error
+from .tiles import (
+    TILE_PLAN_INPUT,
+    auto_plan,
+    check_tile_plan,
+    tile_inputs_error,
+    weights_to_load,
+    with_fallback,
+)
+from .vae import check_sd_vae
 
 log = logging.getLogger(__name__)
+NODE = "LAControlNet Apply"
 
 
 def model_sampling_kind(model) -> tuple[str, bool]:
@@ -119,25 +129,22 @@ class DiffBIRLAControlNetApply:
                 "vae_tile_stride": ("INT", {"default": 256, "min": 8, "max": 8192, "step": 8,
                                             "tooltip": "Distance between encode tiles in pixels (official: half the "
                                                        "tile). Used when vae_tile_size > 0."}),
+                "vae_tile_plan": TILE_PLAN_INPUT,
             },
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None, vae_tile_size=None, vae_tile_stride=None):
         """Shown before the run (ComfyUI then leaves the min/max check of these inputs to us)."""
-        for name, value in (("start_percent", start_percent), ("end_percent", end_percent),
-                            ("vae_tile_size", vae_tile_size), ("vae_tile_stride", vae_tile_stride)):
+        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
             error = widget_range_error(cls, name, value)
             if error:
                 return error
-        if vae_tile_size is not None and vae_tile_stride is not None:
-            error = tile_settings_error(int(vae_tile_size), int(vae_tile_stride), "vae_tile_size", "vae_tile_stride")
-            if error:
-                return error
-        return _percent_error(start_percent, end_percent) or True
+        return (tile_inputs_error(cls, "vae_tile_size", vae_tile_size, "vae_tile_stride", vae_tile_stride)
+                or _percent_error(start_percent, end_percent) or True)
 
     def apply(self, positive, negative, control_net, image, vae, strength, start_percent, end_percent, model=None,
-              vae_tile_size=0, vae_tile_stride=256):
+              vae_tile_size=0, vae_tile_stride=256, vae_tile_plan="manual"):
         if control_net is None:
             raise ValueError(
                 "LAControlNet Apply: 'control_net' is empty: Load DiffBIR Models has controlnet_name 'none'. Pick a "
@@ -147,7 +154,8 @@ class DiffBIRLAControlNetApply:
                 f"LAControlNet Apply needs a DiffBIR ControlNet from 'Load DiffBIR Models', got "
                 f"{type(control_net).__name__}. Use the stock 'Apply ControlNet' for other ControlNets.")
         error = _percent_error(start_percent, end_percent) or tile_settings_error(
-            int(vae_tile_size), int(vae_tile_stride), "vae_tile_size", "vae_tile_stride")
+            int(vae_tile_size), int(vae_tile_stride), minimum=MIN_VAE_TILE, tile_name="vae_tile_size",
+            stride_name="vae_tile_stride")
         if error:
             raise ValueError(f"LAControlNet Apply: {error}")
         out_model = self._model_for(control_net, model)
@@ -155,7 +163,15 @@ class DiffBIRLAControlNetApply:
             return (positive, negative, out_model)
 
         image = rgb_image(image, "image")  # RGBA -> RGB, gray -> RGB; empty and NaN/Inf images refused
-        latent, size = encode_condition(vae, image, int(vae_tile_size), int(vae_tile_stride))
+        h, w = (side + (-side) % CONDITION_PAD for side in image.shape[1:3])  # what encode_condition encodes
+        if check_tile_plan(NODE, vae_tile_plan):
+            check_sd_vae(vae, "DiffBIR")  # as encode_condition does, before the planner reads the VAE
+            plan = auto_plan(NODE, "vae_encode", h, w, vae.device, vae.vae_dtype,
+                             weights_to_load(vae.device, vae.patcher))
+            vae_tile_size, vae_tile_stride = plan.tile, plan.stride
+        latent, size = with_fallback(NODE, "vae_encode",
+                                     lambda tile, stride: encode_condition(vae, image, tile, stride),
+                                     vae_tile_size, vae_tile_stride, h, w)
         cnets = {}
         out = []
         for conditioning in (positive, negative):

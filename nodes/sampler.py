@@ -53,10 +53,20 @@ from ..diffbir_core.sampling import (
     rescales_any_cfg,
     start_latent,
 )
+from ..diffbir_core.tiling import TILE_MULTIPLE
 from .conditioning import find_control, replace_condition
 from .host_guidance import restoration_guidance
 from .host_model import HostModelFunction, OfficialRun, add_exact_timestep_wrapper, host_sigma, model_diffusion
 from .ksamplers import SAMPLER_NAME_INPUT, SOLVER_SETTING_INPUTS
+from .tiles import (
+    TILE_PLAN_INPUT,
+    auto_plan,
+    check_tile_inputs,
+    check_tile_plan,
+    tile_inputs_error,
+    weights_to_load,
+    with_fallback,
+)
 from .vae import latent_fits
 
 log = logging.getLogger(__name__)
@@ -64,6 +74,7 @@ log = logging.getLogger(__name__)
 GUIDANCE_LOSSES = ("none",) + LOSSES
 GUIDANCE_STYLES = ("v2", "v1")
 MAX_NOISE_AUG = 199  # the v2.1 training range of the condition's noise augmentation
+NODE = "DiffBIR Sampler"
 
 
 def noise_source(seed: int) -> NoiseSource:
@@ -163,15 +174,21 @@ class DiffBIRSampler:
                                                                       "scale as given, mean moved by half the "
                                                                       "gradient per repeat (v1)."}),
                 **SOLVER_SETTING_INPUTS,
+                "tile_plan": TILE_PLAN_INPUT,
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, tile_size=None, tile_stride=None):
+        """Shown before the run (ComfyUI then leaves the min/max check of these two inputs to us)."""
+        return tile_inputs_error(cls, "tile_size", tile_size, "tile_stride", tile_stride, TILE_MULTIPLE) or True
 
     def sample(self, model, positive, negative, seed, steps, cfg, sampler_name, rescale_cfg, start_point, noise_aug,
                tile_size, tile_stride, latent=None, vae=None, guidance="none", guidance_space="latent",
                guidance_scale=0.5, guidance_t_start=1001, guidance_t_stop=-1, guidance_repeat=1, guidance_style="v2",
                s_churn=OFFICIAL_DEFAULTS["s_churn"], s_tmin=OFFICIAL_DEFAULTS["s_tmin"],
                s_tmax=OFFICIAL_DEFAULTS["s_tmax"], s_noise=OFFICIAL_DEFAULTS["s_noise"], eta=OFFICIAL_DEFAULTS["eta"],
-               order=OFFICIAL_DEFAULTS["order"]):
+               order=OFFICIAL_DEFAULTS["order"], tile_plan="manual"):
         steps, noise_aug, tile_size, tile_stride = int(steps), int(noise_aug), int(tile_size), int(tile_stride)
         self._check_settings(steps, cfg, sampler_name, start_point, noise_aug, tile_size, tile_stride, guidance, vae)
         control = find_control(positive)
@@ -200,58 +217,64 @@ class DiffBIRSampler:
                 f"DiffBIR Sampler: the latent batch ({b}) does not match the {c_img.shape[0]} condition images: give "
                 "LAControlNet Apply one image or as many as the latent batch.")
 
-        tiles = None
-        if tile_size > 0:
-            tile, stride = tile_size // 8, tile_stride // 8
-            if h >= tile and w >= tile:
-                tiles = (tile, stride)
-            else:
-                log.info("DiffBIR Sampler: the image (%dx%d) is smaller than a tile (%d px): sampled whole, as "
-                         "officially.", w * 8, h * 8, tile_size)
-        if tiles is not None and guidance != "none":
-            raise ValueError("DiffBIR Sampler: restoration guidance needs the whole image and does not work with "
-                             "tiled diffusion (as officially): set tile_size to 0 or guidance to none.")
+        auto = check_tile_plan(NODE, tile_plan)
+        if auto:
+            plan = auto_plan(NODE, "diffusion", h * 8, w * 8, model.load_device, model.model_dtype(),
+                             weights_to_load(model.load_device, model, *control.get_models()))
+            tile_size, tile_stride = plan.tile, plan.stride
 
-        noise = noise_source(seed)
-        x_T, c_aug = start_latent(diffusion, c_img, start_point, noise_aug, noise)
-        if noise_aug > 0:
-            positive, negative = replace_condition((positive, negative), c_aug)
+        def attempt(tile_size, tile_stride):
+            """One sampling run with these tiles: everything from the first noise draw (a retry replays it)."""
+            tiles = self._tiles(tile_size, tile_stride, h, w, clamp=auto)
+            if tiles is not None and guidance != "none":
+                raise ValueError("DiffBIR Sampler: restoration guidance needs the whole image and does not work "
+                                 "with tiled diffusion (as officially): set tile_size to 0 (tile_plan manual) or "
+                                 "guidance to none.")
 
-        restoration = None
-        if guidance != "none":
-            restoration = restoration_guidance(
-                control.condition_pixels(), vae, b, h, w, guidance, guidance_space, guidance_scale,
-                guidance_t_start, guidance_t_stop, guidance_repeat, guidance_style)
+            noise = noise_source(seed)
+            x_T, c_aug = start_latent(diffusion, c_img, start_point, noise_aug, noise)
+            conds = replace_condition((positive, negative), c_aug) if noise_aug > 0 else (positive, negative)
 
-        ms = model.get_model_object("model_sampling")
-        sigmas = torch.stack([host_sigma(ms, t) for t in timesteps] + [torch.zeros(())])
-        total = len(timesteps)
-        preview = latent_preview.prepare_callback(model, total)
-        settings = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise, "eta": eta,
-                    "order": int(order)}
-        run_fn = get_sampler(sampler_name)
+            restoration = None
+            if guidance != "none":
+                restoration = restoration_guidance(
+                    control.condition_pixels(), vae, b, h, w, guidance, guidance_space, guidance_scale,
+                    guidance_t_start, guidance_t_stop, guidance_repeat, guidance_style)
 
-        def run(guider, extra_args, callback, x_start):
-            options = extra_args["model_options"]  # the run's own copy (CFGGuider.inner_sample)
-            add_exact_timestep_wrapper(options)
-            fn = HostModelFunction(guider, guider.inner_model.model_sampling, diffusion.parameterization, cfg=cfg,
-                                   rescale_cfg=rescale_cfg, rescale_any_cfg=rescales_any_cfg(sampler_name),
-                                   tiles=tiles, model_options=options, seed=extra_args.get("seed"))
+            ms = model.get_model_object("model_sampling")
+            sigmas = torch.stack([host_sigma(ms, t) for t in timesteps] + [torch.zeros(())])
+            total = len(timesteps)
+            preview = latent_preview.prepare_callback(model, total)
+            settings = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise, "eta": eta,
+                        "order": int(order)}
+            run_fn = get_sampler(sampler_name)
 
-            def on_step(d):
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                if callback is not None:
-                    callback(d["i"], d["denoised"], d["x"], total)
+            def run(guider, extra_args, callback, x_start):
+                options = extra_args["model_options"]  # the run's own copy (CFGGuider.inner_sample)
+                add_exact_timestep_wrapper(options)
+                fn = HostModelFunction(guider, guider.inner_model.model_sampling, diffusion.parameterization, cfg=cfg,
+                                       rescale_cfg=rescale_cfg, rescale_any_cfg=rescales_any_cfg(sampler_name),
+                                       tiles=tiles, model_options=options, seed=extra_args.get("seed"))
 
-            with torch.no_grad():
-                return run_fn(fn, x_start, diffusion, steps, noise, callback=on_step, guidance=restoration,
-                              **settings)
+                def on_step(d):
+                    comfy.model_management.throw_exception_if_processing_interrupted()
+                    if callback is not None:
+                        callback(d["i"], d["denoised"], d["x"], total)
 
-        guider = comfy.samplers.CFGGuider(model)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
-        samples = guider.sample(x_T, torch.zeros_like(x_T), OfficialRun(run), sigmas, callback=preview,
-                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+                with torch.no_grad():
+                    return run_fn(fn, x_start, diffusion, steps, noise, callback=on_step, guidance=restoration,
+                                  **settings)
+
+            guider = comfy.samplers.CFGGuider(model)
+            guider.set_conds(*conds)
+            guider.set_cfg(cfg)
+            return guider.sample(x_T, torch.zeros_like(x_T), OfficialRun(run), sigmas, callback=preview,
+                                 disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+
+        if guidance != "none":  # guidance cannot fall back to tiles
+            samples = attempt(tile_size, tile_stride)
+        else:
+            samples = with_fallback(NODE, "diffusion", attempt, tile_size, tile_stride, h * 8, w * 8)
         return ({"samples": samples.to(comfy.model_management.intermediate_device())},)
 
     # -- checks and helpers --------------------------------------------------------------------------------
@@ -268,22 +291,25 @@ class DiffBIRSampler:
             raise ValueError(f"DiffBIR Sampler: start_point must be 'noise' or 'cond' (got {start_point!r}).")
         if not 0 <= noise_aug <= MAX_NOISE_AUG:
             raise ValueError(f"DiffBIR Sampler: noise_aug must be in 0..{MAX_NOISE_AUG} (got {noise_aug}).")
-        if tile_size:
-            if tile_size < 0 or tile_size % 8:
-                raise ValueError(f"DiffBIR Sampler: tile_size must be 0 (off) or a positive multiple of 8 pixels "
-                                 f"(got {tile_size}); the official default is 512.")
-            if tile_stride < 8 or tile_stride % 8:
-                raise ValueError(f"DiffBIR Sampler: tile_stride must be a positive multiple of 8 pixels (got "
-                                 f"{tile_stride}); the official default is 256.")
-            if tile_stride > tile_size:
-                raise ValueError(f"DiffBIR Sampler: tile_size ({tile_size}) is smaller than tile_stride "
-                                 f"({tile_stride}), which would leave gaps: use a stride of at most the tile size "
-                                 "(official 512 / 256).")
+        check_tile_inputs("DiffBIR Sampler", tile_size, tile_stride, minimum=TILE_MULTIPLE)
         if guidance not in GUIDANCE_LOSSES:
             raise ValueError(f"DiffBIR Sampler: guidance must be one of {GUIDANCE_LOSSES} (got {guidance!r}).")
         if guidance != "none" and vae is None:
             raise ValueError("DiffBIR Sampler: restoration guidance needs the SD 2.1 VAE: connect the 'vae' input "
                              "(the VAE of your checkpoint), or set guidance to none.")
+
+    @staticmethod
+    def _tiles(tile_size, tile_stride, h, w, clamp):
+        """(tile, stride) in latent pixels, or None. An image smaller than a manual tile is sampled whole, as
+        officially; a planned (or retried) tile is clamped to the image like every tile loop does."""
+        if tile_size <= 0:
+            return None
+        tile, stride = tile_size // 8, tile_stride // 8
+        if clamp or (h >= tile and w >= tile):
+            return tile, stride
+        log.info("DiffBIR Sampler: the image (%dx%d) is smaller than a tile (%d px): sampled whole, as officially.",
+                 w * 8, h * 8, tile_size)
+        return None
 
     @staticmethod
     def _latent_size(latent, c_latent, img_h, img_w):

@@ -15,9 +15,11 @@ import torch
 
 from ..diffbir_core import stage1 as core
 from .images import rgb_image, widget_range_error
+from .tiles import TILE_PLAN_INPUT, auto_plan, check_tile_plan, weights_to_load
 from .types import STAGE1_TYPE
 
 log = logging.getLogger(__name__)
+NODE = "Stage1 SwinIR Restore"
 
 VERSION_CHOICES = ("auto", "v1", "v2", "v2.1")
 DEFAULT_VERSION = "v2.1"
@@ -106,6 +108,7 @@ class DiffBIRStage1Restore:
                 "upscale_model": ("UPSCALE_MODEL", {"tooltip": "A model from ComfyUI's 'Load Upscale Model' (e.g. "
                                                                "DiffBIR's SwinIR in models/upscale_models). Connect "
                                                                "this or stage1, not both."}),
+                "tile_plan": TILE_PLAN_INPUT,
             },
         }
 
@@ -124,7 +127,7 @@ class DiffBIRStage1Restore:
         return True
 
     def restore(self, image, upscale, version, min_short_edge, tile_size, tile_overlap, stage1=None,
-                upscale_model=None):
+                upscale_model=None, tile_plan="manual"):
         if (stage1 is None) == (upscale_model is None):
             raise ValueError("Stage1 SwinIR Restore: connect exactly one of 'stage1' (Load DiffBIR Models) or "
                              "'upscale_model' (Load Upscale Model); "
@@ -147,10 +150,15 @@ class DiffBIRStage1Restore:
         if version not in core.VERSIONS:
             raise ValueError(f"version must be one of {VERSION_CHOICES}, got {version!r}")
 
-        _check_tiles(tile_size, tile_overlap, runner.size_multiple)  # before loading anything
         b, h, w, _ = images.shape
         p = core.plan(h, w, runner.pipeline, upscale, version, min_short_edge, runner.scale, runner.size_multiple)
         net_h, net_w = p.padded_size
+        if check_tile_plan(NODE, tile_plan):
+            # the network's input size; tiles of half-tile overlap (the planner's stride is half the tile)
+            plan = auto_plan(NODE, "stage1", net_h, net_w, runner.device, torch.float32,
+                             weights_to_load(runner.device, getattr(runner, "patcher", None)))
+            tile_size, tile_overlap = plan.tile, plan.tile - plan.stride
+        _check_tiles(tile_size, tile_overlap, runner.size_multiple)  # before loading anything
         tiles = core.tile_count(net_h, net_w, tile_size, tile_overlap, runner.size_multiple)
         pbar = comfy.utils.ProgressBar(b * tiles)
         out_device = mm.intermediate_device()
@@ -167,7 +175,7 @@ class DiffBIRStage1Restore:
                 res = core.restore(runner, x, runner.pipeline, upscale, version, min_short_edge, runner.scale,
                                    runner.size_multiple, tile_size, tile_overlap, on_tile=on_tile,
                                    min_tile=min(core.DEFAULT_MIN_TILE, tile_size) if tile_size else
-                                   core.DEFAULT_MIN_TILE)
+                                   core.DEFAULT_MIN_TILE, on_oom=mm.soft_empty_cache)
                 results.append(res.image.clamp(0, 1).movedim(1, -1).to(out_device, torch.float32))
                 del x, res
         th, tw = p.target_size

@@ -16,7 +16,15 @@ import comfy.utils
 import torch
 
 from ..diffbir_core.sampling.tiled import decode_tiles, encode_tiles
-from .images import widget_range_error
+from .tiles import (
+    TILE_PLAN_INPUT,
+    auto_plan,
+    check_tile_inputs,
+    check_tile_plan,
+    tile_inputs_error,
+    weights_to_load,
+    with_fallback,
+)
 
 LATENT_DOWNSCALE = 8  # SD VAE: one latent pixel per 8x8 image pixels
 
@@ -38,22 +46,6 @@ def check_sd_vae(vae, node: str) -> None:
         raise ValueError(
             f"{node}: the VAE makes {latent_channels}-channel latents; DiffBIR needs the Stable Diffusion 2.1 VAE "
             "(4 channels). Connect the VAE of your SD 2.1 checkpoint.")
-
-
-def tile_settings_error(tile_size: int, tile_stride: int, tile_name: str = "tile_size",
-                        stride_name: str = "tile_stride") -> str | None:
-    """Why a (tile, stride) pair in pixels cannot be used, or None. tile 0 means no tiling."""
-    if tile_size == 0:
-        return None
-    if tile_size < 64 or tile_size % 8:
-        return (f"{tile_name} must be 0 (no tiling) or a multiple of 8 of at least 64 pixels, got {tile_size} "
-                "(the official default is 512)")
-    if tile_stride < 8 or tile_stride % 8:
-        return f"{stride_name} must be a positive multiple of 8 pixels, got {tile_stride} (official: tile_size / 2)"
-    if tile_stride > tile_size:
-        return (f"{stride_name} ({tile_stride}) must not exceed {tile_name} ({tile_size}): tiles would leave gaps; "
-                f"use {tile_size // 2} for the official half-tile overlap")
-    return None
 
 
 def _host_hook():
@@ -123,31 +115,33 @@ class DiffBIRVAEDecode:
                                                    "Smaller strides blend more tiles per pixel: smoother seams, "
                                                    "slower."}),
             },
+            "optional": {"tile_plan": TILE_PLAN_INPUT},
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, tile_size=None, tile_stride=None):
         """Shown before the run (ComfyUI then leaves the min/max check of these two inputs to us)."""
-        for name, value in (("tile_size", tile_size), ("tile_stride", tile_stride)):
-            error = widget_range_error(cls, name, value)
-            if error:
-                return error
-        if tile_size is None or tile_stride is None:
-            return True
-        return tile_settings_error(int(tile_size), int(tile_stride)) or True
+        return tile_inputs_error(cls, "tile_size", tile_size, "tile_stride", tile_stride) or True
 
-    def decode(self, samples, vae, tile_size, tile_stride):
-        check_sd_vae(vae, "DiffBIR VAE Decode")
-        error = tile_settings_error(int(tile_size), int(tile_stride))
-        if error:
-            raise ValueError(f"DiffBIR VAE Decode: {error}")
+    def decode(self, samples, vae, tile_size, tile_stride, tile_plan="manual"):
+        node = "DiffBIR VAE Decode"
+        check_sd_vae(vae, node)
+        auto = check_tile_plan(node, tile_plan)
+        if not auto:
+            check_tile_inputs(node, tile_size, tile_stride)
         if not isinstance(samples, dict) or not isinstance(samples.get("samples"), torch.Tensor):
             raise TypeError("DiffBIR VAE Decode: 'samples' must be a LATENT (connect a sampler's LATENT output)")
         z = samples["samples"]
         if z.ndim != 4 or z.shape[1] != 4:
             raise ValueError(f"DiffBIR VAE Decode: expected an SD 2.1 latent of shape (B, 4, h, w), got "
                              f"{tuple(z.shape)}; decode other latents with the stock VAE Decode")
-        return (decode_latent(vae, z, int(tile_size), int(tile_stride)),)
+        h, w = z.shape[-2] * LATENT_DOWNSCALE, z.shape[-1] * LATENT_DOWNSCALE
+        if auto:
+            plan = auto_plan(node, "vae_decode", h, w, vae.device, vae.vae_dtype,
+                             weights_to_load(vae.device, vae.patcher))
+            tile_size, tile_stride = plan.tile, plan.stride
+        return (with_fallback(node, "vae_decode", lambda tile, stride: decode_latent(vae, z, tile, stride),
+                              tile_size, tile_stride, h, w),)
 
 
 NODE_CLASS_MAPPINGS = {"DiffBIRVAEDecode": DiffBIRVAEDecode}

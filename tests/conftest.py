@@ -112,3 +112,14 @@ def golden_host_unet(comfy_host, golden_weights):
                                                 offload_device=mm.unet_offload_device())
 
     return build
+
+
+@pytest.fixture
+def eight_gb_free(monkeypatch):
+    """The planner's input as on a device with 8 GB free (the machine's own free memory varies)."""
+    import comfy.model_management as mm
+
+    def eight_gb(dev=None, torch_free_too=False):
+        return (8 * 2**30, 8 * 2**30) if torch_free_too else 8 * 2**30
+
+    monkeypatch.setattr(mm, "get_free_memory", eight_gb)

@@ -435,3 +435,9 @@ def test_a_bad_weight_file_is_one_sentence_and_leaves_no_output_folder(tmp_path,
     debug = cli(*args, "--debug", env=env)
     assert debug.returncode == 1 and "ComfyUI's traceback:" in debug.stderr and not out.exists()
     assert debug.stderr.strip().splitlines()[-1].startswith("error: DiffBIRLoadModels (node 2) failed: ")
+
+
+def test_max_memory_is_read_before_the_start(tmp_path):
+    """--max-memory reaches the nodes' planner as DIFFBIR_MAX_MEMORY; a size it cannot read is a usage error."""
+    line = error_line(cli("restore", tmp_path / "x.png", "--out", tmp_path / "out", "--max-memory", "lots"), 2)
+    assert "--max-memory: cannot read 'lots' as a memory size; write e.g. 6GB" in line

@@ -61,20 +61,25 @@ def run_sampler(comfy_host, **changes):
     return node_output(comfy_host, "s")["samples"].clone()
 
 
-@pytest.fixture(scope="module")
-def tiny(comfy_host, model_files):
-    """MODEL (v + zsnr, from LAControlNet Apply), positive/negative with the control, the VAE: for direct calls."""
+def conditioned(comfy_host, size, seed):
+    """MODEL (v + zsnr, from LAControlNet Apply), positive/negative with the control of a random size x size
+    condition image, the VAE: for direct calls."""
     import nodes
 
     model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(TINY_SD21_NAME)[:3]
     control = comfy_host.node_classes["DiffBIRLoadModels"]().load("none", TINY_CN, "auto")[1]
-    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    image = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(seed))
     pos = nodes.CLIPTextEncode().encode(clip, "a sharp photo")[0]
     neg = nodes.CLIPTextEncode().encode(clip, "blurry")[0]
     pos, neg, model = comfy_host.node_classes["DiffBIRLAControlNetApply"]().apply(pos, neg, control, image, vae, 1.0,
                                                                                   0.0, 1.0, model=model)
     return {"model": model, "positive": pos, "negative": neg, "vae": vae, "plain": nodes.CLIPTextEncode().encode(
         clip, "no control")[0]}
+
+
+@pytest.fixture(scope="module")
+def tiny(comfy_host, model_files):
+    return conditioned(comfy_host, 64, 0)
 
 
 def call_node(comfy_host, tiny, **changes):
@@ -104,7 +109,8 @@ def test_nodes_registered_with_tooltips_and_official_defaults(comfy_host):
     assert "4" in req["cfg"][1]["tooltip"]
     assert req["noise_aug"][1]["max"] == 199 and req["start_point"][0] == ["noise", "cond"]
     assert {"latent", "vae", "guidance", "guidance_space", "guidance_scale", "guidance_t_start", "guidance_t_stop",
-            "guidance_repeat", "guidance_style", "s_churn", "s_tmin", "s_tmax", "s_noise", "eta", "order"} == set(opt)
+            "guidance_repeat", "guidance_style", "s_churn", "s_tmin", "s_tmax", "s_noise", "eta", "order",
+            "tile_plan"} == set(opt)
     assert opt["guidance"][0] == ["none", "mse", "w_mse"] and opt["s_tmax"][1]["default"] == 300.0
     # The diffbir_* KSAMPLERs are in the stock lists (KSamplerSelect and KSampler read them).
     stock = comfy_host.node_info("KSamplerSelect")["input"]["required"]["sampler_name"]
@@ -374,8 +380,8 @@ def test_sampler_select_drives_stock_sampler_custom_advanced(comfy_host, model_f
 @pytest.mark.parametrize("changes, message", [
     ({"steps": 0}, r"steps must be at least 1"),
     ({"cfg": -1.0}, r"cfg must be >= 0"),
-    ({"tile_size": 16, "tile_stride": 32}, r"tile_size \(16\) is smaller than tile_stride \(32\)"),
-    ({"tile_size": 36, "tile_stride": 16}, r"tile_size must be 0 \(off\) or a positive multiple of 8"),
+    ({"tile_size": 16, "tile_stride": 32}, r"tile_stride \(32\) must not exceed tile_size \(16\)"),
+    ({"tile_size": 36, "tile_stride": 16}, r"tile_size must be 0 \(no tiling\) or a multiple of 8 of at least 8"),
     ({"guidance": "w_mse"}, r"restoration guidance needs the SD 2.1 VAE: connect the 'vae' input"),
     ({"sampler_name": "ddim", "steps": 3}, r"ddim with 3 steps.*choose another step count"),
     ({"sampler_name": "euler"}, r"unknown sampler_name 'euler'"),
@@ -403,3 +409,45 @@ def test_error_reaches_the_prompt(comfy_host, model_files):
     prompt["s"]["inputs"]["positive"] = ["p", 0]  # the stock CLIP Text Encode output: no DiffBIR ControlNet
     with pytest.raises(ch.PromptExecutionError, match=r"connect the positive and negative outputs|Connect the positive"):
         comfy_host.run(prompt)
+
+
+# ------------------------------------------------------------------------------------------ tile_plan auto, OOM
+
+
+@pytest.fixture(scope="module")
+def tiny128(comfy_host, model_files):
+    """The tiny graph on a 128 x 128 condition image (a 16 x 16 latent: room for 64 px tiles)."""
+    return conditioned(comfy_host, 128, 1)
+
+
+def test_auto_plan_is_untiled_when_it_fits_and_bit_identical(comfy_host, tiny, caplog, eight_gb_free):
+    manual = call_node(comfy_host, tiny, sampler_name="edm_dpm++_2m", steps=3)
+    with caplog.at_level("INFO"):
+        auto = call_node(comfy_host, tiny, sampler_name="edm_dpm++_2m", steps=3, tile_size=32, tile_plan="auto")
+    assert torch.equal(auto, manual)
+    assert "DiffBIR Sampler: diffusion: untiled (64x64 px)" in caplog.text
+
+
+def test_out_of_memory_in_diffusion_retries_with_smaller_tiles(comfy_host, tiny128, monkeypatch, caplog):
+    module = node_module(comfy_host, "host_model")
+    want = call_node(comfy_host, tiny128, sampler_name="spaced", steps=2, tile_size=64, tile_stride=32)
+    original = module.HostModelFunction._call
+    sizes = []
+
+    def oom_above_8(self, x, *args):
+        sizes.append(x.shape[-1])
+        if x.shape[-1] > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return original(self, x, *args)
+
+    monkeypatch.setattr(module.HostModelFunction, "_call", oom_above_8)
+    with caplog.at_level("WARNING"):
+        got = call_node(comfy_host, tiny128, sampler_name="spaced", steps=2)  # manual, untiled
+    # the whole 16 x 16 latent fails at the first call; the rerun (same seed, same draws) samples 64 px tiles
+    assert sizes[0] == 16 and set(sizes[1:]) == {8}
+    assert torch.equal(got, want)
+    assert "diffusion: out of memory with untiled tiles; retrying with 64 px tiles" in caplog.text
+    monkeypatch.setattr(module.HostModelFunction, "_call", lambda self, x, *args: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("out of memory")))
+    with pytest.raises(MemoryError, match=r"diffusion ran out of memory at every tile size tried \(untiled, 64 px"):
+        call_node(comfy_host, tiny128, sampler_name="spaced", steps=2)

@@ -213,3 +213,105 @@ def test_bad_encode_tiles_are_refused_before_the_run(comfy_host, model_files, pn
 def test_decode_refuses_a_latent_that_is_not_sd(comfy_host, golden_host_vae):
     with pytest.raises(ValueError, match=r"expected an SD 2.1 latent of shape \(B, 4, h, w\), got \(1, 16, 8, 8\)"):
         node(comfy_host, "DiffBIRVAEDecode").decode({"samples": torch.zeros(1, 16, 8, 8)}, golden_host_vae, 512, 256)
+
+
+# ------------------------------------------------------------------------------------------------ tile_plan auto
+
+
+class OOMAbove:
+    """Wraps comfy.sd.VAE.encode/decode (bypassing the host's own tiled fallback inside them): an out-of-memory
+    error for calls whose spatial side exceeds `limit` (latent pixels for decode, image pixels for encode)."""
+
+    def __init__(self, monkeypatch, method: str, limit: int):
+        import comfy.sd
+
+        self.sizes = []
+        original = getattr(comfy.sd.VAE, method)
+
+        def wrapped(vae, x, *args, **kwargs):
+            size = tuple(x.shape[-2:]) if method == "decode" else tuple(x.shape[1:3])
+            self.sizes.append(size)
+            if max(size) > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+            return original(vae, x, *args, **kwargs)
+
+        monkeypatch.setattr(comfy.sd.VAE, method, wrapped)
+
+
+def test_auto_plan_is_untiled_when_it_fits_and_bit_identical(comfy_host, golden_host_vae, caplog, eight_gb_free):
+    z = latent(64, 64, seed=2)  # a 512 x 512 image, with the machine's free memory
+    (manual,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256)
+    with caplog.at_level("INFO"):
+        (auto,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 128, 64, "auto")
+    assert torch.equal(auto, manual)
+    assert "DiffBIR VAE Decode: vae_decode: untiled (512x512 px)" in caplog.text
+
+
+def budget_for_tiles(side, tile):
+    """A DIFFBIR_MAX_MEMORY just above what `tile` px tiles of a side x side decode need (the planner plans for
+    the full-size SD 2.1 decoder, whatever the VAE here): the plan is then that tile."""
+    from diffbir_core import memory
+
+    cap = int(memory.predicted_bytes("vae_decode", side, side, tile)) + 2**20
+    plan = memory.plan_stage("vae_decode", side, side, cap)
+    assert plan.tile == tile, plan
+    return cap, plan
+
+
+def test_auto_plan_tiles_within_max_memory(comfy_host, golden_host_vae, monkeypatch, caplog, eight_gb_free):
+    cap, plan = budget_for_tiles(256, 192)
+    monkeypatch.setenv("DIFFBIR_MAX_MEMORY", str(cap))
+    z = latent(32, 32, seed=3)
+    calls = Calls(monkeypatch, "decode")
+    with caplog.at_level("INFO"):
+        (auto,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256, "auto")
+    monkeypatch.undo()
+    assert calls.sizes == [(24, 24)] * 4
+    assert f"DiffBIR VAE Decode: {plan.describe()}" in caplog.text
+    assert "vae_decode: 2 x 2 tiles of 192 px (stride 96), planned for" in caplog.text
+    (manual,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 192, 96)
+    assert torch.equal(auto, manual)
+
+
+def test_out_of_memory_in_decode_retries_with_smaller_tiles(comfy_host, golden_host_vae, monkeypatch, caplog):
+    z = latent(24, 32, seed=4)
+    (want,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 128, 64)
+    oom = OOMAbove(monkeypatch, "decode", limit=16)
+    with caplog.at_level("WARNING"):
+        (got,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256)
+    monkeypatch.undo()
+    # untiled (24x32 latent) fails, 192 px tiles (latent 24) fail, 128 px tiles run: the manual 128 px result
+    assert oom.sizes[:2] == [(24, 32), (24, 24)] and set(oom.sizes[2:]) == {(16, 16)}
+    assert torch.equal(got, want)
+    assert "vae_decode: out of memory with untiled tiles; retrying with 192 px tiles" in caplog.text
+    assert "retrying with 128 px tiles" in caplog.text
+    oom = OOMAbove(monkeypatch, "decode", limit=4)
+    with pytest.raises(MemoryError, match=r"vae_decode ran out of memory at every tile size tried .*smallest 64 px"):
+        node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256)
+
+
+def test_out_of_memory_in_condition_encode_retries_with_smaller_tiles(comfy_host, model_files, png, monkeypatch):
+    comfy_host.run(apply_prompt(png, 128))
+    want = condition(comfy_host).condition_latent.clone()
+    prompt = apply_prompt(png, 0)
+    prompt["A"]["inputs"]["vae_tile_plan"] = "manual"
+    oom = OOMAbove(monkeypatch, "encode", limit=128)
+    comfy_host.run(prompt)
+    monkeypatch.undo()
+    # the 64-padded 192x192 image fails whole, then every 128 px tile runs: the manual 128 px tiled latent
+    assert oom.sizes[0] == (192, 192) and set(oom.sizes[1:]) == {(128, 128)}
+    assert torch.equal(condition(comfy_host).condition_latent, want)
+
+
+def test_cancel_during_an_auto_planned_decode(comfy_host, model_files, monkeypatch, eight_gb_free):
+    import comfy.model_management as mm
+
+    cap, _ = budget_for_tiles(192, 128)  # 2 x 2 tiles of 128 px
+    monkeypatch.setenv("DIFFBIR_MAX_MEMORY", str(cap))
+    prefix = f"vae_decode_auto_cancel_{uuid.uuid4().hex[:6]}"
+    prompt = decode_prompt(prefix)
+    prompt["D"]["inputs"].update(tile_size=0, tile_plan="auto")
+    calls = Calls(monkeypatch, "decode", cancel_on=1)
+    with pytest.raises(ch.PromptExecutionError, match="execution_interrupted"):
+        comfy_host.run(prompt)
+    assert calls.sizes == [(16, 16)] and not mm.processing_interrupted() and saved(comfy_host, prefix) == []

@@ -36,7 +36,7 @@ import torch
 from .. import colorfix
 from ..padding import pad_to_multiple, pad_to_size
 from ..schedule import LATENT_SCALE, DiffusionSchedule
-from ..tiling import sliding_windows
+from ..tiling import check_tile_settings, sliding_windows
 from .denoiser import CLDMDenoiser, Condition, rescales_any_cfg
 from .noise import GeneratorNoise, NoiseSource
 from .registry import get_sampler
@@ -97,11 +97,6 @@ def start_latent(diffusion: DiffusionSchedule, c_img: torch.Tensor, start_point_
     return x_T, c_img
 
 
-def _check_tile(name: str, size: int, multiple: int) -> None:
-    if size <= 0 or size % multiple:
-        raise ValueError(f"{name} must be a positive multiple of {multiple}, got {size}")
-
-
 def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Tensor, c_txt_neg: torch.Tensor | None,
                diffusion: DiffusionSchedule, steps: int, *, sampler: str = "spaced", strength: float = 1.0,
                cfg_scale: float = 1.0, start_point_type: str = "noise", noise_aug: int = 0, rescale_cfg: bool = False,
@@ -122,8 +117,9 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
         vae_encoder_tiled = False  # "the input size is tiny and unnecessary to tile"
     # 2. condition latent
     if vae_encoder_tiled:
-        _check_tile("vae_encoder_tile_size", vae_encoder_tile_size, 8)
         stride = vae_encoder_tile_stride or vae_encoder_tile_size // 2
+        check_tile_settings(vae_encoder_tile_size, stride, tile_name="vae_encoder_tile_size",
+                            stride_name="vae_encoder_tile_stride")
         c_img = vae_encode_tiled(vae, cond_img01 * 2 - 1, vae_encoder_tile_size, stride, scale=scale)
     else:
         c_img = vae_encode(vae, cond_img01 * 2 - 1, scale=scale)
@@ -132,9 +128,8 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
     if cldm_tiled and (h1 < cldm_tile_size // 8 or w1 < cldm_tile_size // 8):
         cldm_tiled = False
     if cldm_tiled:
-        _check_tile("cldm_tile_size", cldm_tile_size, 64)
-        if cldm_tile_stride <= 0 or cldm_tile_stride // 8 <= 0:
-            raise ValueError(f"cldm_tile_stride must be at least 8 pixels, got {cldm_tile_stride}")
+        check_tile_settings(cldm_tile_size, cldm_tile_stride, tile_name="cldm_tile_size",
+                            stride_name="cldm_tile_stride")
         if guidance is not None:
             raise ValueError("restoration guidance is not available with tiled diffusion (it needs the whole image)")
     else:
@@ -160,8 +155,9 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
         vae_decoder_tiled = False
     with torch.no_grad():
         if vae_decoder_tiled:
-            _check_tile("vae_decoder_tile_size", vae_decoder_tile_size, 8)
             stride = vae_decoder_tile_stride or vae_decoder_tile_size // 2
+            check_tile_settings(vae_decoder_tile_size, stride, tile_name="vae_decoder_tile_size",
+                                stride_name="vae_decoder_tile_stride")
             decoded = vae_decode_tiled(vae, z, vae_decoder_tile_size // 8, max(stride // 8, 1), scale=scale)
         else:
             decoded = vae_decode(vae, z, scale=scale)
@@ -200,9 +196,9 @@ def run_stage2_v2(nets: StageTwoNets, clean01: torch.Tensor, c_txt_pos: torch.Te
 def v2_tiles(size: tuple[int, int], tile_size: int, tile_stride: int, guidance=None) -> tuple[int, int]:
     """(latent tile, latent stride) of v2.0.0 tiled sampling for an image of `size` pixels, checked as v2.0.0
     requires: whole latent tiles, an image of at least one tile, no restoration guidance."""
-    _check_tile("tile_size", tile_size, 8)
-    if tile_stride // 8 <= 0:
-        raise ValueError(f"tile_stride must be at least 8 pixels, got {tile_stride}")
+    if tile_size <= 0:
+        raise ValueError(f"tiled sampling needs a positive tile_size, got {tile_size}")
+    check_tile_settings(tile_size, tile_stride)
     if min(size) < tile_size:
         h, w = size
         raise ValueError(f"v2.0.0 tiled sampling needs an image of at least one tile ({tile_size}), got {h}x{w}")

@@ -1,0 +1,251 @@
+"""Memory planner: the tile size and stride of every stage from the memory there is, untiled whenever it fits.
+
+A restore has four tiled stages (stage 1, VAE encode, diffusion, VAE decode). Each call on a tile of n image
+pixels needs working memory (activations) that grows with n; the whole-image buffers of the tile blend grow
+with the image. `plan_stage` picks, for one stage and image size, the largest tile whose predicted peak fits
+the budget:
+
+    predicted = SAFETY * (cost.fixed + cost.per_pixel * n + cost.per_pixel2 * n^2) * dtype_bytes / 4 + blend buffers
+
+where n is the tile's pixel count (the whole image when untiled) and the budget is the free memory minus the
+weights that still have to be loaded. Tiling is only chosen when the untiled call does not fit: tiles cost
+time (the official half-tile overlap evaluates most pixels about four times).
+
+The cost table (`COSTS`) holds the measured working memory of our networks at their official (real-size)
+configurations, float32, with random weights (activations do not depend on the values). How it was measured:
+each stage ran alone in a fresh process on the CPU, one call on a square image of each listed size, and the
+working memory is the process's peak resident set size during the call minus its RSS just before it (the
+weights already loaded); the fit is exact through the two sizes: quadratic through the origin where the cost
+per pixel grows with the size (attention over the whole tile), else linear with a fixed part. `benchmarks/memory_costs.py` re-measures the table (`--device
+cuda` measures with torch.cuda.max_memory_allocated instead) and prints it in this form. On a GPU the networks'
+SDPA attention does not materialise the attention matrix, so the CPU figures err on the safe side there.
+
+Plain torch/python: the caller passes the free memory (ComfyUI's ``get_free_memory``, or a user budget such as
+``--max-memory 6GB``) and the sizes of the weights it still has to load.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .tiling import sliding_windows
+
+STAGES = ("stage1", "vae_encode", "diffusion", "vae_decode")
+SAFETY = 1.25  # measured peaks vary by a few percent between runs and allocators; plan with a quarter to spare
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """Working memory (bytes, float32) of one call on a tile of n image pixels: fixed + per_pixel * n +
+    per_pixel2 * n^2."""
+
+    fixed: float
+    per_pixel: float
+    per_pixel2: float
+    measured: str  # what was measured, where, and the sizes of the fit
+
+    def bytes(self, pixels: int, dtype_bytes: int = 4) -> float:
+        return (self.fixed + self.per_pixel * pixels + self.per_pixel2 * pixels * pixels) * dtype_bytes / 4
+
+
+# Measured with benchmarks/memory_costs.py on 2026-12-02 (CPU, 1 thread, float32, torch 2.14.1; see the module
+# doc and benchmarks/README.md, which also lists the 384 px check of each fit: within 13 %).
+COSTS = {
+    "stage1": StageCost(
+        fixed=18.9e6, per_pixel=608.0, per_pixel2=0.0,
+        measured="SwinIR (realesrgan_s4_swinir_100k config) forward at 256 and 512 px, CPU fp32 (RSS)"),
+    "vae_encode": StageCost(
+        fixed=8.4e6, per_pixel=2560.0, per_pixel2=0.0,
+        measured="SD 2.1 VAE encoder (posterior mode) at 256 and 512 px, CPU fp32 (RSS)"),
+    "diffusion": StageCost(
+        fixed=0.0, per_pixel=3616.0, per_pixel2=1.16e-3,
+        measured="SD 2.1 UNet + IRControlNet, one model call of batch 2 (the cfg pair) at 256 and 512 px "
+                 "(latent 32 and 64), CPU fp32 (RSS)"),
+    "vae_decode": StageCost(
+        fixed=66.4e6, per_pixel=3978.7, per_pixel2=0.0,
+        measured="SD 2.1 VAE decoder at 256 and 512 px, CPU fp32 (RSS)"),
+}
+
+# The whole-image buffers of a tiled run, bytes per output pixel (float32): the blended output and its
+# weight sum (`tiling.blend_tiles`) plus the input the tiles are cut from.
+BLEND_BYTES_PER_PIXEL = {"stage1": 3 * 4 + 4 + 3 * 4, "vae_encode": 3 * 4 + 4 / 64 + 8 * 4 / 64,
+                         "diffusion": 2 * 4 * 4 / 64 + 4 / 64, "vae_decode": 3 * 4 + 4 + 4 * 4 / 64}
+
+# Tile sides tried, largest first (image pixels; multiples of 64 serve every stage's rule). The stride is
+# half the tile: the official overlap.
+TILE_SIDES = (2048, 1536, 1024, 768, 640, 512, 384, 256, 192, 128, 64)
+MIN_TILE = {"stage1": 128, "vae_encode": 64, "diffusion": 64, "vae_decode": 64}
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    stage: str
+    height: int  # image size of the stage (pixels)
+    width: int
+    tile: int  # tile side in pixels, 0 = untiled
+    stride: int
+    grid: tuple[int, int]  # tiles per column and per row (1, 1 untiled)
+    predicted_bytes: float  # predicted peak working memory, safety margin included
+    budget_bytes: float
+
+    @property
+    def tiled(self) -> bool:
+        return self.tile > 0
+
+    def describe(self) -> str:
+        """One line for the node's output text and the console."""
+        budget = format_bytes(self.budget_bytes)
+        if not self.tiled:
+            return (f"{self.stage}: untiled ({self.width}x{self.height} px), needs ~"
+                    f"{format_bytes(self.predicted_bytes)} of {budget} free")
+        return (f"{self.stage}: {self.grid[0]} x {self.grid[1]} tiles of {self.tile} px (stride {self.stride}), "
+                f"planned for {budget} free (~{format_bytes(self.predicted_bytes)} needed)")
+
+
+class PlanError(ValueError):
+    """Not even the smallest tile fits the budget."""
+
+
+def dtype_bytes(dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else int(dtype)
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 * 0.95 else f"{n / MIB:.0f} MB"
+
+
+def parse_bytes(text: str) -> int:
+    """'6GB', '6 GiB', '512MB', '6e9' -> bytes (GB and GiB both mean 2^30: what a GPU's '6 GB' holds)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?)i?b?\s*", str(text).lower())
+    if not m:
+        raise ValueError(f"cannot read {text!r} as a memory size; write e.g. 6GB, 512MB or 6e9")
+    value, unit = float(m.group(1)), m.group(2)
+    return int(value * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit])
+
+
+def predicted_bytes(stage: str, height: int, width: int, tile: int, dtype=torch.float32) -> float:
+    """Predicted peak working memory of `stage` on a height x width image with tile side `tile` (0 = untiled)."""
+    if stage not in COSTS:
+        raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+    th, tw = (height, width) if tile <= 0 else (min(tile, height), min(tile, width))
+    work = COSTS[stage].bytes(th * tw, dtype_bytes(dtype))
+    blend = BLEND_BYTES_PER_PIXEL[stage] * height * width if tile > 0 else 0.0
+    return SAFETY * work + blend
+
+
+def plan_stage(stage: str, height: int, width: int, free_bytes: float, dtype=torch.float32,
+               weights_bytes: float = 0.0) -> TilePlan:
+    """The tiling of one stage: untiled when it fits in free_bytes - weights_bytes, else the largest tile that
+    does (half-tile stride). Raises PlanError naming the stage and the smallest tile when none fits."""
+    budget = float(free_bytes) - float(weights_bytes)
+    need = predicted_bytes(stage, height, width, 0, dtype)
+    if need <= budget:
+        return TilePlan(stage, height, width, 0, 0, (1, 1), need, budget)
+    smallest = MIN_TILE[stage]
+    for side in TILE_SIDES:
+        if side < smallest or side >= max(height, width):
+            continue
+        need = predicted_bytes(stage, height, width, side, dtype)
+        if need <= budget:
+            return TilePlan(stage, height, width, side, side // 2, tile_grid(height, width, side, side // 2), need,
+                            budget)
+    need = predicted_bytes(stage, height, width, smallest, dtype)
+    raise PlanError(f"{stage}: a {width}x{height} image needs ~{format_bytes(need)} even in {smallest} px tiles, "
+                    f"but only {format_bytes(max(budget, 0))} is free after the weights; free memory (close other "
+                    "programs, unload models) or restore a smaller image")
+
+
+def tile_grid(height: int, width: int, tile: int, stride: int) -> tuple[int, int]:
+    """(rows, columns) of tiles `tiling.sliding_windows` lays over an image (pixels; the grid is in latent
+    pixels for the 8-multiple stages, which gives the same counts)."""
+    windows = sliding_windows(height, width, tile, stride)
+    rows = len({w[0] for w in windows})
+    return rows, len(windows) // rows
+
+
+def smaller_tiles(stage: str, tile: int, height: int, width: int) -> list[int]:
+    """The tile sides an out-of-memory retry goes through after `tile` (0 = untiled), largest first."""
+    start = max(height, width) if tile <= 0 else tile
+    return [s for s in TILE_SIDES if MIN_TILE[stage] <= s < start]
+
+
+def plan_restore(free_bytes: float, stage1_size: tuple[int, int], image_size: tuple[int, int],
+                 dtype=torch.float32, weights_bytes: dict | None = None) -> dict[str, TilePlan]:
+    """The plan of every stage of one restore: stage 1 at its network's size, the others at the stage-2 image
+    size (height, width). `weights_bytes[stage]`: weights that stage still has to load (default none)."""
+    weights_bytes = weights_bytes or {}
+    sizes = {"stage1": stage1_size, "vae_encode": image_size, "diffusion": image_size, "vae_decode": image_size}
+    return {stage: plan_stage(stage, *sizes[stage], free_bytes, dtype, weights_bytes.get(stage, 0.0))
+            for stage in STAGES}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an allocator's out-of-memory error, on any device."""
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),) if t is not None)
+    if oom_types and isinstance(exc, oom_types):
+        return True
+    if isinstance(exc, MemoryError):
+        return True
+    # older torch and other backends: a RuntimeError ("HIP out of memory"; the CPU allocator: "can't allocate")
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def run_with_fallback(stage: str, run, tile: int, stride: int, height: int, width: int, release_memory=None,
+                      log=None):
+    """`run(tile, stride)` (tile 0 = untiled); on an out-of-memory error, `release_memory()` and again with the
+    next smaller tile (half-tile stride) until one succeeds or the smallest fails.
+
+    `release_memory` is the host's (ComfyUI: comfy.model_management.soft_empty_cache); the core never calls a
+    device API itself. `log(message)` hears about each retry. The final error names the stage and the sizes tried.
+    """
+    sizes = [tile] + smaller_tiles(stage, tile, height, width)
+    tried = []
+    for i, side in enumerate(sizes):
+        try:
+            return run(side, stride if i == 0 else side // 2)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried, everything else re-raised
+            if not is_out_of_memory(exc):
+                raise
+            tried.append("untiled" if side <= 0 else f"{side} px")
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if release_memory is not None:
+            release_memory()  # outside the except block: the failed attempt's tensors are released by now
+        if i + 1 < len(sizes) and log is not None:
+            log(f"{stage}: out of memory with {tried[-1]} tiles; retrying with {sizes[i + 1]} px tiles")
+    raise MemoryError(f"{stage} ran out of memory at every tile size tried ({', '.join(tried)}; smallest "
+                      f"{tried[-1]}): {message}. Free memory (close other programs, unload models) or restore a "
+                      "smaller image.")
+
+
+__all__ = ["COSTS", "STAGES", "SAFETY", "PlanError", "StageCost", "TilePlan", "format_bytes", "parse_bytes",
+           "plan_restore", "plan_stage", "predicted_bytes", "run_with_fallback", "smaller_tiles", "tile_grid"]
+
+
+def main(argv=None) -> int:
+    """python -m diffbir_core.memory --free 6GB [--size 4096x4096] [--dtype fp16] [--unet-weights 3.5GB]"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Print the memory planner's tiling of one restore.")
+    ap.add_argument("--free", action="append", required=True, help="free device memory, e.g. 6GB (repeatable)")
+    ap.add_argument("--size", default="4096x4096", help="stage-2 image size WxH (stage 1 planned at the same size)")
+    ap.add_argument("--dtype", default="fp16", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--unet-weights", default="0", help="UNet + ControlNet weights still to load (diffusion)")
+    args = ap.parse_args(argv)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    for free in args.free:
+        print(f"{free} free, {w}x{h}, {args.dtype}:")
+        plans = plan_restore(parse_bytes(free), (h, w), (h, w), dtype,
+                             weights_bytes={"diffusion": parse_bytes(args.unet_weights)})
+        for plan in plans.values():
+            print("  " + plan.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

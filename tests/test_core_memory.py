@@ -1,0 +1,122 @@
+"""diffbir_core.memory: the planner (untiled whenever it fits, the largest tile that fits otherwise, monotonic in
+the budget), its units, and the out-of-memory fallback (retries with the next smaller tile, fails naming the stage).
+"""
+
+import pytest
+import torch
+
+from diffbir_core import memory
+from diffbir_core.tiling import sliding_windows
+
+GB = 2**30
+
+
+def test_small_image_with_memory_to_spare_is_untiled_in_every_stage():
+    plans = memory.plan_restore(8 * GB, (512, 512), (512, 512))
+    assert set(plans) == set(memory.STAGES)
+    for plan in plans.values():
+        assert not plan.tiled and plan.grid == (1, 1) and plan.predicted_bytes <= plan.budget_bytes
+        assert plan.describe().startswith(f"{plan.stage}: untiled (512x512 px)")
+
+
+@pytest.mark.parametrize("stage", memory.STAGES)
+def test_tiles_are_the_largest_that_fit_and_grow_with_the_budget(stage):
+    previous = None
+    for free_gb in (2, 4, 6, 12, 24, 80):
+        try:
+            plan = memory.plan_stage(stage, 4096, 4096, free_gb * GB)
+        except memory.PlanError:
+            continue
+        assert plan.predicted_bytes <= plan.budget_bytes
+        # the next larger tile (or the untiled call) would not have fitted
+        larger = [s for s in memory.TILE_SIDES if s > plan.tile and s < 4096]
+        if plan.tiled:
+            bigger = min(larger) if larger else 0
+            assert memory.predicted_bytes(stage, 4096, 4096, bigger) > plan.budget_bytes
+        side = plan.tile or 4096
+        if previous is not None:
+            assert side >= previous, (stage, free_gb)
+        previous = side
+    assert previous is not None
+
+
+def test_plan_for_4k_on_6_and_12_gb_gpus_and_fp16():
+    six = memory.plan_restore(6 * GB, (4096, 4096), (4096, 4096), torch.float16, weights_bytes={"diffusion": 3.5 * GB})
+    twelve = memory.plan_restore(12 * GB, (4096, 4096), (4096, 4096), torch.float16,
+                                 weights_bytes={"diffusion": 3.5 * GB})
+    for stage in memory.STAGES:
+        if stage != "stage1":  # SwinIR's windowed attention is light: 4K fits 6 GB in fp16 untiled
+            assert six[stage].tiled, stage
+        assert (twelve[stage].tile or 4096) >= (six[stage].tile or 4096)
+        print(f"6 GB : {six[stage].describe()}\n12 GB: {twelve[stage].describe()}")
+    # half the bytes per activation: fp16 tiles are at least as large as fp32 ones
+    fp32 = memory.plan_stage("vae_decode", 4096, 4096, 6 * GB, torch.float32)
+    assert six["vae_decode"].tile >= fp32.tile
+
+
+def test_grid_and_description_match_the_tile_loop():
+    plan = memory.plan_stage("diffusion", 1024, 1536, 0.4 * GB)
+    assert plan.tiled and plan.stride == plan.tile // 2
+    windows = sliding_windows(1024 // 8, 1536 // 8, plan.tile // 8, plan.stride // 8)
+    assert plan.grid[0] * plan.grid[1] == len(windows)
+    assert plan.describe().startswith(f"diffusion: {plan.grid[0]} x {plan.grid[1]} tiles of {plan.tile} px")
+    assert "planned for 410 MB free" in plan.describe()
+
+
+def test_too_little_memory_names_the_stage_and_the_smallest_tile():
+    with pytest.raises(memory.PlanError, match=r"vae_decode: a 4096x4096 image needs .* even in 64 px tiles"):
+        memory.plan_stage("vae_decode", 4096, 4096, 1 * GB, weights_bytes=0.99 * GB)
+
+
+def test_parse_bytes():
+    assert memory.parse_bytes("6GB") == 6 * GB == memory.parse_bytes("6 GiB") == memory.parse_bytes("6g")
+    assert memory.parse_bytes("512MB") == 512 * 2**20 and memory.parse_bytes("1.5e9") == 1_500_000_000
+    with pytest.raises(ValueError, match=r"cannot read 'lots' as a memory size; write e.g. 6GB"):
+        memory.parse_bytes("lots")
+
+
+def test_cost_table_says_how_it_was_measured():
+    for stage in memory.STAGES:
+        cost = memory.COSTS[stage]
+        assert cost.per_pixel > 0 and cost.per_pixel2 >= 0 and cost.fixed >= 0 and "CPU fp32" in cost.measured
+        assert cost.bytes(512 * 512, 2) == pytest.approx(cost.bytes(512 * 512, 4) / 2)
+
+
+# ------------------------------------------------------------------------------------------ fallback
+
+
+class TileLimitedRun:
+    """Raises the allocator's out-of-memory error for tiles above `limit` px (0 = untiled counts as the image)."""
+
+    def __init__(self, limit, image=4096, error=lambda: torch.OutOfMemoryError("out of memory. Tried to allocate")):
+        self.limit, self.image, self.error, self.calls = limit, image, error, []
+
+    def __call__(self, tile, stride):
+        self.calls.append((tile, stride))
+        if (tile or self.image) > self.limit:
+            raise self.error()
+        return f"ran with {tile}"
+
+
+def test_fallback_retries_with_the_next_smaller_tile():
+    run, released, logged = TileLimitedRun(300), [], []
+    out = memory.run_with_fallback("vae_decode", run, 0, 0, 4096, 4096, release_memory=lambda: released.append(1),
+                                   log=logged.append)
+    assert out == "ran with 256"
+    assert run.calls == [(0, 0), (2048, 1024), (1536, 768), (1024, 512), (768, 384), (640, 320), (512, 256),
+                         (384, 192), (256, 128)]
+    assert len(released) == 8 and logged[0] == "vae_decode: out of memory with untiled tiles; retrying with 2048 px tiles"
+
+
+def test_fallback_gives_up_naming_the_stage_and_smallest_tile_and_keeps_other_errors():
+    with pytest.raises(MemoryError, match=r"stage1 ran out of memory at every tile size tried \(512 px, 384 px, "
+                                          r"256 px, 192 px, 128 px; smallest 128 px\)"):
+        memory.run_with_fallback("stage1", TileLimitedRun(64), 512, 128, 4096, 4096)
+    not_memory = TileLimitedRun(64, error=lambda: ValueError("not memory"))
+    with pytest.raises(ValueError, match="not memory"):
+        memory.run_with_fallback("diffusion", not_memory, 512, 256, 4096, 4096)
+    assert not_memory.calls == [(512, 256)]
+    # an out-of-memory RuntimeError from another backend (text only) counts too; the first try keeps its stride
+    mps = TileLimitedRun(200, error=lambda: RuntimeError("MPS backend out of memory"))
+    assert memory.run_with_fallback("diffusion", mps, 512, 128, 1024, 1024) == "ran with 192"
+    assert mps.calls[0] == (512, 128) and mps.calls[-1] == (192, 96)
