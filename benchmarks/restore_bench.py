@@ -37,7 +37,8 @@ TITLE = "full restore: peak memory, tiled large output vs 512 -> 512"
 def child_restore(args, mode: str) -> dict:
     device, dtype = C.setup(args)
     from diffbir_core import stage1
-    from diffbir_core.sampling.pipeline import StageTwoNets, apply_cldm, color_fix
+    from diffbir_core.colorfix import color_fix_decoded
+    from diffbir_core.sampling.pipeline import StageTwoNets, apply_cldm
     from diffbir_core.schedule import DiffusionSchedule
 
     t0 = time.perf_counter()
@@ -88,7 +89,7 @@ def child_restore(args, mode: str) -> dict:
     res = phase("stage 2 (encode, sample, decode)", lambda: apply_cldm(
         StageTwoNets(cn, unet, vae), cond, pos, neg, DiffusionSchedule.for_version("v2.1"), args.steps,
         sampler=args.sampler, cfg_scale=args.cfg, **tiles))
-    final = phase("colour fix", lambda: color_fix(res.decoded, s1.image.to(res.decoded.dtype)))
+    final = phase("colour fix", lambda: color_fix_decoded(res.decoded, s1.image.to(res.decoded.dtype)))
     out_shape = list(final.shape)
     return {"mode": mode, "lq": lq_size, "out_shape": out_shape, "finite": bool(torch.isfinite(final).all()),
             "rss_built_mb": rss_built, "phases": phases, "peaks": peaks, "build_s": build_s,

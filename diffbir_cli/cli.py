@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 from . import install, location
 from . import workflow as wfl
@@ -455,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose, debug = getattr(args, "verbose", False), getattr(args, "debug", False)
+    if not (verbose or debug):  # spandrel's SwinIR calls torch.meshgrid the old way; not the user's concern
+        warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
     handler = logging.StreamHandler(sys.stderr)
     if not (verbose or debug):  # ComfyUI logs a failed node's traceback itself; without -v the one sentence says it
         handler.addFilter(lambda record: record.name.startswith("diffbir_cli"))

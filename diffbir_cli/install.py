@@ -212,11 +212,19 @@ def install_requirements(comfy: pathlib.Path, tests: bool) -> None:
                            "fix the cause and run python -m diffbir_cli setup again")
 
 
+def venv_note() -> str | None:
+    """The recommendation setup prints first in a Python outside any virtual environment."""
+    if in_virtual_env():
+        return None
+    return (f"note: {sys.executable} is not in a virtual environment; setup would install ComfyUI's packages "
+            "into it. A virtual environment keeps them apart: python -m venv .venv && . .venv/bin/activate "
+            "(Windows: .venv\\Scripts\\activate), then run setup again.")
+
+
 def setup(*, models: pathlib.Path, install: bool = True, tests: bool = False) -> None:
-    if not in_virtual_env():
-        _say(f"note: {sys.executable} is not in a virtual environment; setup would install ComfyUI's packages "
-             "into it. A virtual environment keeps them apart: python -m venv .venv && . .venv/bin/activate "
-             "(Windows: .venv\\Scripts\\activate), then run setup again.", err=True)
+    note = venv_note()
+    if note:
+        _say(note, err=True)
     comfy = location.user_comfyui()
     if comfy is None:
         if not location.is_comfyui(location.embedded_dir()):

@@ -50,13 +50,25 @@ def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torc
 
 
 COLOR_FIXES = {"wavelet": wavelet_reconstruction, "adain": adain, "none": lambda content, style: content}
+METHODS = tuple(COLOR_FIXES)  # wavelet (the official default) first
+
+
+def check_method(method: str) -> None:
+    if method not in COLOR_FIXES:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
 def color_fix(content: torch.Tensor, style: torch.Tensor, method: str = "wavelet") -> torch.Tensor:
-    if method not in COLOR_FIXES:
-        raise ValueError(f"color fix {method!r} is not one of {sorted(COLOR_FIXES)}")
+    """`content` corrected by `method` against `style`; both NCHW in [0, 1], style resized to content's size."""
+    check_method(method)
     if content.shape[-2:] != style.shape[-2:]:
         # The official code fixes at the working resolution; resize the reference so a
         # user can pass the stage-1 image at any size.
         style = F.interpolate(style, size=content.shape[-2:], mode="bicubic", align_corners=False, antialias=True)
     return COLOR_FIXES[method](content, style)
+
+
+def color_fix_decoded(decoded: torch.Tensor, cond_img01: torch.Tensor, method: str = "wavelet") -> torch.Tensor:
+    """The official pipelines' last step: the VAE output (~[-1, 1]) brought to [0, 1] and colour-fixed against
+    the stage-1 image `cond_img01` (not clamped: the pipelines clamp when they convert to 8 bits)."""
+    return color_fix((decoded + 1) / 2, cond_img01, method)

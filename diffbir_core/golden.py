@@ -331,11 +331,10 @@ def _contexts(g: Golden, cfg_scale: float):
 
 
 def _sampling_checks(g: Golden, res, cond_img01: torch.Tensor) -> list[Check]:
-    from .sampling.pipeline import color_fix
 
     outs = {"out.c_img": res.c_img, "out.z_final": res.z_final, "out.decoded": res.decoded}
     if "out.wavelet_fixed01" in g.t:
-        outs["out.wavelet_fixed01"] = color_fix(res.decoded, cond_img01, "wavelet")
+        outs["out.wavelet_fixed01"] = colorfix.color_fix_decoded(res.decoded, cond_img01, "wavelet")
     _refuse_unchecked_outputs(g, set(outs))
     checks = [Check(k, v, g.t[k], SAMPLING) for k, v in outs.items() if k in g.t]
     if "tiles_latent" in g.meta:
@@ -394,7 +393,11 @@ def _v2_guidance(cfg, vae):
 
 
 def _run_v2_sampling(g: Golden) -> list[Check]:
-    from .sampling.pipeline import run_stage2_v2
+    """A v2.0.0 file records `SpacedSampler.sample` alone (reference README), not `Pipeline.run_stage2`: the
+    condition latent and the decode are the whole-image VAE calls, no 64-pad, and `tiled` tiles only the model
+    calls. (run_stage2_v2, the pipeline, tiles its VAE calls too.)"""
+    from .sampling.pipeline import CLDMResult, sample_v2, v2_tiles
+    from .sampling.tiled import vae_decode, vae_encode
 
     m = g.meta
     _check_fields(m, _V2_FIELDS, "v2.0.0 sampling file")
@@ -405,12 +408,22 @@ def _run_v2_sampling(g: Golden) -> list[Check]:
     pos, neg = _contexts(g, cfg_scale)
     cond = g.t["in.cond_img01"]
     guidance = _v2_guidance(m["cond_fn"], nets.vae) if m.get("cond_fn") else None
-    res = run_stage2_v2(
-        nets, cond, pos, neg, diffusion, int(m["steps"]), strength=float(m.get("strength", 1.0)), cfg_scale=cfg_scale,
-        tiled=bool(m.get("tiled", False)), tile_size=int(m.get("tile_size", 0)), tile_stride=int(m.get("tile_stride", 0)),
-        better_start=bool(m.get("better_start", False)), noise=noise, guidance=guidance, batch_cfg=False,
-    )
+    tiles = v2_tiles(cond.shape[-2:], int(m.get("tile_size", 0)), int(m.get("tile_stride", 0)), guidance) \
+        if m.get("tiled") else None
+
+    def encode(x, **kw):
+        return vae_encode(nets.vae, x, scale=nets.latent_scale, **kw)
+
+    c_img = encode(cond * 2 - 1)
+    z, denoiser = sample_v2(nets, cond, c_img, pos, neg, diffusion, int(m["steps"]), encode=encode,
+                            strength=float(m.get("strength", 1.0)), cfg_scale=cfg_scale, tiles=tiles,
+                            better_start=bool(m.get("better_start", False)), noise=noise, guidance=guidance,
+                            batch_cfg=False)
     noise.check_consumed()
+    with torch.no_grad():
+        decoded = vae_decode(nets.vae, z, scale=nets.latent_scale)
+    res = CLDMResult(z_final=z, decoded=decoded, c_img=c_img, denoiser=denoiser,
+                     tiles_latent=tiling.sliding_windows(*z.shape[-2:], *tiles) if tiles else [])
     return _sampling_checks(g, res, cond)
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import comfy.model_management as mm
 import torch
 
-from ..diffbir_core.colorfix import COLOR_FIXES, color_fix
+from ..diffbir_core.colorfix import METHODS, check_method, color_fix
 from .images import rgb_image
-
-METHODS = tuple(COLOR_FIXES)  # wavelet (default), adain, none
 
 
 class DiffBIRColorFix:
@@ -42,8 +40,7 @@ class DiffBIRColorFix:
         }
 
     def fix(self, image, reference, method):
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        check_method(method)  # before any work on the batch
         content = rgb_image(image, "image")
         style = rgb_image(reference, "reference")
         n, m = content.shape[0], style.shape[0]

@@ -89,20 +89,8 @@ def load_models_node(comfy_host, controlnet_name, stage1_name="none", dtype="aut
     return comfy_host.node_classes["DiffBIRLoadModels"]().load(stage1_name, controlnet_name, dtype)
 
 
-# ------------------------------------------------------------------------------------------ registration
-
-
-@pytest.mark.parametrize("class_name, display", [("DiffBIRLoadModels", "Load DiffBIR Models"),
-                                                 ("DiffBIRLAControlNetApply", "LAControlNet Apply")])
-def test_node_registration(comfy_host, class_name, display):
-    info = comfy_host.node_info(class_name)
-    assert info["display_name"] == display
-    assert info["category"] == "DiffBIR"
-    assert len(info["description"]) > 80
-    inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
-    for name, spec in inputs.items():
-        assert len(spec) > 1 and spec[1].get("tooltip"), f"{class_name}.{name} has no tooltip"
-    assert len(info["output_tooltips"]) == len(info["output"])
+# ------------------------------------------------------------------------------------------ loading
+# (registration, display names and tooltips of every node: test_nodes_registry.py)
 
 
 def test_loader_lists_folders_with_prefixes(comfy_host, model_files):

@@ -5,7 +5,7 @@ loaded by the node from models/facedetection. Random weights cannot decide where
 faces at known places replace the node's `detect_faces` with a double returning known landmarks; everything
 else (loading, upscale, selection, alignment, paste-back, messages) is the real code. The network itself runs
 through the node in `test_real_detector_runs_through_the_node` and is checked against facexlib's formulas in
-tests/test_face_detector.py.
+tests/test_core_face_detection.py.
 """
 
 from __future__ import annotations

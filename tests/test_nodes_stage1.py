@@ -81,14 +81,8 @@ def _saved_size(comfy_host, outputs, node="5"):
 
 
 def test_node_info(comfy_host):
+    """Its inputs, outputs and defaults (display name, category and tooltips: test_nodes_registry.py)."""
     info = comfy_host.node_info(STAGE1)
-    assert info["display_name"] == "Stage1 SwinIR Restore"
-    assert info["category"] == "DiffBIR"
-    assert len(info["description"]) > 80
-    for section in ("required", "optional"):
-        for inp, spec in (info["input"].get(section) or {}).items():
-            assert spec[1].get("tooltip"), f"{STAGE1}.{inp} has no tooltip"
-    assert len(info["output_tooltips"]) == len(info["output"]) and all(info["output_tooltips"])
     assert info["output"] == ["IMAGE", "INT", "INT"]
     assert info["input"]["optional"]["stage1"][0] == "DIFFBIR_STAGE1"
     assert info["input"]["optional"]["upscale_model"][0] == "UPSCALE_MODEL"

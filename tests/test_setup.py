@@ -21,7 +21,7 @@ folder outside the venv, named by a ``.pth`` file. pip sees them as installed (a
 they lie outside the environment), so every other package -- Pillow, numpy and ``requests`` among them -- comes
 from ``setup``'s own pip run. The embedded ComfyUI tree is the cached one (``COMFYUI_DIFFBIR_CACHE`` points at a
 fresh folder whose ``comfyui-0.3.75`` links to it), so setup's extraction step is skipped; it is covered by the
-tests' own first boot.
+tests' own first boot. Like setup itself, the test needs the package index (about 260 MB of wheels).
 """
 
 from __future__ import annotations
@@ -83,6 +83,16 @@ def test_setup_keeps_the_installed_torch_and_commands_before_setup_say_run_it(tm
         install.require(("PIL", "no_such_module_17"))
     assert err.value.code == EXIT_NO_COMFYUI
     install.require()  # this Python ran setup
+
+
+def test_setup_recommends_a_virtual_environment_only_outside_one(monkeypatch):
+    from diffbir_cli import install
+
+    monkeypatch.delenv("CONDA_PREFIX", raising=False)
+    assert install.in_virtual_env() and install.venv_note() is None  # the tests run in one
+    monkeypatch.setattr(sys, "prefix", sys.base_prefix)
+    note = install.venv_note()
+    assert note.startswith(f"note: {sys.executable} is not in a virtual environment") and "python -m venv" in note
 
 
 # --------------------------------------------------------------------------------------------- the README, fresh
@@ -177,8 +187,9 @@ def test_readme_setup_then_restore_in_a_fresh_venv(tmp_path):
     python = fresh_venv(tmp_path)
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / f"comfyui-{location.COMFYUI_VERSION}").symlink_to(location.comfyui_path(), target_is_directory=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", location.COMFYUI_ENV)}
+    if location.user_comfyui() is None:  # else setup installs and boots the COMFYUI_PATH the suite runs
+        (cache / f"comfyui-{location.COMFYUI_VERSION}").symlink_to(location.comfyui_path(), target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(COMFYUI_DIFFBIR_CACHE=str(cache), OMP_NUM_THREADS="1", PATH=f"{python.parent}{os.pathsep}{env['PATH']}")
     # pip's --no-compile for setup's install (pip reads this variable inverted: "0" turns compiling off): writing
     # .pyc files for ~60 packages is a minute of CI time and no part of what is tested.

@@ -13,11 +13,12 @@
 5. sample with control strength, CFG, rescale_cfg, tiling (`denoiser.CLDMDenoiser`);
 6. crop the latent to the unpadded latent size, decode (`z / 0.18215`), crop to the image size.
 The result carries `c_img` as recorded by the golden files (before the latent pad and before
-noise_aug), `z_final` and `decoded` (~[-1, 1]); `color_fix` gives the official final
+noise_aug), `z_final` and `decoded` (~[-1, 1]); `colorfix.color_fix_decoded` gives the official final
 `wavelet_reconstruction((decoded + 1) / 2, cond_img01)`.
 
 `run_stage2_v2` mirrors v2.0.0 `Pipeline.run_stage2` (spec B.3-B.7): always pad to 64, v2.0.0
-tiled encode / eps tiles / tiled decode, `better_start`, restoration guidance.
+tiled encode / eps tiles / tiled decode, `better_start`, restoration guidance; `sample_v2` is its sampling
+step alone (`SpacedSampler.sample` with the start point), which the v2.0.0 golden files record.
 
 Differences from the official code, by design:
 * tiled VAE (`vae_encoder_tiled` / `vae_decoder_tiled`) uses the v2.0.0 gaussian-blended tiles
@@ -96,11 +97,6 @@ def start_latent(diffusion: DiffusionSchedule, c_img: torch.Tensor, start_point_
     return x_T, c_img
 
 
-def color_fix(decoded: torch.Tensor, cond_img01: torch.Tensor, method: str = "wavelet") -> torch.Tensor:
-    """The official post-processing colour fix of `(decoded + 1) / 2` against the stage-1 image."""
-    return colorfix.color_fix((decoded + 1) / 2, cond_img01, method)
-
-
 def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Tensor, c_txt_neg: torch.Tensor | None,
                diffusion: DiffusionSchedule, steps: int, *, sampler: str = "spaced", strength: float = 1.0,
                cfg_scale: float = 1.0, start_point_type: str = "noise", noise_aug: int = 0, rescale_cfg: bool = False,
@@ -174,33 +170,59 @@ def run_stage2_v2(nets: StageTwoNets, clean01: torch.Tensor, c_txt_pos: torch.Te
                   diffusion: DiffusionSchedule, steps: int, *, strength: float = 1.0, cfg_scale: float = 1.0,
                   tiled: bool = False, tile_size: int = 512, tile_stride: int = 256, better_start: bool = False,
                   noise: NoiseSource | None = None, guidance=None, callback=None, batch_cfg: bool = True) -> CLDMResult:
-    """v2.0.0 `Pipeline.run_stage2` with the spaced sampler (see the module doc)."""
+    """v2.0.0 `Pipeline.run_stage2` with the spaced sampler (see the module doc): pad to 64, encode (tiled when
+    `tiled`), `sample_v2`, decode (tiled when `tiled`), crop."""
     noise = GeneratorNoise() if noise is None else noise
     vae, scale = nets.vae, nets.latent_scale
-    b, _, h0, w0 = clean01.shape
+    h0, w0 = clean01.shape[-2:]
     pad_clean = pad_to_multiple(clean01, 64)
-    h, w = pad_clean.shape[-2:]
+    tiles = v2_tiles(pad_clean.shape[-2:], tile_size, tile_stride, guidance) if tiled else None
     if tiled:
-        check_tile_settings(tile_size, tile_stride)
-        if min(h, w) < tile_size:
-            raise ValueError(f"v2.0.0 tiled sampling needs an image of at least one tile ({tile_size}), got {h}x{w}")
-        if guidance is not None:
-            raise ValueError("tiled sampling doesn't support restoration guidance (as in v2.0.0)")
-        c_img = vae_encode_tiled(vae, pad_clean * 2 - 1, tile_size, tile_stride, scale=scale)
+        def encode(x, **kw):
+            return vae_encode_tiled(vae, x, tile_size, tile_stride, scale=scale, **kw)
     else:
-        c_img = vae_encode(vae, pad_clean * 2 - 1, scale=scale)
+        def encode(x, **kw):
+            return vae_encode(vae, x, scale=scale, **kw)
+    c_img = encode(pad_clean * 2 - 1)
+    z, denoiser = sample_v2(nets, pad_clean, c_img, c_txt_pos, c_txt_neg, diffusion, steps, encode=encode,
+                            strength=strength, cfg_scale=cfg_scale, tiles=tiles, better_start=better_start, noise=noise,
+                            guidance=guidance, callback=callback, batch_cfg=batch_cfg)
+    with torch.no_grad():
+        decoded = vae_decode_tiled(vae, z, *tiles, scale=scale) if tiled else vae_decode(vae, z, scale=scale)
+    tile_list = sliding_windows(*z.shape[-2:], *tiles) if tiles else []
+    return CLDMResult(z_final=z, decoded=decoded[..., :h0, :w0], c_img=c_img, tiles_latent=tile_list, denoiser=denoiser)
+
+
+def v2_tiles(size: tuple[int, int], tile_size: int, tile_stride: int, guidance=None) -> tuple[int, int]:
+    """(latent tile, latent stride) of v2.0.0 tiled sampling for an image of `size` pixels, checked as v2.0.0
+    requires: whole latent tiles, an image of at least one tile, no restoration guidance."""
+    if tile_size <= 0:
+        raise ValueError(f"tiled sampling needs a positive tile_size, got {tile_size}")
+    check_tile_settings(tile_size, tile_stride)
+    if min(size) < tile_size:
+        h, w = size
+        raise ValueError(f"v2.0.0 tiled sampling needs an image of at least one tile ({tile_size}), got {h}x{w}")
     if guidance is not None:
-        guidance.set_target(pad_clean)
+        raise ValueError("tiled sampling doesn't support restoration guidance (as in v2.0.0)")
+    return tile_size // 8, tile_stride // 8
+
+
+def sample_v2(nets: StageTwoNets, clean01: torch.Tensor, c_img: torch.Tensor, c_txt_pos: torch.Tensor,
+              c_txt_neg: torch.Tensor | None, diffusion: DiffusionSchedule, steps: int, *, encode, strength: float = 1.0,
+              cfg_scale: float = 1.0, tiles: tuple[int, int] | None = None, better_start: bool = False,
+              noise: NoiseSource, guidance=None, callback=None, batch_cfg: bool = True):
+    """v2.0.0 `SpacedSampler.sample` and its start point, on the condition latent `c_img` of `clean01` (the
+    stage-1 image in [0, 1], also the guidance target): x_T is a fresh draw, or with `better_start` the noised
+    `encode`d low frequencies of `clean01`; `tiles` (latent tile, stride; see `v2_tiles`) tiles the model calls
+    only. Returns (z, denoiser). The v2.0.0 golden files record this step alone, with untiled VAE calls."""
+    if guidance is not None:
+        guidance.set_target(clean01)
     if better_start:
-        _, low = colorfix.wavelet_decomposition(pad_clean)  # encoded in [0, 1], as officially
-        if tiled:
-            x0 = vae_encode_tiled(vae, low, tile_size, tile_stride, sample=True, noise=noise, scale=scale)
-        else:
-            x0 = vae_encode(vae, low, sample=True, noise=noise, scale=scale)
+        _, low = colorfix.wavelet_decomposition(clean01)  # encoded in [0, 1], as officially
+        x0 = encode(low, sample=True, noise=noise)
         x_T = q_sample(diffusion, x0, len(diffusion.betas) - 1, noise.randn(x0.shape, x0.device, x0.dtype))
     else:
-        x_T = noise.randn((b, 4, h // 8, w // 8), c_img.device, c_img.dtype)
-    tiles = (tile_size // 8, tile_stride // 8) if tiled else None
+        x_T = noise.randn((clean01.shape[0], 4, *c_img.shape[-2:]), c_img.device, c_img.dtype)
     denoiser = CLDMDenoiser(
         nets.controlnet, nets.unet, Condition(c_txt_pos, c_img),
         Condition(c_txt_neg, c_img) if c_txt_neg is not None else None,
@@ -208,6 +230,4 @@ def run_stage2_v2(nets: StageTwoNets, clean01: torch.Tensor, c_txt_pos: torch.Te
     )
     with torch.no_grad():
         z = get_sampler("spaced")(denoiser, x_T, diffusion, steps, noise, callback=callback, guidance=guidance)
-        decoded = vae_decode_tiled(vae, z, *tiles, scale=scale) if tiled else vae_decode(vae, z, scale=scale)
-    tile_list = sliding_windows(h // 8, w // 8, *tiles) if tiles else []
-    return CLDMResult(z_final=z, decoded=decoded[..., :h0, :w0], c_img=c_img, tiles_latent=tile_list, denoiser=denoiser)
+    return z, denoiser

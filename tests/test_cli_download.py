@@ -381,3 +381,18 @@ def test_failures_from_a_mirror_name_the_official_url_and_every_failed_file(serv
     for line, entry in zip(errors[1:], files[1:], strict=True):
         assert "HTTP 404" in line and f"manually from {entry.url} and put it in '{models / entry.folder}'" in line
     assert sorted(p.name for p in models.rglob("*") if p.is_file()) == []  # nothing half-downloaded is kept
+
+
+def test_the_core_has_no_download_code():
+    """Weights distribution lives in diffbir_cli: no diffbir_core module imports a network library."""
+    import ast
+
+    network = {"urllib", "http", "socket", "ssl", "requests", "httpx", "aiohttp"}
+    core = Path(__file__).resolve().parent.parent / "diffbir_core"
+    offenders = []
+    for path in sorted(core.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            offenders += [f"{path.relative_to(core)}: {n}" for n in names if n.split(".")[0] in network]
+    assert not offenders and not (core / "download.py").exists() and not (core / "weights.py").exists(), offenders
