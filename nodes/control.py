@@ -30,8 +30,10 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
-from ..diffbir_core.arch.ldm_blocks import GroupNorm32
+from ..diffbir_core.arch.ldm_blocks import GroupNorm32, Linear, clear_context_caches, linear
 from ..diffbir_core.padding import pad_to_multiple
 from ..diffbir_core.schedule import LATENT_SCALE
 from .images import rgb_image
@@ -71,7 +73,28 @@ def _ops_classes():
                 return super().forward(x.float()).to(x.dtype)
 
         mapping[GroupNorm32] = ComfyGroupNorm32
+    if torch.nn.Linear in mapping:
+
+        class ComfyLinear(mapping[torch.nn.Linear], Linear):
+            """ComfyUI's castable Linear computing with our kernel (diffbir_core's `linear`: oneDNN's GEMM on the
+            CPU) both fully loaded (our forward) and when ComfyUI casts the weights per call, so a partial load
+            gives the same bits as a full one."""
+
+            def forward_comfy_cast_weights(self, *args, **kwargs):
+                with _OurLinear():
+                    return super().forward_comfy_cast_weights(*args, **kwargs)
+
+        mapping[Linear] = ComfyLinear
     return mapping
+
+
+class _OurLinear(TorchFunctionMode):
+    """Routes F.linear to diffbir_core's `linear` while active (ComfyUI's cast path calls F.linear itself)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.linear:
+            return linear(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
 
 def use_comfy_ops(model: torch.nn.Module) -> torch.nn.Module:
@@ -89,13 +112,20 @@ def use_comfy_ops(model: torch.nn.Module) -> torch.nn.Module:
         target = mapping.get(type(module))
         if target is None and _is_groupnorm32(module):
             target = mapping.get(GroupNorm32)
+        if target is None and _is_ours(module, Linear):
+            target = mapping.get(Linear)
         if target is not None:
             module.__class__ = target
     return model
 
 
-def _is_groupnorm32(module) -> bool:
+def _is_ours(module, cls) -> bool:
     # By name too: diffbir_core may be imported twice (as part of this package and top-level, e.g. in tests).
+    kind = type(module)
+    return kind is cls or (kind.__name__ == cls.__name__ and kind.__module__.endswith("arch.ldm_blocks"))
+
+
+def _is_groupnorm32(module) -> bool:
     return isinstance(module, GroupNorm32) or type(module).__name__ == "GroupNorm32"
 
 
@@ -237,6 +267,9 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         super().pre_run(model, percent_to_timestep_function, *args, **kwargs)
         self.model_sampling_current = model.model_sampling
         self._check_unet(getattr(model, "diffusion_model", None))
+        # The ControlNet keeps the text context's k/v between the steps of a run; a run starts without any, so
+        # weights patched in place since the last run (ComfyUI loads and patches before pre_run) cannot be missed.
+        clear_context_caches(self.control_model)
 
     def _check_unet(self, unet):
         """Refuse a UNet whose skip connections do not take these controls (ComfyUI would only log them)."""
@@ -256,6 +289,8 @@ class DiffBIRControl(comfy.controlnet.ControlBase):
         self.model_sampling_current = None
         self._lazy_latent = None
         self._hint_cache = {}
+        if self.control_model is not None:
+            clear_context_caches(self.control_model)  # hand the memory back with the run
         super().cleanup()
 
     def inference_memory_requirements(self, dtype):

@@ -5,6 +5,7 @@ from torch import nn
 
 from .ldm_blocks import (
     Downsample,
+    Linear,
     ResBlock,
     SpatialTransformer,
     TimestepEmbedSequential,
@@ -115,9 +116,9 @@ class UNetEncoder(nn.Module):
 
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(
-            nn.Linear(model_channels, time_embed_dim),
+            Linear(model_channels, time_embed_dim),
             nn.SiLU(),
-            nn.Linear(time_embed_dim, time_embed_dim),
+            Linear(time_embed_dim, time_embed_dim),
         )
 
         ch = model_channels

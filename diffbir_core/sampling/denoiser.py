@@ -10,7 +10,8 @@ of shape (batch,) (integer for spaced/ddim/edm, fractional for dpm++_m2). It app
   `batch_cfg=False` runs them as two forwards instead, as the official spaced and EDM samplers
   do (same maths; float32 results can differ in the last bits, see pipeline.py);
   The unconditional branch differs only in the text context: it shares the condition latent
-  (also its noise-augmented copy);
+  (also its noise-augmented copy); an uncond equal to cond is not run at all (its output would be
+  the cond output, and CFG of two equal outputs is that output);
 * rescale_cfg: `s(t) = 1 + cfg * (1 - cos(pi * ((1000 - t) / 1000) ** 5)) / 2` with t the model
   timestep, only when cfg > 1 (the official DPM-Solver wrapper rescales whenever cfg != 1;
   `rescale_any_cfg=True` reproduces that);
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..arch.ldm_blocks import clear_context_caches
 from .tiled import tiled_call
 
 NUM_CONTROLS = 13
@@ -65,6 +67,8 @@ class CLDMDenoiser:
                  rescale_any_cfg: bool = False, batch_cfg: bool = True):
         self.controlnet = controlnet
         self.unet = unet
+        for net in (controlnet, unet):  # a new run: no k/v of an earlier run's prompts or weights survive
+            clear_context_caches(net)
         self.cond = cond
         self.uncond = uncond
         self.cfg_scale = float(cfg_scale)
@@ -73,6 +77,9 @@ class CLDMDenoiser:
         self.rescale_any_cfg = rescale_any_cfg
         self.tiles = tiles
         self.batch_cfg = batch_cfg
+        # An uncond equal to cond (e.g. both prompts empty) gives the cond output exactly, and CFG then returns
+        # it unchanged (uncond + s * 0): that half of every model call is skipped.
+        self.uncond_is_cond = uncond is not None and _same_condition(cond, uncond)
         self.forwards = 0  # number of ControlNet+UNet forward calls (whole image or tiled)
         self.batch_sizes: list[int] = []  # batch size of each call
 
@@ -101,6 +108,9 @@ class CLDMDenoiser:
         uncond = self.uncond
         scale = rescaled_cfg(self.cfg_scale, t if t.is_floating_point() else int(t[0]), self.rescale_cfg,
                              self.rescale_any_cfg)
+        if self.uncond_is_cond:
+            out = self.forward(x, t, cond.c_txt, _batch(cond.c_img, x))
+            return out, out, scale
         if not self.batch_cfg:
             out_cond = self.forward(x, t, cond.c_txt, _batch(cond.c_img, x))
             return out_cond, self.forward(x, t, uncond.c_txt, _batch(uncond.c_img, x)), scale
@@ -118,6 +128,11 @@ class CLDMDenoiser:
         if out_uncond is None:
             return out_cond
         return out_uncond + scale * (out_cond - out_uncond)
+
+
+def _same_condition(a: Condition, b: Condition) -> bool:
+    return all(p.shape == q.shape and p.dtype == q.dtype and torch.equal(p, q.to(p.device))
+               for p, q in ((a.c_txt, b.c_txt), (a.c_img, b.c_img)))
 
 
 def _as_batch(t, x: torch.Tensor) -> torch.Tensor:
