@@ -297,6 +297,7 @@ def our_network(kind: str, seed: int = 0, config: dict | None = None, device="cp
     loaded: ``loader.build_network`` (meta build, strict assign-load). Networks with persistent buffers
     (SwinIR's position index / masks, SCUNet) are built on the CPU and randomised in place instead."""
     from diffbir_core import loader
+    from diffbir_core.arch import architecture
 
     mod = loader.arch_module(kind)
     config = dict(mod.OFFICIAL_CONFIG) if config is None else config
@@ -305,6 +306,9 @@ def our_network(kind: str, seed: int = 0, config: dict | None = None, device="cp
     if list(shell.buffers()):
         net = mod.build(config)
         randomize_(net, seed)
+        memory_format = architecture(kind).memory_format  # what build_network applies after loading a file
+        if memory_format is not None:
+            net = net.to(memory_format=memory_format)
     else:
         # Drawn directly on the target device in the target dtype (fast on a GPU, no CPU copy of the weights).
         shapes = {k: tuple(v.shape) for k, v in shell.state_dict().items()}

@@ -16,9 +16,12 @@ configurations, float32, with random weights (activations do not depend on the v
 each stage ran alone in a fresh process on the CPU, one call on a square image of each listed size, and the
 working memory is the process's peak resident set size during the call minus its RSS just before it (the
 weights already loaded); the fit is exact through the two sizes: quadratic through the origin where the cost
-per pixel grows with the size (attention over the whole tile), else linear with a fixed part. `benchmarks/memory_costs.py` re-measures the table (`--device
-cuda` measures with torch.cuda.max_memory_allocated instead) and prints it in this form. On a GPU the networks'
-SDPA attention does not materialise the attention matrix, so the CPU figures err on the safe side there.
+per pixel grows with the size (attention over the whole tile), else linear with a fixed part.
+`benchmarks/memory_costs.py` re-measures the table (`--device cuda` measures with torch.cuda.max_memory_allocated
+instead) and prints it in this form. The diffusion row is our
+UNet with PyTorch SDPA attention, which ComfyUI also uses on NVIDIA GPUs; on the CPU ComfyUI's own sub-quadratic
+attention sizes its chunks to the free memory and takes more (benchmarks/README.md: ~1.7 GB at 512 px), which
+the out-of-memory fallback absorbs.
 
 Plain torch/python: the caller passes the free memory (ComfyUI's ``get_free_memory``, or a user budget such as
 ``--max-memory 6GB``) and the sizes of the weights it still has to load.
@@ -53,7 +56,7 @@ class StageCost:
 
 
 # Measured with benchmarks/memory_costs.py on 2026-12-02 (CPU, 1 thread, float32, torch 2.14.1; see the module
-# doc and benchmarks/README.md, which also lists the 384 px check of each fit: within 13 %).
+# doc and benchmarks/README.md, which also lists the 384 px check of each fit: within 12 %).
 COSTS = {
     "stage1": StageCost(
         fixed=18.9e6, per_pixel=608.0, per_pixel2=0.0,
@@ -62,9 +65,9 @@ COSTS = {
         fixed=8.4e6, per_pixel=2560.0, per_pixel2=0.0,
         measured="SD 2.1 VAE encoder (posterior mode) at 256 and 512 px, CPU fp32 (RSS)"),
     "diffusion": StageCost(
-        fixed=0.0, per_pixel=3616.0, per_pixel2=1.16e-3,
-        measured="SD 2.1 UNet + IRControlNet, one model call of batch 2 (the cfg pair) at 256 and 512 px "
-                 "(latent 32 and 64), CPU fp32 (RSS)"),
+        fixed=191.2e6, per_pixel=1228.9, per_pixel2=0.0,
+        measured="SD 2.1 UNet + IRControlNet (ours, SDPA attention), one model call of batch 2 (the cfg pair) at "
+                 "256 and 512 px (latent 32 and 64), CPU fp32 (RSS)"),
     "vae_decode": StageCost(
         fixed=66.4e6, per_pixel=3978.7, per_pixel2=0.0,
         measured="SD 2.1 VAE decoder at 256 and 512 px, CPU fp32 (RSS)"),
@@ -77,7 +80,7 @@ BLEND_BYTES_PER_PIXEL = {"stage1": 3 * 4 + 4 + 3 * 4, "vae_encode": 3 * 4 + 4 / 
 
 # Tile sides tried, largest first (image pixels; multiples of 64 serve every stage's rule). The stride is
 # half the tile: the official overlap.
-TILE_SIDES = (2048, 1536, 1024, 768, 640, 512, 384, 256, 192, 128, 64)
+TILE_SIDES = (4096, 3072, 2048, 1536, 1024, 768, 640, 512, 384, 256, 192, 128, 64)
 MIN_TILE = {"stage1": 128, "vae_encode": 64, "diffusion": 64, "vae_decode": 64}
 
 

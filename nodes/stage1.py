@@ -15,11 +15,20 @@ import torch
 
 from ..diffbir_core import stage1 as core
 from .images import rgb_image, widget_range_error
-from .tiles import TILE_PLAN_INPUT, auto_plan, check_tile_plan, weights_to_load
+from .tiles import (
+    TILE_PLAN_INPUT,
+    auto_plan,
+    check_tile_inputs,
+    check_tile_plan,
+    tile_inputs_error,
+    weights_to_load,
+)
 from .types import STAGE1_TYPE
 
 log = logging.getLogger(__name__)
 NODE = "Stage1 SwinIR Restore"
+DEFAULT_STRIDE = 256  # official: 512 px tiles, stride 256
+MIN_STAGE1_TILE = 64  # SwinIR's size multiple
 
 VERSION_CHOICES = ("auto", "v1", "v2", "v2.1")
 DEFAULT_VERSION = "v2.1"
@@ -97,10 +106,6 @@ class DiffBIRStage1Restore:
                                                  "pixels (rounded down to what the network needs: 64 for SwinIR), "
                                                  "blended with gaussian weights to lower memory use. Official "
                                                  "tiled cleaner: 512."}),
-                "tile_overlap": ("INT", {"default": 128, "min": 0, "max": 4096, "step": 8,
-                                         "tooltip": "Overlap between neighbouring tiles in pixels (must be smaller "
-                                                    "than tile_size; official: 256 with 512 tiles). More overlap "
-                                                    "gives smoother seams and costs more tiles."}),
             },
             "optional": {
                 "stage1": (STAGE1_TYPE, {"tooltip": "Stage-1 network from 'Load DiffBIR Models'. Connect this or "
@@ -108,26 +113,36 @@ class DiffBIRStage1Restore:
                 "upscale_model": ("UPSCALE_MODEL", {"tooltip": "A model from ComfyUI's 'Load Upscale Model' (e.g. "
                                                                "DiffBIR's SwinIR in models/upscale_models). Connect "
                                                                "this or stage1, not both."}),
+                "tile_stride": ("INT", {"default": 256, "min": 8, "max": 8192, "step": 8,
+                                        "tooltip": "Distance between tile origins in pixels, a multiple of 8 no larger "
+                                                   "than tile_size (official: 256 with 512 tiles). Smaller strides "
+                                                   "overlap more: smoother seams, more tiles."}),
                 "tile_plan": TILE_PLAN_INPUT,
+                "tile_overlap": ("INT", {"min": 0, "max": 4096, "forceInput": True,
+                                         "tooltip": "Older prompts' tile overlap in pixels (stride = tile_size - "
+                                                    "tile_overlap); when given it replaces tile_stride. New graphs "
+                                                    "set tile_stride."}),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, tile_size=None, tile_overlap=None):
+    def VALIDATE_INPUTS(cls, tile_size=None, tile_stride=None, tile_overlap=None):
         """Shown before the run: the tile inputs (ComfyUI then leaves their min/max check to us)."""
+        if tile_overlap is None:
+            return tile_inputs_error(cls, "tile_size", tile_size, "tile_stride", tile_stride, MIN_STAGE1_TILE) or True
         for name, value in (("tile_size", tile_size), ("tile_overlap", tile_overlap)):
             error = widget_range_error(cls, name, value)
             if error:
                 return error
-        if tile_size is not None and tile_overlap is not None:
+        if tile_size is not None:
             try:
                 _check_tiles(tile_size, tile_overlap)
             except ValueError as err:
                 return str(err)
         return True
 
-    def restore(self, image, upscale, version, min_short_edge, tile_size, tile_overlap, stage1=None,
-                upscale_model=None, tile_plan="manual"):
+    def restore(self, image, upscale, version, min_short_edge, tile_size, tile_overlap=None, stage1=None,
+                upscale_model=None, tile_plan="manual", tile_stride=DEFAULT_STRIDE):
         if (stage1 is None) == (upscale_model is None):
             raise ValueError("Stage1 SwinIR Restore: connect exactly one of 'stage1' (Load DiffBIR Models) or "
                              "'upscale_model' (Load Upscale Model); "
@@ -154,10 +169,13 @@ class DiffBIRStage1Restore:
         p = core.plan(h, w, runner.pipeline, upscale, version, min_short_edge, runner.scale, runner.size_multiple)
         net_h, net_w = p.padded_size
         if check_tile_plan(NODE, tile_plan):
-            # the network's input size; tiles of half-tile overlap (the planner's stride is half the tile)
+            # planned at the network's input size
             plan = auto_plan(NODE, "stage1", net_h, net_w, runner.device, torch.float32,
                              weights_to_load(runner.device, getattr(runner, "patcher", None)))
             tile_size, tile_overlap = plan.tile, plan.tile - plan.stride
+        elif tile_overlap is None:  # the stride, as on every tile node; the core runner counts the overlap
+            check_tile_inputs(NODE, tile_size, tile_stride, minimum=MIN_STAGE1_TILE)
+            tile_overlap = tile_size - int(tile_stride) if tile_size else 0
         _check_tiles(tile_size, tile_overlap, runner.size_multiple)  # before loading anything
         tiles = core.tile_count(net_h, net_w, tile_size, tile_overlap, runner.size_multiple)
         pbar = comfy.utils.ProgressBar(b * tiles)

@@ -6,12 +6,18 @@ detected as its own kind by its signatures, its config read back from those weig
 a record that a slot takes names itself in the messages. (The official files' layouts: test_core_loader.py.)
 """
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from diffbir_core import detect as D
 from diffbir_core.arch import ARCHITECTURES, architecture
 from diffbir_core.loader import WrongCheckpointError, expect_kind
+
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
 def _shapes(model):
@@ -58,3 +64,19 @@ def test_a_file_in_the_wrong_slot_is_sent_to_its_records_slot():
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(ValueError, match="no network architecture 'retinafce'; known: controlnet, swinir"):
         architecture("retinafce")
+
+
+@pytest.mark.parametrize("kind", [k for k, a in ARCHITECTURES.items() if a.memory_format is not None])
+def test_loaded_weights_are_kept_in_the_records_memory_format(kind):
+    """build_network applies the record's memory format after the strict assign-load (which leaves the file's
+    contiguous tensors in place): every 4-D weight of a loaded network is in it."""
+    from safetensors.torch import load_file
+
+    from diffbir_core.loader import build_network
+
+    sd = {k[2:]: v for k, v in load_file(str(GOLDEN / f"{kind}.safetensors")).items() if k.startswith("w.")}
+    config = json.loads((GOLDEN / f"{kind}.json").read_text())["config"]
+    assert all(v.is_contiguous() for v in sd.values())
+    model, _ = build_network(kind, sd, kind, config=config)
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=ARCHITECTURES[kind].memory_format) for p in weights)

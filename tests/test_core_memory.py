@@ -103,9 +103,10 @@ def test_fallback_retries_with_the_next_smaller_tile():
     out = memory.run_with_fallback("vae_decode", run, 0, 0, 4096, 4096, release_memory=lambda: released.append(1),
                                    log=logged.append)
     assert out == "ran with 256"
-    assert run.calls == [(0, 0), (2048, 1024), (1536, 768), (1024, 512), (768, 384), (640, 320), (512, 256),
+    assert run.calls == [(0, 0), (3072, 1536), (2048, 1024), (1536, 768), (1024, 512), (768, 384), (640, 320), (512, 256),
                          (384, 192), (256, 128)]
-    assert len(released) == 8 and logged[0] == "vae_decode: out of memory with untiled tiles; retrying with 2048 px tiles"
+    assert len(released) == 9
+    assert logged[0] == "vae_decode: out of memory with untiled tiles; retrying with 3072 px tiles"
 
 
 def test_fallback_gives_up_naming_the_stage_and_smallest_tile_and_keeps_other_errors():

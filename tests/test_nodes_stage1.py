@@ -192,3 +192,29 @@ def test_stage1_payload_from_a_model_patcher(comfy_host):
     assert [pick("upscale_model", 4, "SwinIR"), pick("upscale_model", 2, "ESRGAN"), pick("upscale_model", 1, "SwinIR"),
             pick("upscale_model", 1, "SCUNet"), pick("upscale_model", 1, "DAT")] == \
         ["bsrnet", "bsrnet", "swinir", "scunet", "swinir"]
+
+
+def test_tile_stride_is_the_old_overlap_complement(comfy_host):
+    """tile_stride (the unit of every tile node) runs the tiles an overlap of tile_size - tile_stride ran; prompts
+    that still give tile_overlap keep its meaning; the stride follows the one tile rule."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    from diffbir_core.loader import build_network
+
+    sd, config = _golden("bsrnet")
+    net, _ = build_network("bsrnet", sd, config=config)
+    patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    bsr = node_module(comfy_host, "types").Stage1Model(patcher, "bsrnet", "v2", 4, 1, "golden bsrnet")
+    node = comfy_host.node_classes[STAGE1]()
+    image = torch.rand(1, 96, 120, 3, generator=torch.Generator().manual_seed(9))  # BSRNet runs on the raw input
+    by_overlap = node.restore(image, 4.0, "auto", 0, 64, 16, stage1=bsr)[0]
+    by_stride = node.restore(image, 4.0, "auto", 0, 64, stage1=bsr, tile_stride=48)[0]
+    assert torch.equal(by_stride, by_overlap)
+    assert not torch.equal(node.restore(image, 4.0, "auto", 0, 64, stage1=bsr, tile_stride=32)[0], by_overlap)
+    with pytest.raises(ValueError, match=r"Stage1 SwinIR Restore: tile_stride \(96\) must not exceed tile_size \(64\)"):
+        node.restore(image, 4.0, "auto", 0, 64, stage1=bsr, tile_stride=96)
+    info = comfy_host.node_info(STAGE1)["input"]
+    assert "tile_overlap" not in info["required"] and info["optional"]["tile_stride"][1]["default"] == 256
+    assert info["optional"]["tile_overlap"][1]["forceInput"]

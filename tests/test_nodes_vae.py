@@ -314,4 +314,4 @@ def test_cancel_during_an_auto_planned_decode(comfy_host, model_files, monkeypat
     calls = Calls(monkeypatch, "decode", cancel_on=1)
     with pytest.raises(ch.PromptExecutionError, match="execution_interrupted"):
         comfy_host.run(prompt)
-    assert calls.sizes == [(16, 16)] and not mm.processing_interrupted() and saved(comfy_host, prefix) == []
+    assert calls.sizes == [(16, 16)] and not mm.processing_interrupted() and saved_images(comfy_host, prefix) == []

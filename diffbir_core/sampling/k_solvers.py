@@ -101,19 +101,8 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
 @torch.no_grad()
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                            noise=None, noise_sampler=None):
-    extra_args = {} if extra_args is None else extra_args
-    noise = _source(noise, extra_args)
-    step_noise = _step_noise(noise, noise_sampler, x)
-    s_in = x.new_ones([x.shape[0]])
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
-        _cb(callback, x, i, sigmas[i], sigmas[i], denoised)
-        d = to_d(x, sigmas[i], denoised)
-        x = x + d * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0:
-            x = x + step_noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
-    return x
+    return _ancestral(model, x, sigmas, extra_args, callback, eta, s_noise, noise, noise_sampler, _euler_step,
+                      lambda sigma_next, sigma_down: sigma_next > 0)
 
 
 @torch.no_grad()
@@ -138,6 +127,16 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     return x
 
 
+def _dpm_2_step(model, x, d, sigma, sigma_to, s_in, extra_args):
+    """DPM-Solver-2 from sigma to sigma_to: the derivative at the log-midpoint; an Euler step when sigma_to is 0."""
+    if sigma_to == 0:
+        return x + d * (sigma_to - sigma)
+    sigma_mid = sigma.log().lerp(sigma_to.log(), 0.5).exp()
+    x_2 = x + d * (sigma_mid - sigma)
+    d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid * s_in, **extra_args))
+    return x + d_2 * (sigma_to - sigma)
+
+
 @torch.no_grad()
 def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
                  s_tmax=float("inf"), s_noise=1.0, noise=None, noise_sampler=None):
@@ -149,20 +148,26 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
         denoised = model(x, sigma_hat * s_in, **extra_args)
         d = to_d(x, sigma_hat, denoised)
         _cb(callback, x, i, sigmas[i], sigma_hat, denoised)
-        if sigmas[i + 1] == 0:
-            x = x + d * (sigmas[i + 1] - sigma_hat)
-        else:
-            sigma_mid = sigma_hat.log().lerp(sigmas[i + 1].log(), 0.5).exp()
-            x_2 = x + d * (sigma_mid - sigma_hat)
-            denoised_2 = model(x_2, sigma_mid * s_in, **extra_args)
-            d_2 = to_d(x_2, sigma_mid, denoised_2)
-            x = x + d_2 * (sigmas[i + 1] - sigma_hat)
+        x = _dpm_2_step(model, x, d, sigma_hat, sigmas[i + 1], s_in, extra_args)
     return x
 
 
 @torch.no_grad()
 def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                            noise=None, noise_sampler=None):
+    # The official copy adds (and draws) the ancestral noise only after a midpoint step, i.e. where sigma_down > 0.
+    return _ancestral(model, x, sigmas, extra_args, callback, eta, s_noise, noise, noise_sampler, _dpm_2_step,
+                      lambda sigma_next, sigma_down: sigma_down != 0)
+
+
+def _euler_step(model, x, d, sigma, sigma_to, s_in, extra_args):
+    return x + d * (sigma_to - sigma)
+
+
+def _ancestral(model, x, sigmas, extra_args, callback, eta, s_noise, noise, noise_sampler, step, draws):
+    """The ancestral loop of euler_a and dpm_2_a: a deterministic `step` down to sigma_down, then noise of
+    sigma_up where `draws(sigma_next, sigma_down)` (the two solvers test different things, which matters for
+    the draw order when eta > 1)."""
     extra_args = {} if extra_args is None else extra_args
     noise = _source(noise, extra_args)
     step_noise = _step_noise(noise, noise_sampler, x)
@@ -172,14 +177,8 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
         _cb(callback, x, i, sigmas[i], sigmas[i], denoised)
         d = to_d(x, sigmas[i], denoised)
-        if sigma_down == 0:
-            x = x + d * (sigma_down - sigmas[i])
-        else:
-            sigma_mid = sigmas[i].log().lerp(sigma_down.log(), 0.5).exp()
-            x_2 = x + d * (sigma_mid - sigmas[i])
-            denoised_2 = model(x_2, sigma_mid * s_in, **extra_args)
-            d_2 = to_d(x_2, sigma_mid, denoised_2)
-            x = x + d_2 * (sigma_down - sigmas[i])
+        x = step(model, x, d, sigmas[i], sigma_down, s_in, extra_args)
+        if draws(sigmas[i + 1], sigma_down):
             x = x + step_noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
