@@ -29,8 +29,11 @@ STEPS = {"dpm++_m2": 2, "ddim": 2}  # everything else 2 as well; listed where th
 
 @pytest.fixture(scope="module")
 def nets():
+    # Grad off for this module only: a global set_grad_enabled(False) leaked into later modules' autograd tests.
+    previous = torch.is_grad_enabled()
     torch.set_grad_enabled(False)
-    return golden._stage2_nets(golden.load_golden(GOLDEN / "sample_spaced5_v21_cfg1.json"))
+    yield golden._stage2_nets(golden.load_golden(GOLDEN / "sample_spaced5_v21_cfg1.json"))
+    torch.set_grad_enabled(previous)
 
 
 @pytest.fixture(scope="module")
