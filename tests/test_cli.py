@@ -20,7 +20,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +33,7 @@ from diffbir_cli import mirrors
 from diffbir_cli import workflow as wfl
 from diffbir_cli.lockfile import LOCK_FILE_NAME
 from diffbir_cli.weights import CATALOGUE, files_needed
+from local_server import serving
 from tiny_models import TINY_SD21_NAME, write_tiny_controlnet, write_tiny_sd21
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,15 +124,8 @@ class _Mirror(ThreadingHTTPServer):
 def mirror():
     srv = _Mirror(("127.0.0.1", 0), _Handler)
     srv.files, srv.requests, srv.cut, srv.extra_length = {}, [], set(), {}
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
+    with serving(srv):
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
 
 
 def _pickled(kind: str, offset: float = 0.0) -> bytes:

@@ -11,7 +11,6 @@ import io
 import itertools
 import json
 import re
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +25,7 @@ from diffbir_cli.lockfile import LOCK_FILE_NAME
 from diffbir_cli.progress import TextProgress
 from diffbir_cli.weights import CATALOGUE, CHECKPOINTS, DIFFBIR, FACEDETECTION, files_needed, lookup, unknown_files
 from diffbir_core.detect import KIND_NAMES, version_from_name
+from local_server import serving
 
 GOLDEN = Path(__file__).parent / "golden" / "bsrnet.safetensors"
 
@@ -103,15 +103,8 @@ class _Server(ThreadingHTTPServer):
 def server():
     httpd = _Server(("127.0.0.1", 0), _Handler)
     httpd.state = _State()
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    try:
+    with serving(httpd):
         yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 def _pickle_bytes(sd: dict) -> bytes:
