@@ -9,7 +9,16 @@ the budget:
 
 where n is the tile's pixel count (the whole image when untiled) and the budget is the free memory minus the
 weights that still have to be loaded. Tiling is only chosen when the untiled call does not fit: tiles cost
-time (the official half-tile overlap evaluates most pixels about four times).
+time. So a planned grid has the fewest tiles that fit, each just large enough to cover the image with a narrow
+overlap (`OVERLAP`: 64 px) instead of the official half-tile stride, which evaluates
+most pixels four times; a 2048 image in 2 x 2 tiles evaluates 1.13x its pixels.
+
+On the CPU the free memory is the system's RAM: running past it swaps or wakes the kernel's out-of-memory
+killer instead of raising an error the fallback could catch, and larger calls are not faster there. So a CPU
+plan also keeps each call within `CPU_CALL_BYTES` (2 GiB) unless the user gave an explicit budget
+(``--max-memory``): a 512 px restore stays untiled and a 4096 px one peaks little above it. Among the grids that
+fit, a CPU plan takes the one of least predicted time (`relative_time`: the pixels evaluated, each dearer by
+the attention that grows with the tile); a GPU plan takes the fewest tiles (large calls fill a GPU).
 
 The cost table (`COSTS`) holds the measured working memory of our networks at their official (real-size)
 configurations, float32, with random weights (activations do not depend on the values). How it was measured:
@@ -78,11 +87,18 @@ COSTS = {
 BLEND_BYTES_PER_PIXEL = {"stage1": 3 * 4 + 4 + 3 * 4, "vae_encode": 3 * 4 + 4 / 64 + 8 * 4 / 64,
                          "diffusion": 2 * 4 * 4 / 64 + 4 / 64, "vae_decode": 3 * 4 + 4 + 4 * 4 / 64}
 
-# Tile sides tried, largest first (image pixels; multiples of 64 serve every stage's rule). The stride is
-# half the tile: the official overlap.
-TILE_SIDES = (4096, 3072, 2048, 1536, 1024, 768, 640, 512, 384, 256, 192, 128, 64)
+# Overlap of neighbouring planned tiles (image pixels): wide enough for the blend to hide the seam (the VAE's
+# receptive field; ComfyUI's tiled VAE also overlaps 64 px), narrow enough to cost little time.
+OVERLAP = {"stage1": 64, "vae_encode": 64, "diffusion": 64, "vae_decode": 64}
+# Planned tile sides are multiples of this: stage 1's SwinIR works in multiples of 64, the rest in latent pixels.
+SIDE_MULTIPLE = {"stage1": 64, "vae_encode": 8, "diffusion": 8, "vae_decode": 8}
 MIN_TILE = {"stage1": 128, "vae_encode": 64, "diffusion": 64, "vae_decode": 64}
-
+# Share of a 512 x 512 call's time spent in attention whose cost per pixel grows with the tile (FLOP counts of
+# the official configs: the SD 2.1 UNet + ControlNet's full-resolution self-attention, the VAE's mid-block
+# attention; SwinIR's attention is windowed, constant per pixel). A CPU plan weighs tiles by it.
+ATTENTION_SHARE = {"stage1": 0.0, "vae_encode": 0.03, "diffusion": 0.15, "vae_decode": 0.03}
+RETRY_SHRINK = 0.75  # an out-of-memory retry's tile side at most this times the failed one
+CPU_CALL_BYTES = 2 * 2**30  # a CPU plan's largest call (see the module doc)
 
 @dataclass(frozen=True)
 class TilePlan:
@@ -140,22 +156,52 @@ def predicted_bytes(stage: str, height: int, width: int, tile: int, dtype=torch.
     return SAFETY * work + blend
 
 
+def candidate_tiles(stage: str, height: int, width: int) -> list[tuple[int, int]]:
+    """(tile side, stride) of every grid the planner may choose, fewest tiles (largest side) first: for n tiles
+    across the longer side, the smallest side (a multiple of `SIDE_MULTIPLE`) that covers it with `OVERLAP`."""
+    length, multiple = max(height, width), SIDE_MULTIPLE[stage]
+    # small images (under 512 px) overlap an eighth of their side, so that they still have grids to fall back to
+    overlap = min(OVERLAP[stage], max(multiple, length // 8 // multiple * multiple))
+    found = []
+    for n in range(2, length // multiple + 1):
+        side = -(-(length + (n - 1) * overlap) // n)
+        side = -(-side // multiple) * multiple
+        if side < MIN_TILE[stage] or side < 2 * overlap:  # the overlap at most half the tile, as officially
+            break
+        if side < length and (not found or side < found[-1][0]):
+            found.append((side, side - overlap))
+    return found
+
+
+def relative_time(stage: str, height: int, width: int, tile: int, stride: int) -> float:
+    """Predicted time of a tiled run relative to one untiled 512 x 512 call's time per pixel x the image's pixels:
+    the pixels the tiles evaluate, each dearer by the attention share that grows with the tile (`ATTENTION_SHARE`)."""
+    windows = sliding_windows(height, width, tile, stride)
+    evaluated = sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in windows)
+    tile_pixels = min(tile, height) * min(tile, width)
+    return evaluated / (height * width) * (1 + ATTENTION_SHARE[stage] * (tile_pixels / 512**2 - 1))
+
+
 def plan_stage(stage: str, height: int, width: int, free_bytes: float, dtype=torch.float32,
-               weights_bytes: float = 0.0) -> TilePlan:
-    """The tiling of one stage: untiled when it fits in free_bytes - weights_bytes, else the largest tile that
-    does (half-tile stride). Raises PlanError naming the stage and the smallest tile when none fits."""
+               weights_bytes: float = 0.0, call_limit: float | None = None, cpu: bool = False) -> TilePlan:
+    """The tiling of one stage: untiled when it fits in free_bytes - weights_bytes (and `call_limit`, a CPU
+    plan's `CPU_CALL_BYTES`), else the grid of fewest tiles that does, or with `cpu` the fitting grid of least
+    `relative_time` (a CPU gains nothing from large calls, and the attention of large tiles costs). Raises
+    PlanError naming the stage and the smallest tile when none fits."""
     budget = float(free_bytes) - float(weights_bytes)
+    if call_limit is not None:
+        budget = min(budget, float(call_limit))
     need = predicted_bytes(stage, height, width, 0, dtype)
     if need <= budget:
         return TilePlan(stage, height, width, 0, 0, (1, 1), need, budget)
-    smallest = MIN_TILE[stage]
-    for side in TILE_SIDES:
-        if side < smallest or side >= max(height, width):
-            continue
-        need = predicted_bytes(stage, height, width, side, dtype)
-        if need <= budget:
-            return TilePlan(stage, height, width, side, side // 2, tile_grid(height, width, side, side // 2), need,
-                            budget)
+    candidates = candidate_tiles(stage, height, width)
+    fitting = [(side, stride) for side, stride in candidates
+               if predicted_bytes(stage, height, width, side, dtype) <= budget]
+    if fitting:
+        side, stride = min(fitting, key=lambda c: relative_time(stage, height, width, *c)) if cpu else fitting[0]
+        return TilePlan(stage, height, width, side, stride, tile_grid(height, width, side, stride),
+                        predicted_bytes(stage, height, width, side, dtype), budget)
+    smallest = candidates[-1][0] if candidates else MIN_TILE[stage]
     need = predicted_bytes(stage, height, width, smallest, dtype)
     raise PlanError(f"{stage}: a {width}x{height} image needs ~{format_bytes(need)} even in {smallest} px tiles, "
                     f"but only {format_bytes(max(budget, 0))} is free after the weights; free memory (close other "
@@ -170,20 +216,29 @@ def tile_grid(height: int, width: int, tile: int, stride: int) -> tuple[int, int
     return rows, len(windows) // rows
 
 
-def smaller_tiles(stage: str, tile: int, height: int, width: int) -> list[int]:
-    """The tile sides an out-of-memory retry goes through after `tile` (0 = untiled), largest first."""
+def smaller_tiles(stage: str, tile: int, height: int, width: int) -> list[tuple[int, int]]:
+    """The (tile, stride) grids an out-of-memory retry goes through after `tile` (0 = untiled), largest first."""
     start = max(height, width) if tile <= 0 else tile
-    return [s for s in TILE_SIDES if MIN_TILE[stage] <= s < start]
+    candidates = [c for c in candidate_tiles(stage, height, width) if c[0] < start]
+    chosen = []
+    for side, stride in candidates:
+        # each retry at most 3/4 the side of the last (about half the memory): a few retries reach the smallest
+        if side <= RETRY_SHRINK * (chosen[-1][0] if chosen else start):
+            chosen.append((side, stride))
+    if candidates and candidates[-1] not in chosen:
+        chosen.append(candidates[-1])
+    return chosen
 
 
 def plan_restore(free_bytes: float, stage1_size: tuple[int, int], image_size: tuple[int, int],
-                 dtype=torch.float32, weights_bytes: dict | None = None) -> dict[str, TilePlan]:
+                 dtype=torch.float32, weights_bytes: dict | None = None,
+                 call_limit: float | None = None, cpu: bool = False) -> dict[str, TilePlan]:
     """The plan of every stage of one restore: stage 1 at its network's size, the others at the stage-2 image
     size (height, width). `weights_bytes[stage]`: weights that stage still has to load (default none)."""
     weights_bytes = weights_bytes or {}
     sizes = {"stage1": stage1_size, "vae_encode": image_size, "diffusion": image_size, "vae_decode": image_size}
-    return {stage: plan_stage(stage, *sizes[stage], free_bytes, dtype, weights_bytes.get(stage, 0.0))
-            for stage in STAGES}
+    return {stage: plan_stage(stage, *sizes[stage], free_bytes, dtype, weights_bytes.get(stage, 0.0), call_limit,
+                              cpu) for stage in STAGES}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -201,16 +256,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def run_with_fallback(stage: str, run, tile: int, stride: int, height: int, width: int, release_memory=None,
                       log=None):
     """`run(tile, stride)` (tile 0 = untiled); on an out-of-memory error, `release_memory()` and again with the
-    next smaller tile (half-tile stride) until one succeeds or the smallest fails.
+    next smaller planned grid (`smaller_tiles`) until one succeeds or the smallest fails.
 
     `release_memory` is the host's (ComfyUI: comfy.model_management.soft_empty_cache); the core never calls a
     device API itself. `log(message)` hears about each retry. The final error names the stage and the sizes tried.
     """
-    sizes = [tile] + smaller_tiles(stage, tile, height, width)
+    sizes = [(tile, stride)] + smaller_tiles(stage, tile, height, width)
     tried = []
-    for i, side in enumerate(sizes):
+    for i, (side, side_stride) in enumerate(sizes):
         try:
-            return run(side, stride if i == 0 else side // 2)
+            return run(side, side_stride)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried, everything else re-raised
             if not is_out_of_memory(exc):
                 raise
@@ -219,18 +274,18 @@ def run_with_fallback(stage: str, run, tile: int, stride: int, height: int, widt
         if release_memory is not None:
             release_memory()  # outside the except block: the failed attempt's tensors are released by now
         if i + 1 < len(sizes) and log is not None:
-            log(f"{stage}: out of memory with {tried[-1]} tiles; retrying with {sizes[i + 1]} px tiles")
+            log(f"{stage}: out of memory with {tried[-1]} tiles; retrying with {sizes[i + 1][0]} px tiles")
     raise MemoryError(f"{stage} ran out of memory at every tile size tried ({', '.join(tried)}; smallest "
                       f"{tried[-1]}): {message}. Free memory (close other programs, unload models) or restore a "
                       "smaller image.")
 
 
-__all__ = ["COSTS", "STAGES", "SAFETY", "PlanError", "StageCost", "TilePlan", "format_bytes", "parse_bytes",
+__all__ = ["COSTS", "CPU_CALL_BYTES", "OVERLAP", "STAGES", "SAFETY", "candidate_tiles", "relative_time", "PlanError", "StageCost", "TilePlan", "format_bytes", "parse_bytes",
            "plan_restore", "plan_stage", "predicted_bytes", "run_with_fallback", "smaller_tiles", "tile_grid"]
 
 
 def main(argv=None) -> int:
-    """python -m diffbir_core.memory --free 6GB [--size 4096x4096] [--dtype fp16] [--unet-weights 3.5GB]"""
+    """python -m diffbir_core.memory --free 6GB [--size 4096x4096] [--dtype fp16] [--unet-weights 3.5GB] [--cpu]"""
     import argparse
 
     ap = argparse.ArgumentParser(description="Print the memory planner's tiling of one restore.")
@@ -238,13 +293,15 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="4096x4096", help="stage-2 image size WxH (stage 1 planned at the same size)")
     ap.add_argument("--dtype", default="fp16", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--unet-weights", default="0", help="UNet + ControlNet weights still to load (diffusion)")
+    ap.add_argument("--cpu", action="store_true", help="plan for the CPU: each call within CPU_CALL_BYTES too")
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     for free in args.free:
         print(f"{free} free, {w}x{h}, {args.dtype}:")
         plans = plan_restore(parse_bytes(free), (h, w), (h, w), dtype,
-                             weights_bytes={"diffusion": parse_bytes(args.unet_weights)})
+                             weights_bytes={"diffusion": parse_bytes(args.unet_weights)},
+                             call_limit=CPU_CALL_BYTES if args.cpu else None, cpu=args.cpu)
         for plan in plans.values():
             print("  " + plan.describe())
     return 0

@@ -6,7 +6,9 @@ widget min/max check that ComfyUI leaves to a VALIDATE_INPUTS naming the input, 
 
 `tile_plan` "auto" asks the core's memory planner (`diffbir_core.memory`) for the tile of a stage from the
 device's free memory (ComfyUI's ``get_free_memory``, capped by ``DIFFBIR_MAX_MEMORY`` when set, e.g. by
-``diffbir_cli restore --max-memory 6GB``) minus the weights the stage still has to load. The plan is logged
+``diffbir_cli restore --max-memory 6GB``) minus the weights the stage still has to load; on the CPU, without
+such a budget, each call also stays within ``memory.CPU_CALL_BYTES`` (RAM overshoots swap instead of raising
+an error the fallback could catch). The plan is logged
 and shown as the node's text in the UI. Every stage retries with the next smaller tile after an
 out-of-memory error, releasing the device cache with ComfyUI's ``soft_empty_cache``.
 """
@@ -69,6 +71,13 @@ def free_memory(device) -> int:
     return free
 
 
+def call_limit(device) -> int | None:
+    """The CPU plan's per-call limit (memory.CPU_CALL_BYTES), unless the user set a budget (--max-memory)."""
+    if getattr(device, "type", str(device)) == "cpu" and not os.environ.get(MAX_MEMORY_ENV):
+        return memory.CPU_CALL_BYTES
+    return None
+
+
 def weights_to_load(device, *patchers) -> int:
     """Bytes of the patchers' weights not yet on `device` (on the CPU they are resident already)."""
     if getattr(device, "type", str(device)) == "cpu":
@@ -99,7 +108,8 @@ def report(node: str, text: str) -> None:
 
 def auto_plan(node: str, stage: str, height: int, width: int, device, dtype, weights: int = 0) -> memory.TilePlan:
     """The memory planner's tile for one stage of this node, reported (see the module doc)."""
-    plan = memory.plan_stage(stage, height, width, free_memory(device), dtype, weights)
+    plan = memory.plan_stage(stage, height, width, free_memory(device), dtype, weights, call_limit(device),
+                             cpu=getattr(device, "type", str(device)) == "cpu")
     report(node, plan.describe())
     return plan
 

@@ -28,8 +28,8 @@ def test_tiles_are_the_largest_that_fit_and_grow_with_the_budget(stage):
         except memory.PlanError:
             continue
         assert plan.predicted_bytes <= plan.budget_bytes
-        # the next larger tile (or the untiled call) would not have fitted
-        larger = [s for s in memory.TILE_SIDES if s > plan.tile and s < 4096]
+        # the grid of one tile fewer per side (or the untiled call) would not have fitted
+        larger = [side for side, _ in memory.candidate_tiles(stage, 4096, 4096) if side > plan.tile]
         if plan.tiled:
             bigger = min(larger) if larger else 0
             assert memory.predicted_bytes(stage, 4096, 4096, bigger) > plan.budget_bytes
@@ -38,6 +38,42 @@ def test_tiles_are_the_largest_that_fit_and_grow_with_the_budget(stage):
             assert side >= previous, (stage, free_gb)
         previous = side
     assert previous is not None
+
+
+@pytest.mark.parametrize("stage", memory.STAGES)
+@pytest.mark.parametrize("size", [(2048, 2048), (4096, 4096), (1080, 1920), (600, 4000)])
+def test_planned_grids_cover_the_image_with_a_narrow_overlap(stage, size):
+    h, w = size
+    candidates = memory.candidate_tiles(stage, h, w)
+    assert candidates and candidates == sorted(candidates, reverse=True)
+    long_side = max(h, w)
+    for side, stride in candidates[:6]:
+        assert side % memory.SIDE_MULTIPLE[stage] == 0 and side - stride == memory.OVERLAP[stage]
+        windows = sliding_windows(h, w, side, stride)
+        n = max(memory.tile_grid(h, w, side, stride))
+        # the smallest side for its tile count: one multiple less needs more tiles across the longer side
+        assert n * side - (n - 1) * memory.OVERLAP[stage] >= long_side
+        assert n * (side - memory.SIDE_MULTIPLE[stage]) - (n - 1) * memory.OVERLAP[stage] < long_side
+        covered = torch.zeros(h, w, dtype=torch.bool)
+        for y0, y1, x0, x1 in windows:
+            covered[y0:y1, x0:x1] = True
+        assert covered.all()
+    # what narrow overlaps buy: 2 x 2 tiles over a 2048 square evaluate at most 1.15x its pixels
+    if size == (2048, 2048):
+        side, stride = candidates[0]
+        evaluated = sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in sliding_windows(h, w, side, stride))
+        assert evaluated / (h * w) <= 1.15, (stage, side)
+
+
+def test_cpu_plan_keeps_every_call_within_the_cpu_limit_and_512_untiled():
+    plans = memory.plan_restore(20 * GB, (512, 512), (512, 512), call_limit=memory.CPU_CALL_BYTES)
+    assert not any(plan.tiled for plan in plans.values())
+    big = memory.plan_restore(20 * GB, (4096, 4096), (4096, 4096), call_limit=memory.CPU_CALL_BYTES)
+    unlimited = memory.plan_restore(20 * GB, (4096, 4096), (4096, 4096))
+    for stage in memory.STAGES:
+        assert big[stage].tiled and big[stage].predicted_bytes <= memory.CPU_CALL_BYTES, big[stage].describe()
+        assert big[stage].tile <= (unlimited[stage].tile or 4096)
+    assert unlimited["vae_decode"].predicted_bytes > memory.CPU_CALL_BYTES
 
 
 def test_plan_for_4k_on_6_and_12_gb_gpus_and_fp16():
@@ -56,7 +92,7 @@ def test_plan_for_4k_on_6_and_12_gb_gpus_and_fp16():
 
 def test_grid_and_description_match_the_tile_loop():
     plan = memory.plan_stage("diffusion", 1024, 1536, 0.4 * GB)
-    assert plan.tiled and plan.stride == plan.tile // 2
+    assert plan.tiled and plan.stride == plan.tile - memory.OVERLAP["diffusion"]
     windows = sliding_windows(1024 // 8, 1536 // 8, plan.tile // 8, plan.stride // 8)
     assert plan.grid[0] * plan.grid[1] == len(windows)
     assert plan.describe().startswith(f"diffusion: {plan.grid[0]} x {plan.grid[1]} tiles of {plan.tile} px")
@@ -64,7 +100,7 @@ def test_grid_and_description_match_the_tile_loop():
 
 
 def test_too_little_memory_names_the_stage_and_the_smallest_tile():
-    with pytest.raises(memory.PlanError, match=r"vae_decode: a 4096x4096 image needs .* even in 64 px tiles"):
+    with pytest.raises(memory.PlanError, match=r"vae_decode: a 4096x4096 image needs .* even in 128 px tiles"):
         memory.plan_stage("vae_decode", 4096, 4096, 1 * GB, weights_bytes=0.99 * GB)
 
 
@@ -103,10 +139,13 @@ def test_fallback_retries_with_the_next_smaller_tile():
     out = memory.run_with_fallback("vae_decode", run, 0, 0, 4096, 4096, release_memory=lambda: released.append(1),
                                    log=logged.append)
     assert out == "ran with 256"
-    assert run.calls == [(0, 0), (3072, 1536), (2048, 1024), (1536, 768), (1024, 512), (768, 384), (640, 320), (512, 256),
-                         (384, 192), (256, 128)]
-    assert len(released) == 9
-    assert logged[0] == "vae_decode: out of memory with untiled tiles; retrying with 3072 px tiles"
+    # the planner's grids (64 px overlap), each retry at most 3/4 the side of the one that failed
+    assert run.calls == [(0, 0), (2080, 2016), (1408, 1344), (872, 808), (640, 576), (472, 408), (352, 288),
+                         (256, 192)]
+    sides = [4096] + [tile for tile, _ in run.calls[1:]]
+    assert all(b <= memory.RETRY_SHRINK * a for a, b in zip(sides, sides[1:]))
+    assert len(released) == 7
+    assert logged[0] == "vae_decode: out of memory with untiled tiles; retrying with 2080 px tiles"
 
 
 def test_fallback_gives_up_naming_the_stage_and_smallest_tile_and_keeps_other_errors():
@@ -118,6 +157,6 @@ def test_fallback_gives_up_naming_the_stage_and_smallest_tile_and_keeps_other_er
         memory.run_with_fallback("diffusion", not_memory, 512, 256, 4096, 4096)
     assert not_memory.calls == [(512, 256)]
     # an out-of-memory RuntimeError from another backend (text only) counts too; the first try keeps its stride
-    mps = TileLimitedRun(200, error=lambda: RuntimeError("MPS backend out of memory"))
-    assert memory.run_with_fallback("diffusion", mps, 512, 128, 1024, 1024) == "ran with 192"
-    assert mps.calls[0] == (512, 128) and mps.calls[-1] == (192, 96)
+    mps = TileLimitedRun(300, error=lambda: RuntimeError("MPS backend out of memory"))
+    assert memory.run_with_fallback("diffusion", mps, 512, 128, 1024, 1024) == "ran with 256"
+    assert mps.calls == [(512, 128), (384, 320), (256, 192)]

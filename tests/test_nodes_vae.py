@@ -162,7 +162,7 @@ def test_tiled_condition_encode(comfy_host, model_files, png, monkeypatch):
     assert torch.equal(condition(comfy_host).condition_latent, whole.condition_latent)
 
     calls = Calls(monkeypatch, "encode")
-    comfy_host.run(apply_prompt(png, 128))
+    comfy_host.run(apply_prompt(png, 112, 88))
     monkeypatch.undo()
     tiled = condition(comfy_host)
     assert calls.sizes == [(128, 128)] * 4  # latent rows 0, 8 x columns 0, 8 of the padded 192x192 image
@@ -253,60 +253,63 @@ def budget_for_tiles(side, tile):
     from diffbir_core import memory
 
     cap = int(memory.predicted_bytes("vae_decode", side, side, tile)) + 2**20
-    plan = memory.plan_stage("vae_decode", side, side, cap)
+    plan = memory.plan_stage("vae_decode", side, side, cap, cpu=True)  # as the node plans on the CPU
     assert plan.tile == tile, plan
     return cap, plan
 
 
 def test_auto_plan_tiles_within_max_memory(comfy_host, golden_host_vae, monkeypatch, caplog, eight_gb_free):
-    cap, plan = budget_for_tiles(256, 192)
+    cap, plan = budget_for_tiles(256, 144)
     monkeypatch.setenv("DIFFBIR_MAX_MEMORY", str(cap))
     z = latent(32, 32, seed=3)
     calls = Calls(monkeypatch, "decode")
     with caplog.at_level("INFO"):
         (auto,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256, "auto")
     monkeypatch.undo()
-    assert calls.sizes == [(24, 24)] * 4
+    assert calls.sizes == [(18, 18)] * 4
     assert f"DiffBIR VAE Decode: {plan.describe()}" in caplog.text
-    assert "vae_decode: 2 x 2 tiles of 192 px (stride 96), planned for" in caplog.text
-    (manual,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 192, 96)
+    # a 256 px image overlaps an eighth of its side (32 px): 2 x 2 tiles of 144 px
+    assert "vae_decode: 2 x 2 tiles of 144 px (stride 112), planned for" in caplog.text
+    (manual,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 144, 112)
     assert torch.equal(auto, manual)
 
 
 def test_out_of_memory_in_decode_retries_with_smaller_tiles(comfy_host, golden_host_vae, monkeypatch, caplog):
     z = latent(24, 32, seed=4)
-    (want,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 128, 64)
+    (want,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 88, 56)
     oom = OOMAbove(monkeypatch, "decode", limit=16)
     with caplog.at_level("WARNING"):
         (got,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256)
     monkeypatch.undo()
-    # untiled (24x32 latent) fails, 192 px tiles (latent 24) fail, 128 px tiles run: the manual 128 px result
-    assert oom.sizes[:2] == [(24, 32), (24, 24)] and set(oom.sizes[2:]) == {(16, 16)}
+    # untiled (24x32 latent) fails, 144 px tiles (latent 18) fail, 88 px tiles run (the planner's grids, each
+    # retry at most 3/4 the side of the last): the manual 88 px result
+    assert oom.sizes[:2] == [(24, 32), (18, 18)] and set(oom.sizes[2:]) == {(11, 11)}
     assert torch.equal(got, want)
-    assert "vae_decode: out of memory with untiled tiles; retrying with 192 px tiles" in caplog.text
-    assert "retrying with 128 px tiles" in caplog.text
+    assert "vae_decode: out of memory with untiled tiles; retrying with 144 px tiles" in caplog.text
+    assert "retrying with 88 px tiles" in caplog.text
     oom = OOMAbove(monkeypatch, "decode", limit=4)
     with pytest.raises(MemoryError, match=r"vae_decode ran out of memory at every tile size tried .*smallest 64 px"):
         node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256)
 
 
 def test_out_of_memory_in_condition_encode_retries_with_smaller_tiles(comfy_host, model_files, png, monkeypatch):
-    comfy_host.run(apply_prompt(png, 128))
+    comfy_host.run(apply_prompt(png, 112, 88))
     want = condition(comfy_host).condition_latent.clone()
     prompt = apply_prompt(png, 0)
     prompt["A"]["inputs"]["vae_tile_plan"] = "manual"
     oom = OOMAbove(monkeypatch, "encode", limit=128)
     comfy_host.run(prompt)
     monkeypatch.undo()
-    # the 64-padded 192x192 image fails whole, then every 128 px tile runs: the manual 128 px tiled latent
-    assert oom.sizes[0] == (192, 192) and set(oom.sizes[1:]) == {(128, 128)}
+    # the 64-padded 192x192 image fails whole, then every 112 px tile (stride 88: the planner's first grid)
+    # runs: the manual 112 px tiled latent
+    assert oom.sizes[0] == (192, 192) and set(oom.sizes[1:]) == {(112, 112)}
     assert torch.equal(condition(comfy_host).condition_latent, want)
 
 
 def test_cancel_during_an_auto_planned_decode(comfy_host, model_files, monkeypatch, eight_gb_free):
     import comfy.model_management as mm
 
-    cap, _ = budget_for_tiles(192, 128)  # 2 x 2 tiles of 128 px
+    cap, _ = budget_for_tiles(192, 112)  # 2 x 2 tiles of 112 px
     monkeypatch.setenv("DIFFBIR_MAX_MEMORY", str(cap))
     prefix = f"vae_decode_auto_cancel_{uuid.uuid4().hex[:6]}"
     prompt = decode_prompt(prefix)
@@ -314,4 +317,4 @@ def test_cancel_during_an_auto_planned_decode(comfy_host, model_files, monkeypat
     calls = Calls(monkeypatch, "decode", cancel_on=1)
     with pytest.raises(ch.PromptExecutionError, match="execution_interrupted"):
         comfy_host.run(prompt)
-    assert calls.sizes == [(16, 16)] and not mm.processing_interrupted() and saved_images(comfy_host, prefix) == []
+    assert calls.sizes == [(14, 14)] and not mm.processing_interrupted() and saved_images(comfy_host, prefix) == []
