@@ -89,7 +89,7 @@ def child_restore(args, size: int) -> dict:
 
     # the planner's inputs, as the nodes pass them on the CPU: ComfyUI's get_free_memory there is psutil's
     free = args.free * GB if args.free else psutil.virtual_memory().available
-    plans = memory.plan_restore(free, (size, size), (size, size), dtype, call_limit=memory.CPU_CALL_BYTES, cpu=True)
+    plans = memory.plan_restore(free, (size, size), (size, size), dtype, call_limit=memory.CPU_CALL_BYTES)
     for plan in plans.values():
         C.log(f"restore {size}: {plan.describe()}")
 

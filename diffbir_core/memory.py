@@ -9,16 +9,19 @@ the budget:
 
 where n is the tile's pixel count (the whole image when untiled) and the budget is the free memory minus the
 weights that still have to be loaded. Tiling is only chosen when the untiled call does not fit: tiles cost
-time. So a planned grid has the fewest tiles that fit, each just large enough to cover the image with a narrow
+time. So a planned grid's tiles are each just large enough to cover the image with a narrow
 overlap (`OVERLAP`: 64 px) instead of the official half-tile stride, which evaluates
 most pixels four times; a 2048 image in 2 x 2 tiles evaluates 1.13x its pixels.
 
 On the CPU the free memory is the system's RAM: running past it swaps or wakes the kernel's out-of-memory
 killer instead of raising an error the fallback could catch, and larger calls are not faster there. So a CPU
 plan also keeps each call within `CPU_CALL_BYTES` (2 GiB) unless the user gave an explicit budget
-(``--max-memory``): a 512 px restore stays untiled and a 4096 px one peaks little above it. Among the grids that
-fit, a CPU plan takes the one of least predicted time (`relative_time`: the pixels evaluated, each dearer by
-the attention that grows with the tile); a GPU plan takes the fewest tiles (large calls fill a GPU).
+(``--max-memory``): a 512 px restore stays untiled and a 4096 px one peaks little above it.
+
+Among the grids that fit, the plan takes the one of least predicted time (`relative_time`: the pixels the tiles
+evaluate, each dearer by the attention that grows with the tile): the largest tile is not the fastest once the
+UNet's full-resolution self-attention dominates (a 2080 px diffusion tile spends ~3x a 512 px one's time per
+pixel by FLOP count).
 
 The cost table (`COSTS`) holds the measured working memory of our networks at their official (real-size)
 configurations, float32, with random weights (activations do not depend on the values). How it was measured:
@@ -183,11 +186,11 @@ def relative_time(stage: str, height: int, width: int, tile: int, stride: int) -
 
 
 def plan_stage(stage: str, height: int, width: int, free_bytes: float, dtype=torch.float32,
-               weights_bytes: float = 0.0, call_limit: float | None = None, cpu: bool = False) -> TilePlan:
+               weights_bytes: float = 0.0, call_limit: float | None = None) -> TilePlan:
     """The tiling of one stage: untiled when it fits in free_bytes - weights_bytes (and `call_limit`, a CPU
-    plan's `CPU_CALL_BYTES`), else the grid of fewest tiles that does, or with `cpu` the fitting grid of least
-    `relative_time` (a CPU gains nothing from large calls, and the attention of large tiles costs). Raises
-    PlanError naming the stage and the smallest tile when none fits."""
+    plan's `CPU_CALL_BYTES`), else the fitting grid of least `relative_time` (the attention of large tiles
+    costs more than the overlap of smaller ones saves). Raises PlanError naming the stage and the smallest tile
+    when none fits."""
     budget = float(free_bytes) - float(weights_bytes)
     if call_limit is not None:
         budget = min(budget, float(call_limit))
@@ -198,7 +201,7 @@ def plan_stage(stage: str, height: int, width: int, free_bytes: float, dtype=tor
     fitting = [(side, stride) for side, stride in candidates
                if predicted_bytes(stage, height, width, side, dtype) <= budget]
     if fitting:
-        side, stride = min(fitting, key=lambda c: relative_time(stage, height, width, *c)) if cpu else fitting[0]
+        side, stride = min(fitting, key=lambda c: relative_time(stage, height, width, *c))
         return TilePlan(stage, height, width, side, stride, tile_grid(height, width, side, stride),
                         predicted_bytes(stage, height, width, side, dtype), budget)
     smallest = candidates[-1][0] if candidates else MIN_TILE[stage]
@@ -232,13 +235,13 @@ def smaller_tiles(stage: str, tile: int, height: int, width: int) -> list[tuple[
 
 def plan_restore(free_bytes: float, stage1_size: tuple[int, int], image_size: tuple[int, int],
                  dtype=torch.float32, weights_bytes: dict | None = None,
-                 call_limit: float | None = None, cpu: bool = False) -> dict[str, TilePlan]:
+                 call_limit: float | None = None) -> dict[str, TilePlan]:
     """The plan of every stage of one restore: stage 1 at its network's size, the others at the stage-2 image
     size (height, width). `weights_bytes[stage]`: weights that stage still has to load (default none)."""
     weights_bytes = weights_bytes or {}
     sizes = {"stage1": stage1_size, "vae_encode": image_size, "diffusion": image_size, "vae_decode": image_size}
-    return {stage: plan_stage(stage, *sizes[stage], free_bytes, dtype, weights_bytes.get(stage, 0.0), call_limit,
-                              cpu) for stage in STAGES}
+    return {stage: plan_stage(stage, *sizes[stage], free_bytes, dtype, weights_bytes.get(stage, 0.0), call_limit)
+            for stage in STAGES}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -301,7 +304,7 @@ def main(argv=None) -> int:
         print(f"{free} free, {w}x{h}, {args.dtype}:")
         plans = plan_restore(parse_bytes(free), (h, w), (h, w), dtype,
                              weights_bytes={"diffusion": parse_bytes(args.unet_weights)},
-                             call_limit=CPU_CALL_BYTES if args.cpu else None, cpu=args.cpu)
+                             call_limit=CPU_CALL_BYTES if args.cpu else None)
         for plan in plans.values():
             print("  " + plan.describe())
     return 0

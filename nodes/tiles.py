@@ -108,8 +108,7 @@ def report(node: str, text: str) -> None:
 
 def auto_plan(node: str, stage: str, height: int, width: int, device, dtype, weights: int = 0) -> memory.TilePlan:
     """The memory planner's tile for one stage of this node, reported (see the module doc)."""
-    plan = memory.plan_stage(stage, height, width, free_memory(device), dtype, weights, call_limit(device),
-                             cpu=getattr(device, "type", str(device)) == "cpu")
+    plan = memory.plan_stage(stage, height, width, free_memory(device), dtype, weights, call_limit(device))
     report(node, plan.describe())
     return plan
 

@@ -20,7 +20,7 @@ def test_small_image_with_memory_to_spare_is_untiled_in_every_stage():
 
 
 @pytest.mark.parametrize("stage", memory.STAGES)
-def test_tiles_are_the_largest_that_fit_and_grow_with_the_budget(stage):
+def test_tiles_are_the_fastest_grid_that_fits_and_grow_with_the_budget(stage):
     previous = None
     for free_gb in (2, 4, 6, 12, 24, 80):
         try:
@@ -28,16 +28,28 @@ def test_tiles_are_the_largest_that_fit_and_grow_with_the_budget(stage):
         except memory.PlanError:
             continue
         assert plan.predicted_bytes <= plan.budget_bytes
-        # the grid of one tile fewer per side (or the untiled call) would not have fitted
-        larger = [side for side, _ in memory.candidate_tiles(stage, 4096, 4096) if side > plan.tile]
         if plan.tiled:
-            bigger = min(larger) if larger else 0
-            assert memory.predicted_bytes(stage, 4096, 4096, bigger) > plan.budget_bytes
+            # no other grid that fits is predicted faster, and the untiled call would not have fitted
+            assert memory.predicted_bytes(stage, 4096, 4096, 0) > plan.budget_bytes
+            chosen = memory.relative_time(stage, 4096, 4096, plan.tile, plan.stride)
+            for side, stride in memory.candidate_tiles(stage, 4096, 4096):
+                if memory.predicted_bytes(stage, 4096, 4096, side) <= plan.budget_bytes:
+                    assert memory.relative_time(stage, 4096, 4096, side, stride) >= chosen
         side = plan.tile or 4096
         if previous is not None:
             assert side >= previous, (stage, free_gb)
         previous = side
     assert previous is not None
+
+
+def test_the_largest_tile_is_not_the_fastest_once_attention_dominates():
+    # a 2080 px diffusion tile (2 x 2 over 4096) evaluates fewer pixels than 512 px ones (9 x 9) but its
+    # full-resolution self-attention costs more than their overlap
+    assert memory.relative_time("diffusion", 4096, 4096, 2080, 2016) > memory.relative_time(
+        "diffusion", 4096, 4096, 512, 448)
+    # stage 1's windowed attention does not grow with the tile: there the fewest tiles are the fastest
+    times = [memory.relative_time("stage1", 4096, 4096, *c) for c in memory.candidate_tiles("stage1", 4096, 4096)]
+    assert times[0] == min(times)
 
 
 @pytest.mark.parametrize("stage", memory.STAGES)

@@ -253,7 +253,7 @@ def budget_for_tiles(side, tile):
     from diffbir_core import memory
 
     cap = int(memory.predicted_bytes("vae_decode", side, side, tile)) + 2**20
-    plan = memory.plan_stage("vae_decode", side, side, cap, cpu=True)  # as the node plans on the CPU
+    plan = memory.plan_stage("vae_decode", side, side, cap)
     assert plan.tile == tile, plan
     return cap, plan
 
