@@ -68,6 +68,8 @@ class StageMeter:
 
 def child_restore(args, size: int) -> dict:
     device, dtype = C.setup(args)
+    if device.type != "cpu":
+        raise SystemExit("any_size_bench.py measures RSS: CPU only (--device cpu)")
     import psutil
 
     from diffbir_core import memory, stage1
