@@ -93,8 +93,9 @@ BLEND_BYTES_PER_PIXEL = {"stage1": 3 * 4 + 4 + 3 * 4, "vae_encode": 3 * 4 + 4 / 
 # Overlap of neighbouring planned tiles (image pixels): wide enough for the blend to hide the seam (the VAE's
 # receptive field; ComfyUI's tiled VAE also overlaps 64 px), narrow enough to cost little time.
 OVERLAP = {"stage1": 64, "vae_encode": 64, "diffusion": 64, "vae_decode": 64}
-# Planned tile sides are multiples of this: stage 1's SwinIR works in multiples of 64, the rest in latent pixels.
-SIDE_MULTIPLE = {"stage1": 64, "vae_encode": 8, "diffusion": 8, "vae_decode": 8}
+# Planned tile sides are multiples of this: stage 1's SwinIR works in multiples of 64, and so does the UNet (its
+# latent tile is halved three times and meets its skip connections again); the VAE works in latent pixels.
+SIDE_MULTIPLE = {"stage1": 64, "vae_encode": 8, "diffusion": 64, "vae_decode": 8}
 MIN_TILE = {"stage1": 128, "vae_encode": 64, "diffusion": 64, "vae_decode": 64}
 # Share of a 512 x 512 call's time spent in attention whose cost per pixel grows with the tile (FLOP counts of
 # the official configs: the SD 2.1 UNet + ControlNet's full-resolution self-attention, the VAE's mid-block
@@ -159,17 +160,19 @@ def predicted_bytes(stage: str, height: int, width: int, tile: int, dtype=torch.
     return SAFETY * work + blend
 
 
-def candidate_tiles(stage: str, height: int, width: int) -> list[tuple[int, int]]:
+def candidate_tiles(stage: str, height: int, width: int, min_tile: int | None = None) -> list[tuple[int, int]]:
     """(tile side, stride) of every grid the planner may choose, fewest tiles (largest side) first: for n tiles
-    across the longer side, the smallest side (a multiple of `SIDE_MULTIPLE`) that covers it with `OVERLAP`."""
+    across the longer side, the smallest side (a multiple of `SIDE_MULTIPLE`) that covers it with `OVERLAP`,
+    down to `min_tile` (default `MIN_TILE[stage]`)."""
+    floor = MIN_TILE[stage] if min_tile is None else int(min_tile)
     length, multiple = max(height, width), SIDE_MULTIPLE[stage]
     # small images (under 512 px) overlap an eighth of their side, so that they still have grids to fall back to
-    overlap = min(OVERLAP[stage], max(multiple, length // 8 // multiple * multiple))
+    overlap = min(OVERLAP[stage], max(8, length // 8 // 8 * 8))
     found = []
-    for n in range(2, length // multiple + 1):
+    for n in range(2, length // 8 + 1):
         side = -(-(length + (n - 1) * overlap) // n)
         side = -(-side // multiple) * multiple
-        if side < MIN_TILE[stage] or side < 2 * overlap:  # the overlap at most half the tile, as officially
+        if side < floor or side < 2 * overlap:  # the overlap at most half the tile, as officially
             break
         if side < length and (not found or side < found[-1][0]):
             found.append((side, side - overlap))
@@ -219,10 +222,11 @@ def tile_grid(height: int, width: int, tile: int, stride: int) -> tuple[int, int
     return rows, len(windows) // rows
 
 
-def smaller_tiles(stage: str, tile: int, height: int, width: int) -> list[tuple[int, int]]:
+def smaller_tiles(stage: str, tile: int, height: int, width: int,
+                  min_tile: int | None = None) -> list[tuple[int, int]]:
     """The (tile, stride) grids an out-of-memory retry goes through after `tile` (0 = untiled), largest first."""
     start = max(height, width) if tile <= 0 else tile
-    candidates = [c for c in candidate_tiles(stage, height, width) if c[0] < start]
+    candidates = [c for c in candidate_tiles(stage, height, width, min_tile) if c[0] < start]
     chosen = []
     for side, stride in candidates:
         # each retry at most 3/4 the side of the last (about half the memory): a few retries reach the smallest
@@ -257,14 +261,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def run_with_fallback(stage: str, run, tile: int, stride: int, height: int, width: int, release_memory=None,
-                      log=None):
+                      log=None, min_tile: int | None = None):
     """`run(tile, stride)` (tile 0 = untiled); on an out-of-memory error, `release_memory()` and again with the
     next smaller planned grid (`smaller_tiles`) until one succeeds or the smallest fails.
 
     `release_memory` is the host's (ComfyUI: comfy.model_management.soft_empty_cache); the core never calls a
     device API itself. `log(message)` hears about each retry. The final error names the stage and the sizes tried.
     """
-    sizes = [(tile, stride)] + smaller_tiles(stage, tile, height, width)
+    sizes = [(tile, stride)] + smaller_tiles(stage, tile, height, width, min_tile)
     tried = []
     for i, (side, side_stride) in enumerate(sizes):
         try:

@@ -34,8 +34,8 @@ Differences from the official code (all deliberate, documented here):
   target, and v2's torch resize after the network.
 * `run_tiled` blends like the official ``make_tiled_fn`` (gaussian weights of the output tile, grid with a
   final tile flush with the border, per-pixel normalisation), but also accepts images smaller than a tile
-  (one clamped tile), rounds the tile down to the network's size multiple, and retries with halved tiles
-  on out-of-memory errors.
+  (one clamped tile), rounds the tile down to the network's size multiple, and retries on the memory
+  planner's smaller grids after an out-of-memory error (`memory.run_with_fallback`, as every stage does).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .memory import is_out_of_memory
+from .memory import run_with_fallback
 from .padding import pad_to_multiple, pad_to_size
 from .tiling import blend_tiles, sliding_windows
 
@@ -63,10 +63,6 @@ DEFAULT_MIN_TILE = 128  # OOM fallback floor (ComfyUI's ImageUpscaleWithModel st
 
 NetFn = Callable[[torch.Tensor], torch.Tensor]
 TileCallback = Callable[[int, int], None]
-
-
-class Stage1OutOfMemoryError(RuntimeError):
-    """The network ran out of memory at every tile size tried."""
 
 
 # --------------------------------------------------------------------------------------------- sizes
@@ -261,38 +257,25 @@ def run_tiled(net_fn: NetFn, image: torch.Tensor, tile: int, overlap: int, scale
       otherwise the tile is rounded down to a multiple of `size_multiple` and must exceed `overlap`.
     * Each tile is zero-padded bottom/right to `size_multiple`, and its output cropped back.
     * ``on_tile(i, n)`` runs after tile i of n (1-based): report progress / raise to cancel.
-    * On an out-of-memory error the whole image restarts with the tile halved (whole image -> half its
-      long side; the overlap shrinks to at most half the tile), down to `min_tile` (at least one size
-      multiple); below that `Stage1OutOfMemoryError` names the sizes tried.
+    * On an out-of-memory error the whole image restarts on the next smaller grid of the memory planner
+      (`memory.run_with_fallback`, the fallback of every stage), down to `min_tile`; below that a MemoryError
+      names the stage and the sizes tried.
     """
     if image.ndim != 4:
         raise ValueError(f"image must be N,C,H,W, got shape {tuple(image.shape)}")
     h, w = image.shape[-2:]
     size_multiple = max(1, int(size_multiple))
     t = effective_tile(tile, overlap, size_multiple)
-    floor = max(_round_tile(min_tile, size_multiple), size_multiple)
-    on_oom = on_oom or _default_on_oom
-    tried: list[str] = []
-    current, ov = t, overlap
-    while True:
-        label = f"{h}x{w} (untiled)" if current == 0 or (current >= h and current >= w) else f"{current}"
-        try:
-            return _run_once(net_fn, image, current, ov, scale, size_multiple, on_tile)
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            tried.append(label)
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        on_oom()  # outside the except block: the traceback (and its tensors) is released by now
-        base = max(h, w) if current == 0 or (current >= h and current >= w) else current
-        nxt = _round_tile(base // 2, size_multiple)
-        if base // 2 < floor or nxt >= base:
-            raise Stage1OutOfMemoryError(
-                f"stage 1 ran out of memory at every tile size tried (largest {tried[0]}, smallest {tried[-1]}; "
-                f"no retry below {floor} px): {message}. Free memory (smaller batch, other models unloaded) "
-                f"or use a smaller image.")
-        log.warning("stage 1 out of memory with tile %s; retrying with %d px tiles", label, nxt)
-        current, ov = nxt, min(ov, nxt // 2)
+    if t >= h and t >= w:
+        t = 0  # one clamped tile is the whole image
+
+    def attempt(side: int, stride: int) -> torch.Tensor:
+        # the first try keeps the caller's overlap; the planner's retries bring their own stride
+        return _run_once(net_fn, image, side, overlap if side == t else side - stride, scale, size_multiple, on_tile)
+
+    return run_with_fallback("stage1", attempt, t, t - overlap if t else 0, h, w,
+                             release_memory=on_oom or _default_on_oom, log=log.warning,
+                             min_tile=max(int(min_tile), size_multiple))
 
 
 # --------------------------------------------------------------------------------------------- pipelines

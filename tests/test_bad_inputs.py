@@ -248,14 +248,15 @@ def oom_above(env, limit_px):
     env.monkeypatch.setattr(cls, "forward", limited)
 
 
-def oom_tiles_halved(env):
+def oom_tiles_retried(env):
     oom_above(env, 128 * 128)
     with env.caplog.at_level(logging.WARNING):
         env.run(stage1_graph(size=(64, 64), upscale=4.0))  # the network sees 256x256: too much
     image = env.output("S")
     assert image.shape == (1, 256, 256, 3) and torch.isfinite(image).all()
-    assert "stage 1 out of memory with tile 256x256 (untiled); retrying with 128 px tiles" in env.caplog.text
-    return "handled: retried automatically with 128 px tiles (warning 'stage 1 out of memory ... retrying')"
+    assert "stage1: out of memory with untiled tiles; retrying with 192 px tiles" in env.caplog.text
+    assert "stage1: out of memory with 192 px tiles; retrying with 128 px tiles" in env.caplog.text
+    return "handled: retried automatically with 192, then 128 px tiles (warning 'stage1: out of memory ... retrying')"
 
 
 def v21_with_eps_model(env):
@@ -473,11 +474,11 @@ MATRIX = [
     Row("sampler-negative-cfg-direct-call", sampler_row(lambda e: sampler_call(e, cfg=-1.0)),
         r"DiffBIR Sampler: cfg must be >= 0 \(got -1\.0\)"),
     # -- memory
-    Row("huge-image-oom-tiles-halved", oom_tiles_halved),
+    Row("huge-image-oom-tiles-retried", oom_tiles_retried),
     Row("huge-image-oom-at-every-size", lambda e: (oom_above(e, 64 * 64), e.run(stage1_graph(size=(64, 64),
                                                                                             upscale=4.0))),
-        r"stage 1 ran out of memory at every tile size tried \(largest 256x256 \(untiled\), smallest 128; no retry "
-        r"below 128 px\)"),
+        r"stage1 ran out of memory at every tile size tried \(untiled, 192 px, 128 px; smallest 128 px\): .*Free "
+        r"memory"),
 ]
 
 

@@ -172,3 +172,24 @@ def test_fallback_gives_up_naming_the_stage_and_smallest_tile_and_keeps_other_er
     mps = TileLimitedRun(300, error=lambda: RuntimeError("MPS backend out of memory"))
     assert memory.run_with_fallback("diffusion", mps, 512, 128, 1024, 1024) == "ran with 256"
     assert mps.calls == [(512, 128), (384, 320), (256, 192)]
+
+
+def test_planned_diffusion_tiles_fit_the_unet_and_run_through_it():
+    """The UNet halves a latent tile once per level after the first and meets its skip connections again: a
+    planned tile must be a multiple of 8 latent pixels per halving (64 px for SD 2.1), or the skip concat fails."""
+    from diffbir_core.arch import unet
+
+    halvings = len(unet.OFFICIAL_CONFIG["channel_mult"]) - 1
+    assert memory.SIDE_MULTIPLE["diffusion"] % (8 * 2**halvings) == 0
+    for size in [(2048, 2048), (1000, 760), (128, 128)]:
+        for side, _ in memory.candidate_tiles("diffusion", *size):
+            assert side % (8 * 2**halvings) == 0, (size, side)
+    # and a planned tile runs through a UNet with the official depth (narrow channels to stay quick)
+    config = dict(unet.OFFICIAL_CONFIG, model_channels=32, num_head_channels=8, context_dim=16,
+                  use_checkpoint=False)
+    net = unet.build(config).eval()
+    side, _ = memory.candidate_tiles("diffusion", 1000, 760)[-1]
+    x = torch.randn(1, 4, side // 8, side // 8)
+    with torch.no_grad():
+        out = net(x, torch.tensor([10]), torch.randn(1, 3, 16))
+    assert out.shape == x.shape

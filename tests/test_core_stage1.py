@@ -276,14 +276,15 @@ class _OOMAbove:
         return t * 1.0
 
 
-def test_oom_halves_the_tile_until_it_fits(caplog):
+def test_oom_retries_on_smaller_planner_grids_until_one_fits(caplog):
     x = _smooth(256, 256)
     net = _OOMAbove(64)
     ooms = []
     out = s1.run_tiled(net, x, 0, 32, min_tile=64, on_oom=lambda: ooms.append(1))
     torch.testing.assert_close(out, x)
     assert net.sizes[0] == 256 and 128 in net.sizes and max(net.sizes[net.sizes.index(128) + 1 :]) == 64
-    assert len(ooms) == 2
+    assert len(ooms) == 3  # untiled, then the planner's 192 and 128 px grids (memory.run_with_fallback)
+    assert "stage1: out of memory with untiled tiles; retrying with 192 px tiles" in caplog.text
     assert "retrying with 64 px tiles" in caplog.text
 
     # A RuntimeError saying "out of memory" (older torch, other backends) is retried too.
@@ -293,9 +294,10 @@ def test_oom_halves_the_tile_until_it_fits(caplog):
 
 def test_oom_at_every_size_names_the_largest_tried():
     x = torch.rand(1, 3, 256, 200)
-    with pytest.raises(s1.Stage1OutOfMemoryError, match=r"largest 256x200 \(untiled\), smallest 128.*128 px"):
+    with pytest.raises(MemoryError, match=r"stage1 ran out of memory at every tile size tried \(untiled, 192 px, "
+                                          r"128 px; smallest 128 px\)"):
         s1.run_tiled(_OOMAbove(0), x, 0, 16, on_oom=lambda: None)
-    with pytest.raises(s1.Stage1OutOfMemoryError, match=r"largest 192, smallest 64"):
+    with pytest.raises(MemoryError, match=r"tried \(192 px, 128 px, 64 px; smallest 64 px\)"):
         s1.run_tiled(_OOMAbove(0), x, 192, 16, size_multiple=64, min_tile=64, on_oom=lambda: None)
 
 

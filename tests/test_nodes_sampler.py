@@ -430,25 +430,26 @@ def test_auto_plan_is_untiled_when_it_fits_and_bit_identical(comfy_host, tiny, c
 
 def test_out_of_memory_in_diffusion_retries_with_smaller_tiles(comfy_host, tiny128, monkeypatch, caplog):
     module = node_module(comfy_host, "host_model")
-    want = call_node(comfy_host, tiny128, sampler_name="spaced", steps=2, tile_size=72, tile_stride=56)
+    want = call_node(comfy_host, tiny128, sampler_name="spaced", steps=2, tile_size=64, tile_stride=48)
     original = module.HostModelFunction._call
     sizes = []
 
-    def oom_above_9(self, x, *args):
+    def oom_above_8(self, x, *args):
         sizes.append(x.shape[-1])
-        if x.shape[-1] > 9:
+        if x.shape[-1] > 8:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         return original(self, x, *args)
 
-    monkeypatch.setattr(module.HostModelFunction, "_call", oom_above_9)
+    monkeypatch.setattr(module.HostModelFunction, "_call", oom_above_8)
     with caplog.at_level("WARNING"):
         got = call_node(comfy_host, tiny128, sampler_name="spaced", steps=2)  # manual, untiled
     # the whole 16 x 16 latent fails at the first call; the rerun (same seed, same draws) samples the planner's
-    # grid for a 128 px image: 72 px tiles (latent 9), stride 56 (its overlap an eighth of the side)
-    assert sizes[0] == 16 and set(sizes[1:]) == {9}
+    # grid for a 128 px image: 64 px tiles (latent 8; the UNet's multiple), stride 48 (its overlap an eighth
+    # of the side)
+    assert sizes[0] == 16 and set(sizes[1:]) == {8}
     assert torch.equal(got, want)
-    assert "diffusion: out of memory with untiled tiles; retrying with 72 px tiles" in caplog.text
+    assert "diffusion: out of memory with untiled tiles; retrying with 64 px tiles" in caplog.text
     monkeypatch.setattr(module.HostModelFunction, "_call", lambda self, x, *args: (_ for _ in ()).throw(
         torch.OutOfMemoryError("out of memory")))
-    with pytest.raises(MemoryError, match=r"diffusion ran out of memory at every tile size tried \(untiled, 72 px"):
+    with pytest.raises(MemoryError, match=r"diffusion ran out of memory at every tile size tried \(untiled, 64 px"):
         call_node(comfy_host, tiny128, sampler_name="spaced", steps=2)

@@ -16,7 +16,7 @@ from pathlib import Path
 import comfy_host as ch
 import pytest
 import torch
-from comfy_host import node_output, saved_images
+from comfy_host import node_module, node_output, saved_images
 from tiny_models import TINY_CONTROLNETS, TINY_SD21_NAME
 
 CN = TINY_CONTROLNETS["v2"]
@@ -162,7 +162,7 @@ def test_tiled_condition_encode(comfy_host, model_files, png, monkeypatch):
     assert torch.equal(condition(comfy_host).condition_latent, whole.condition_latent)
 
     calls = Calls(monkeypatch, "encode")
-    comfy_host.run(apply_prompt(png, 112, 88))
+    comfy_host.run(apply_prompt(png, 128))
     monkeypatch.undo()
     tiled = condition(comfy_host)
     assert calls.sizes == [(128, 128)] * 4  # latent rows 0, 8 x columns 0, 8 of the padded 192x192 image
@@ -272,6 +272,28 @@ def test_auto_plan_tiles_within_max_memory(comfy_host, golden_host_vae, monkeypa
     assert "vae_decode: 2 x 2 tiles of 144 px (stride 112), planned for" in caplog.text
     (manual,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 144, 112)
     assert torch.equal(auto, manual)
+
+
+def test_cpu_auto_plan_keeps_each_call_within_the_cpu_limit(comfy_host, golden_host_vae, monkeypatch, caplog,
+                                                             eight_gb_free):
+    """On the CPU with 8 GB free and no DIFFBIR_MAX_MEMORY, a decode the planner predicts above
+    memory.CPU_CALL_BYTES is tiled; with DIFFBIR_MAX_MEMORY set the user's budget alone decides."""
+    tiles = node_module(comfy_host, "tiles")
+    memory = tiles.memory  # the host's copy of diffbir_core.memory (it imports the pack under its own name)
+    monkeypatch.delenv("DIFFBIR_MAX_MEMORY", raising=False)
+    assert tiles.call_limit(torch.device("cpu")) == memory.CPU_CALL_BYTES
+    # a smaller limit for the test's tiny latents: 256 px untiled needs more than this, 144 px tiles less
+    monkeypatch.setattr(memory, "CPU_CALL_BYTES", int(memory.predicted_bytes("vae_decode", 256, 256, 144)) + 2**20)
+    z = latent(32, 32, seed=5)
+    calls = Calls(monkeypatch, "decode")
+    with caplog.at_level("INFO"):
+        node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256, "auto")
+    assert calls.sizes == [(18, 18)] * 4 and "vae_decode: 2 x 2 tiles of 144 px" in caplog.text
+    monkeypatch.setenv("DIFFBIR_MAX_MEMORY", "8GB")
+    assert tiles.call_limit(torch.device("cpu")) is None and tiles.call_limit(torch.device("meta")) is None
+    calls.sizes.clear()
+    node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256, "auto")
+    assert calls.sizes == [(32, 32)]
 
 
 def test_out_of_memory_in_decode_retries_with_smaller_tiles(comfy_host, golden_host_vae, monkeypatch, caplog):
