@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never use the network; say which weight files to put where when some are missing")
     r.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
     r.add_argument("--max-memory", metavar="SIZE",
-                   help="plan the tiles (tile_plan auto) for at most this much memory, e.g. 6GB")
+                   help="plan the tiles (tile_plan auto) for at most this much memory, e.g. 6GB; on the CPU this "
+                        "replaces the 2 GiB-per-call limit")
     r.add_argument("--list", action="store_true", help="list the workflows and exit")
     r.set_defaults(func=cmd_restore)
 
