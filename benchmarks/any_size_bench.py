@@ -171,6 +171,8 @@ def main() -> int:
                               f"{pred:.0f}", f"{measured:.0f}", f"{pred / max(measured, 1.0):.2f}", "within 25 %", ok,
                               note=f"{r['plans'][stage]}; planned with margin {r['planned_mb'][stage]:.0f} MiB; peak "
                                    f"RSS {r['peaks_mb'][stage]:.0f} MiB"))
+        stage_times = ", ".join(f"{name} {r['times'][name]:.1f}" for name in list(memory.STAGES) + ["colour fix"])
+        rows.append(C.row(f"{size}: restore time, s", f"{r['total_s']:.1f}", note=f"{args.clock} seconds: {stage_times}"))
         if size == 512:
             continue
         ratio = r["restore_peak_mb"] / base["restore_peak_mb"]
