@@ -2,16 +2,16 @@
 
 A restore has four tiled stages (stage 1, VAE encode, diffusion, VAE decode). Each call on a tile of n image
 pixels needs working memory (activations) that grows with n; the whole-image buffers of the tile blend grow
-with the image. `plan_stage` picks, for one stage and image size, the largest tile whose predicted peak fits
+with the image. `plan_stage` picks, for one stage and image size, a grid of tiles whose predicted peak fits
 the budget:
 
     predicted = SAFETY * (cost.fixed + cost.per_pixel * n + cost.per_pixel2 * n^2) * dtype_bytes / 4 + blend buffers
 
 where n is the tile's pixel count (the whole image when untiled) and the budget is the free memory minus the
 weights that still have to be loaded. Tiling is only chosen when the untiled call does not fit: tiles cost
-time. So a planned grid's tiles are each just large enough to cover the image with a narrow
-overlap (`OVERLAP`: 64 px) instead of the official half-tile stride, which evaluates
-most pixels four times; a 2048 image in 2 x 2 tiles evaluates 1.13x its pixels.
+time. So a planned grid's tiles are each just large enough to cover the image with a narrow overlap
+(`OVERLAP`: 64 px) instead of the official half-tile stride, which evaluates most pixels four times; a 2048
+image in 2 x 2 tiles evaluates 1.13x its pixels. An out-of-memory error retries on the next smaller grid.
 
 On the CPU the free memory is the system's RAM: running past it swaps or wakes the kernel's out-of-memory
 killer instead of raising an error the fallback could catch, and larger calls are not faster there. So a CPU
