@@ -99,10 +99,11 @@ SIDE_MULTIPLE = {"stage1": 64, "vae_encode": 8, "diffusion": 64, "vae_decode": 8
 MIN_TILE = {"stage1": 128, "vae_encode": 64, "diffusion": 64, "vae_decode": 64}
 # Share of a 512 x 512 call's time spent in attention whose cost per pixel grows with the tile (FLOP counts of
 # the official configs: the SD 2.1 UNet + ControlNet's full-resolution self-attention, the VAE's mid-block
-# attention; SwinIR's attention is windowed, constant per pixel). A CPU plan weighs tiles by it.
+# attention; SwinIR's attention is windowed, constant per pixel). Every plan weighs tiles by it.
 ATTENTION_SHARE = {"stage1": 0.0, "vae_encode": 0.03, "diffusion": 0.15, "vae_decode": 0.03}
 RETRY_SHRINK = 0.75  # an out-of-memory retry's tile side at most this times the failed one
 CPU_CALL_BYTES = 2 * 2**30  # a CPU plan's largest call (see the module doc)
+
 
 @dataclass(frozen=True)
 class TilePlan:
