@@ -120,9 +120,7 @@ def child_restore(args, size: int) -> dict:
     total = meter.clock() - total0
     predicted = {}
     for stage, plan in plans.items():
-        work = memory.COSTS[stage].bytes(
-            (min(plan.tile, size) ** 2) if plan.tiled else size * size, memory.dtype_bytes(dtype))
-        predicted[stage] = (work + (plan.predicted_bytes - memory.SAFETY * work)) / 2**20  # + the blend buffers
+        predicted[stage] = memory.predicted_bytes(stage, size, size, plan.tile, dtype, safety=1.0) / 2**20
     return {"size": size, "lq": lq_size, "out_shape": list(final.shape), "finite": bool(torch.isfinite(final).all()),
             "rss_built_mb": rss_built, "free_gb": free / GB, "plans": {s: p.describe() for s, p in plans.items()},
             "planned_mb": {s: p.predicted_bytes / 2**20 for s, p in plans.items()}, "predicted_mb": predicted,

@@ -151,14 +151,16 @@ def parse_bytes(text: str) -> int:
     return int(value * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit])
 
 
-def predicted_bytes(stage: str, height: int, width: int, tile: int, dtype=torch.float32) -> float:
-    """Predicted peak working memory of `stage` on a height x width image with tile side `tile` (0 = untiled)."""
+def predicted_bytes(stage: str, height: int, width: int, tile: int, dtype=torch.float32,
+                    safety: float = SAFETY) -> float:
+    """Predicted peak working memory of `stage` on a height x width image with tile side `tile` (0 = untiled);
+    `safety` scales the calls' working memory (1.0: the cost table's prediction itself, as benchmarks compare)."""
     if stage not in COSTS:
         raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
     th, tw = (height, width) if tile <= 0 else (min(tile, height), min(tile, width))
     work = COSTS[stage].bytes(th * tw, dtype_bytes(dtype))
     blend = BLEND_BYTES_PER_PIXEL[stage] * height * width if tile > 0 else 0.0
-    return SAFETY * work + blend
+    return safety * work + blend
 
 
 def candidate_tiles(stage: str, height: int, width: int, min_tile: int | None = None) -> list[tuple[int, int]]:

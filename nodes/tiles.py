@@ -71,16 +71,20 @@ def free_memory(device) -> int:
     return free
 
 
+def _on_cpu(device) -> bool:
+    return getattr(device, "type", str(device)) == "cpu"
+
+
 def call_limit(device) -> int | None:
     """The CPU plan's per-call limit (memory.CPU_CALL_BYTES), unless the user set a budget (--max-memory)."""
-    if getattr(device, "type", str(device)) == "cpu" and not os.environ.get(MAX_MEMORY_ENV):
+    if _on_cpu(device) and not os.environ.get(MAX_MEMORY_ENV):
         return memory.CPU_CALL_BYTES
     return None
 
 
 def weights_to_load(device, *patchers) -> int:
     """Bytes of the patchers' weights not yet on `device` (on the CPU they are resident already)."""
-    if getattr(device, "type", str(device)) == "cpu":
+    if _on_cpu(device):
         return 0
     total = 0
     for patcher in patchers:
