@@ -1,6 +1,7 @@
-"""What a sampling step reuses instead of recomputing: the text context's k/v in every cross-attention, and
-the uncond half of a cfg pair whose uncond equals its cond. Each must give the uncached result and must be
-dropped when its inputs change (new prompt, weights changed in place or replaced, a new run)."""
+"""What a sampling step reuses instead of recomputing: the text context's k/v in every cross-attention, the
+uncond half of a cfg pair whose uncond equals its cond, and the part of a cfg pair before the first
+cross-attention (the same for cond and uncond). Each must give the uncached result and must be dropped when
+its inputs change (new prompt, weights changed in place or replaced, a new run, halves that differ)."""
 
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from diffbir_core import golden
+from diffbir_core.arch import ldm_blocks
 from diffbir_core.arch.ldm_blocks import CrossAttention, attention, clear_context_caches
 from diffbir_core.sampling.denoiser import CLDMDenoiser, Condition
 
@@ -121,3 +123,82 @@ def test_uncond_equal_to_cond_runs_once_with_the_same_result():
             den = CLDMDenoiser(nets.controlnet, nets.unet, Condition(pos, c_img), uncond, 4.0)
             den(x, t)
             assert not den.uncond_is_cond and den.batch_sizes == [2]
+
+
+class Batches:
+    """The batch size each call of a layer saw."""
+
+    def __init__(self, layer):
+        self.seen = []
+        layer.register_forward_hook(lambda _m, args, _out: self.seen.append(args[0].shape[0]))
+
+
+def _first_transformer(net):
+    return next(m for m in net.modules() if isinstance(m, ldm_blocks.BasicTransformerBlock))
+
+
+@pytest.mark.parametrize("half", [1, 2])
+def test_cfg_pair_runs_its_shared_prefix_once_with_the_two_forward_result(half):
+    """cond and uncond share x, t and the condition latent: up to the first cross-attention the pair is one
+    computation. The batched pair must match the official two forwards (one per prompt) within the golden
+    single-forward tolerance, and the prefix layers must have run at half the batch."""
+    nets = golden._stage2_nets(golden.load_golden(GOLDEN / "sample_spaced5_v21_cfg1.json"))
+    cn, unet = nets.controlnet, nets.unet
+    g = torch.Generator().manual_seed(2)
+    x, hint = torch.randn(half, 4, 16, 16, generator=g), torch.randn(half, 4, 16, 16, generator=g)
+    pos, neg = torch.randn(2, half, 77, 32, generator=g)
+    t = torch.full((half,), 600)
+    seen = {name: Batches(layer) for name, layer in (
+        ("cn_in", cn.input_blocks[0][0]), ("unet_in", unet.input_blocks[0][0]),
+        ("cn_self", _first_transformer(cn).attn1), ("cn_cross", _first_transformer(cn).attn2),
+        ("unet_self", _first_transformer(unet).attn1), ("unet_cross", _first_transformer(unet).attn2))}
+    with torch.no_grad():
+        pair = (torch.cat([x, x]), torch.cat([hint, hint]), torch.cat([t, t]), torch.cat([pos, neg]))
+        control = cn(*pair)
+        out = unet(pair[0], pair[2], pair[3], control=control)
+        assert {k: v.seen for k, v in seen.items()} == {
+            "cn_in": [half], "unet_in": [half], "cn_self": [half], "unet_self": [half],
+            "cn_cross": [2 * half], "unet_cross": [2 * half]}
+        assert all(c.shape[0] == 2 * half for c in control) and out.shape[0] == 2 * half
+        for i, ctx in enumerate((pos, neg)):  # the official step: one forward per prompt
+            ref_control = cn(x, hint, t, ctx)
+            ref = unet(x, t, ctx, control=ref_control)
+            got = out[i * half:(i + 1) * half]
+            torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+            for c, rc in zip(control, ref_control):
+                torch.testing.assert_close(c[i * half:(i + 1) * half], rc, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("differs", ["x", "hint", "t"])
+def test_pair_halves_that_differ_run_whole(differs):
+    """A batch whose halves differ in anything but the context is not a cfg pair: nothing is shared."""
+    nets = golden._stage2_nets(golden.load_golden(GOLDEN / "sample_spaced5_v21_cfg1.json"))
+    cn, unet = nets.controlnet, nets.unet
+    g = torch.Generator().manual_seed(3)
+    x, hint = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 4, 16, 16, generator=g)
+    ctx = torch.randn(2, 77, 32, generator=g)
+    xs, hints, ts = [x, x], [hint, hint], [torch.tensor([600]), torch.tensor([600])]
+    {"x": xs, "hint": hints, "t": ts}[differs][1] = {"x": x + 1e-3, "hint": hint + 1e-3, "t": torch.tensor([599])}[differs]
+    seen_cn, seen_unet = Batches(cn.input_blocks[0][0]), Batches(unet.input_blocks[0][0])
+    with torch.no_grad():
+        X, T = torch.cat(xs), torch.cat(ts)
+        control = cn(X, torch.cat(hints), T, ctx)
+        out = unet(X, T, ctx, control=control)
+        assert seen_cn.seen == [2]  # the ControlNet reads the hint; the UNet does not
+        assert seen_unet.seen == [1 if differs == "hint" else 2]
+        for i in range(2):
+            ref = unet(xs[i], ts[i], ctx[i:i + 1], control=cn(xs[i], hints[i], ts[i], ctx[i:i + 1]))
+            torch.testing.assert_close(out[i:i + 1], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_pair_shares_prefix_only_for_even_batches_with_equal_halves():
+    a = torch.randn(1, 3)
+    assert ldm_blocks.pair_shares_prefix(2, torch.cat([a, a]), torch.tensor(5))
+    assert ldm_blocks.pair_shares_prefix(4, torch.cat([a, -a, a, -a]))
+    assert not ldm_blocks.pair_shares_prefix(4, torch.cat([a, a, -a, -a]))  # halves [a, a] and [-a, -a]
+    assert not ldm_blocks.pair_shares_prefix(1, a)
+    assert not ldm_blocks.pair_shares_prefix(3, torch.cat([a, a, a]))
+    assert not ldm_blocks.pair_shares_prefix(2, a)  # a batch other than the context's
+    half = torch.randn(2, 3)
+    assert torch.equal(ldm_blocks.repeat_to_batch(half, 4), torch.cat([half, half]))
+    assert ldm_blocks.repeat_to_batch(half, 2) is half

@@ -8,7 +8,7 @@ has in_channels + hint_channels = 8 channels.
 import torch
 from torch import nn
 
-from .ldm_blocks import zero_module
+from .ldm_blocks import first_half, pair_shares_prefix, repeat_to_batch, zero_module
 from .unet import OFFICIAL_CONFIG as _UNET_CONFIG
 from .unet import UNetEncoder
 
@@ -35,15 +35,18 @@ class ControlNet(UNetEncoder):
         x: noisy latent, hint: condition latent (same spatial size).
         """
         dtype = self.block_dtype
+        n = x.shape[0]
+        if pair_shares_prefix(context.shape[0], x, hint, timesteps):  # a cfg pair: its shared part once
+            x, hint, timesteps = first_half(x), first_half(hint), first_half(timesteps)
         emb = self.embed_timesteps(timesteps).to(dtype)
         context = context.to(dtype)
         h = torch.cat([x, hint], dim=1).to(dtype)
         control = []
         for block, zero_conv in zip(self.input_blocks, self.zero_convs):
             h = block(h, emb, context)
-            control.append(zero_conv(h))
+            control.append(repeat_to_batch(zero_conv(h), n))  # every control at the caller's batch
         h = self.middle_block(h, emb, context)
-        control.append(self.middle_block_out(h))
+        control.append(repeat_to_batch(self.middle_block_out(h), n))
         return control
 
 

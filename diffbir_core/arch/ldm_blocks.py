@@ -92,6 +92,36 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+def pair_shares_prefix(n_context: int, *tensors) -> bool:
+    """Whether a batch of `n_context` prompts is a cfg pair sharing everything else: every tensor's batch
+    is two equal halves ([a; a]; a 0-d tensor counts as shared).
+
+    The two halves of such a batch (cond and uncond) differ only in the text context, so everything before
+    the first cross-attention gives the same values for both and is computed once, for the first half;
+    `repeat_to_batch` widens it where the context enters. At 512 that prefix (input conv, first ResBlock,
+    first self-attention, in the UNet and in the ControlNet) is 3.9 % of a cfg step's FLOPs."""
+    if n_context < 2 or n_context % 2:
+        return False
+    for t in tensors:
+        if t.ndim == 0:
+            continue
+        if t.shape[0] != n_context or not torch.equal(t[: n_context // 2], t[n_context // 2:]):
+            return False
+    return True
+
+
+def first_half(t: torch.Tensor) -> torch.Tensor:
+    """The shared half of a `pair_shares_prefix` batch (0-d tensors are shared as they are)."""
+    return t if t.ndim == 0 else t[: t.shape[0] // 2]
+
+
+def repeat_to_batch(t: torch.Tensor, n: int) -> torch.Tensor:
+    """t repeated to batch n where it holds the shared half of a pair (batch n / 2); else t unchanged."""
+    if t.shape[0] >= n:
+        return t
+    return t.repeat(n // t.shape[0], *([1] * (t.ndim - 1)))
+
+
 class TimestepBlock(nn.Module):
     """Marker for children of TimestepEmbedSequential that take the timestep embedding."""
 
@@ -136,7 +166,8 @@ class ResBlock(TimestepBlock):
     def forward(self, x, emb):
         h = self.in_layers(x)
         # In-place adds reuse the fresh conv outputs; no backward needs those buffers.
-        h += self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        # emb is the shared half's after a shared pair prefix has been widened (pair_shares_prefix).
+        h += repeat_to_batch(self.emb_layers(emb).to(h.dtype), h.shape[0])[:, :, None, None]
         h = self.out_layers(h)
         h += self.skip_connection(x)
         return h
@@ -282,6 +313,8 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x, context):
         x = self.attn1(self.norm1(x)) + x
+        if context is not None:  # the shared half of a cfg pair (pair_shares_prefix) meets the two prompts
+            x = repeat_to_batch(x, context.shape[0])
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
@@ -302,12 +335,13 @@ class SpatialTransformer(nn.Module):
         self.proj_out = zero_module(Linear(inner_dim, in_channels))
 
     def forward(self, x, context=None):
-        b, c, h, w = x.shape
+        c, h, w = x.shape[1:]
         tokens = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))
         for block in self.transformer_blocks:
             tokens = block(tokens, context)
         # Made contiguous as the official block does: the reshape above can stay a strided view,
         # and later convs / GroupNorms reduce in a different order on such a layout (last-bit
         # differences that long samplers amplify).
-        out = self.proj_out(tokens).transpose(1, 2).reshape(b, c, h, w).contiguous()
-        return out + x
+        # The blocks may have widened a shared pair prefix (pair_shares_prefix): the batch is the tokens'.
+        out = self.proj_out(tokens).transpose(1, 2).reshape(tokens.shape[0], c, h, w).contiguous()
+        return out + repeat_to_batch(x, out.shape[0])

@@ -10,7 +10,10 @@ from .ldm_blocks import (
     SpatialTransformer,
     TimestepEmbedSequential,
     Upsample,
+    first_half,
     normalization,
+    pair_shares_prefix,
+    repeat_to_batch,
     timestep_embedding,
     zero_module,
 )
@@ -208,6 +211,9 @@ class UNetModel(UNetEncoder):
         only_mid_control keeps only the middle-block control.
         """
         dtype = self.block_dtype
+        n = x.shape[0]
+        if pair_shares_prefix(context.shape[0], x, timesteps):  # a cfg pair: its shared part once
+            x, timesteps = first_half(x), first_half(timesteps)
         emb = self.embed_timesteps(timesteps).to(dtype)
         context = context.to(dtype)
         h = x.to(dtype)
@@ -215,7 +221,9 @@ class UNetModel(UNetEncoder):
         for block in self.input_blocks:
             h = block(h, emb, context)
             skips.append(h)
-        h = self.middle_block(h, emb, context)
+        # At the caller's batch from here on (a shared pair prefix is widened by the first cross-attention;
+        # this covers a network without one).
+        h = repeat_to_batch(self.middle_block(h, emb, context), n)
 
         if control is not None:
             if len(control) != len(self.input_blocks) + 1:
@@ -226,7 +234,7 @@ class UNetModel(UNetEncoder):
                 control = None
 
         for block in self.output_blocks:
-            skip = skips.pop()
+            skip = repeat_to_batch(skips.pop(), n)
             if control is not None:
                 # After the pop, len(skips) is the index of the input block this skip came from.
                 skip = skip + control[len(skips)]
