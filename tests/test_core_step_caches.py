@@ -200,5 +200,9 @@ def test_pair_shares_prefix_only_for_even_batches_with_equal_halves():
     assert not ldm_blocks.pair_shares_prefix(3, torch.cat([a, a, a]))
     assert not ldm_blocks.pair_shares_prefix(2, a)  # a batch other than the context's
     half = torch.randn(2, 3)
+    x, t = ldm_blocks.pair_prefix_inputs(4, torch.cat([half, half]), torch.tensor(5))
+    assert torch.equal(x, half) and int(t) == 5
+    whole = torch.randn(4, 3)
+    assert ldm_blocks.pair_prefix_inputs(4, whole)[0] is whole
     assert torch.equal(ldm_blocks.repeat_to_batch(half, 4), torch.cat([half, half]))
     assert ldm_blocks.repeat_to_batch(half, 2) is half

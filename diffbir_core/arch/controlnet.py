@@ -8,7 +8,7 @@ has in_channels + hint_channels = 8 channels.
 import torch
 from torch import nn
 
-from .ldm_blocks import first_half, pair_shares_prefix, repeat_to_batch, zero_module
+from .ldm_blocks import pair_prefix_inputs, repeat_to_batch, zero_module
 from .unet import OFFICIAL_CONFIG as _UNET_CONFIG
 from .unet import UNetEncoder
 
@@ -36,8 +36,7 @@ class ControlNet(UNetEncoder):
         """
         dtype = self.block_dtype
         n = x.shape[0]
-        if pair_shares_prefix(context.shape[0], x, hint, timesteps):  # a cfg pair: its shared part once
-            x, hint, timesteps = first_half(x), first_half(hint), first_half(timesteps)
+        x, hint, timesteps = pair_prefix_inputs(context.shape[0], x, hint, timesteps)  # a cfg pair: once
         emb = self.embed_timesteps(timesteps).to(dtype)
         context = context.to(dtype)
         h = torch.cat([x, hint], dim=1).to(dtype)

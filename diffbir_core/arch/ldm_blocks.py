@@ -110,9 +110,12 @@ def pair_shares_prefix(n_context: int, *tensors) -> bool:
     return True
 
 
-def first_half(t: torch.Tensor) -> torch.Tensor:
-    """The shared half of a `pair_shares_prefix` batch (0-d tensors are shared as they are)."""
-    return t if t.ndim == 0 else t[: t.shape[0] // 2]
+def pair_prefix_inputs(n_context: int, *tensors) -> tuple:
+    """The inputs a network's shared prefix runs on: the first halves when the batch is a cfg pair
+    (`pair_shares_prefix`; 0-d tensors as they are), else the tensors unchanged."""
+    if not pair_shares_prefix(n_context, *tensors):
+        return tensors
+    return tuple(t if t.ndim == 0 else t[: t.shape[0] // 2] for t in tensors)
 
 
 def repeat_to_batch(t: torch.Tensor, n: int) -> torch.Tensor:

@@ -10,9 +10,8 @@ from .ldm_blocks import (
     SpatialTransformer,
     TimestepEmbedSequential,
     Upsample,
-    first_half,
     normalization,
-    pair_shares_prefix,
+    pair_prefix_inputs,
     repeat_to_batch,
     timestep_embedding,
     zero_module,
@@ -212,8 +211,7 @@ class UNetModel(UNetEncoder):
         """
         dtype = self.block_dtype
         n = x.shape[0]
-        if pair_shares_prefix(context.shape[0], x, timesteps):  # a cfg pair: its shared part once
-            x, timesteps = first_half(x), first_half(timesteps)
+        x, timesteps = pair_prefix_inputs(context.shape[0], x, timesteps)  # a cfg pair: its shared part once
         emb = self.embed_timesteps(timesteps).to(dtype)
         context = context.to(dtype)
         h = x.to(dtype)
