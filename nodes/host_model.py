@@ -77,6 +77,38 @@ def add_exact_timestep_wrapper(model_options: dict) -> None:
                                                  is_model_options=True)
 
 
+# ComfyUI's attentions for a CPU without PyTorch attention enabled (its default there): chunked bmm + softmax.
+# torch's SDPA (its CPU flash kernel) computes the same attention without materialising the score matrix and
+# is faster: at 512 a cfg step of the host UNet + our control takes 1.35x as long with ComfyUI's default CPU
+# attention as with SDPA (benchmarks/README.md, issue 16).
+_SLOW_CPU_ATTENTIONS = ("attention_sub_quad", "attention_split", "attention_basic")
+
+
+def _sdpa_on_cpu(func, *args, **kwargs):
+    """transformer_options["optimized_attention_override"] of the DiffBIR Sampler's CPU runs: ComfyUI's slow CPU
+    attentions become its own PyTorch attention (same arguments); any other choice is kept."""
+    import comfy.ldm.modules.attention as host_attention
+
+    if getattr(func, "__name__", "") in _SLOW_CPU_ATTENTIONS:
+        return host_attention.attention_pytorch(*args, **kwargs)
+    return func(*args, **kwargs)
+
+
+def _host_has_attention_override() -> bool:
+    """Whether this ComfyUI routes its attention through transformer_options["optimized_attention_override"]."""
+    import comfy.ldm.modules.attention as host_attention
+
+    return hasattr(host_attention, "wrap_attn") and hasattr(host_attention, "attention_pytorch")
+
+
+def use_sdpa_on_cpu(transformer_options: dict, device: torch.device) -> None:
+    """On the CPU, ComfyUI's PyTorch attention for this call, unless something else (an attention node, the
+    user) already set an override."""
+    if (device.type == "cpu" and "optimized_attention_override" not in transformer_options
+            and _host_has_attention_override()):
+        transformer_options["optimized_attention_override"] = _sdpa_on_cpu
+
+
 class HostModelFunction:
     """``denoise_fn(x, t) -> eps or v`` for the diffbir_core samplers, computed by ComfyUI's guided model.
 
@@ -121,6 +153,7 @@ class HostModelFunction:
         transformer_options[MODEL_TIMESTEP_KEY] = t_value
         if window is not None:
             transformer_options[TILE_KEY] = window
+        use_sdpa_on_cpu(transformer_options, x.device)
         options["transformer_options"] = transformer_options
         c = torch.sqrt(1.0 + sigma**2)
         x_host = x * c

@@ -197,6 +197,43 @@ def test_fractional_grid_reaches_unet_and_controlnet_unrounded(comfy_host, tiny,
         assert got == pytest.approx(want, abs=1e-3), name
 
 
+def test_cpu_runs_take_pytorch_attention_with_the_same_result(comfy_host, tiny, monkeypatch):
+    """On the CPU the DiffBIR Sampler hands ComfyUI's UNet its PyTorch attention (SDPA) in place of the slow CPU
+    default (sub-quadratic): the same samples within the sampling-run tolerance, and an override set by someone else
+    stays."""
+    import comfy.ldm.modules.attention as host_attention
+
+    module = node_module(comfy_host, "host_model")
+    mine = object()
+    options = {"optimized_attention_override": mine}
+    module.use_sdpa_on_cpu(options, torch.device("cpu"))
+    assert options["optimized_attention_override"] is mine
+    options = {}
+    module.use_sdpa_on_cpu(options, torch.device("cuda"))
+    assert options == {}
+    module.use_sdpa_on_cpu(options, torch.device("cpu"))
+    assert options["optimized_attention_override"] is module._sdpa_on_cpu
+
+    calls = []
+    original = host_attention.attention_pytorch
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(host_attention, "attention_pytorch", counting)
+    monkeypatch.setattr(host_attention, "optimized_attention", host_attention.attention_sub_quad)  # the CPU default
+    with_sdpa = call_node(comfy_host, tiny)
+    assert calls  # the UNet's attentions went to SDPA
+    monkeypatch.setattr(module, "use_sdpa_on_cpu", lambda options, device: None)
+    n = len(calls)
+    sub_quad = call_node(comfy_host, tiny)
+    assert len(calls) == n  # without the override nothing reaches attention_pytorch
+    # Each attention call agrees to ~4e-7; the 3-step run of the tiny random networks amplifies that to ~7e-4
+    # (samples up to ~12): held to the reference's tolerance of sampling runs (atol 1e-3, rtol 1e-5).
+    torch.testing.assert_close(with_sdpa, sub_quad, atol=1e-3, rtol=1e-5)
+
+
 def test_seed_reproducible_through_the_executor(comfy_host, model_files):
     a = run_sampler(comfy_host, seed=11)
     b = run_sampler(comfy_host, seed=11)
