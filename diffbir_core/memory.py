@@ -31,9 +31,9 @@ weights already loaded); the fit is exact through the two sizes: quadratic throu
 per pixel grows with the size (attention over the whole tile), else linear with a fixed part.
 `benchmarks/memory_costs.py` re-measures the table (`--device cuda` measures with torch.cuda.max_memory_allocated
 instead) and prints it in this form. The diffusion row is our
-UNet with PyTorch SDPA attention, which ComfyUI also uses on NVIDIA GPUs; on the CPU ComfyUI's own sub-quadratic
-attention sizes its chunks to the free memory and takes more (benchmarks/README.md: ~1.7 GB at 512 px), which
-the out-of-memory fallback absorbs.
+UNet with PyTorch SDPA attention, which ComfyUI also uses on NVIDIA GPUs and the DiffBIR Sampler hands its UNet
+on the CPU; ComfyUI's own sub-quadratic CPU attention (the stock KSampler's there) sizes its chunks to the free
+memory and takes more (benchmarks/README.md: ~1.7 GB at 512 px), which the out-of-memory fallback absorbs.
 
 Plain torch/python: the caller passes the free memory (ComfyUI's ``get_free_memory``, or a user budget such as
 ``--max-memory 6GB``) and the sizes of the weights it still has to load.
