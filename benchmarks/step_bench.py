@@ -221,6 +221,9 @@ def main() -> int:
             ratio, f"ratio <= {args.target:g}", ratio["median"] <= args.target,
             note="per round " + ", ".join(f"{r:.3f}" for r in per_round)
                  + f"; max |ours - official| {res['max_abs']:.2e} (max |official| {res['max_ref']:.3g})"))
+        # A sampler iteration is one such step (the cfg pair), so its rate is the "it/s" of a progress bar.
+        rows.append(C.row(f"step {size}x{size}, it/s: ours / official",
+                          f"{1 / C.stat(t['ours'])['median']:.3g}", f"{1 / C.stat(t['official'])['median']:.3g}"))
         peak = res["peak"]
         for who, flops, secs in (("ours", res["flops_ours"], t["ours"]), ("official", res["flops_ref"], t["official"])):
             med = C.stat(secs)["median"]
