@@ -16,6 +16,11 @@ FLOPs of one step (for ours a second step, after the first filled its per-run ca
 elementwise ops are not counted), and the achieved fraction is FLOPs / seconds / peak, where the peak
 is this machine's measured dense matmul rate in the same dtype and thread count (best of a few 2048^3 matmuls).
 
+``--compile`` (core path) runs our two networks through ``torch.compile`` (inductor; on the CPU with its
+``freezing``, the weights being constants of an inference run): the first step, which compiles, is timed and
+printed on its own (compile seconds = first step - a steady step); the FLOPs are those of the plain path the
+compiled graph holds (no shared cfg-pair prefix, no kept text k/v: see ``ldm_blocks.compiling``).
+
 ``--config small`` builds a 0.3-width network (model_channels 96) for quick runs; the default is the real SD 2.1
 size (7 GB of RAM at 512, tens of seconds per official step on one thread: keep ``--repeats`` small).
 
@@ -27,6 +32,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
+from unittest import mock
 
 import _common as C
 import torch
@@ -127,7 +134,37 @@ def _core_steps(args, size, device, dtype):
         with torch.no_grad():
             return official(x, t, (pos, c_img), (neg, c_img), args.cfg)
 
+    ours.networks = (cn, unet)
     return ours, ref, lambda out: out
+
+
+def _compile(ours, device) -> tuple[float, int]:
+    """Compiles our networks' forwards; (seconds of the first, compiling step minus a steady one, FLOPs of the
+    plain path the graph holds)."""
+    from diffbir_core.arch import ldm_blocks
+
+    with mock.patch.object(ldm_blocks, "compiling", lambda: True):  # what the traced graph computes
+        flops = count_flops(ours)
+    if device.type == "cpu":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+    for net in ours.networks:
+        net.forward = torch.compile(net.forward)
+    C.log("compiling (the first step)")
+    first = _wall(ours, device)
+    # Wall seconds: inductor compiles its C++/Triton kernels in worker processes, outside this one's CPU time.
+    steady = min(_wall(ours, device) for _ in range(2))
+    return first - steady, flops
+
+
+def _wall(fn, device) -> float:
+    """Elapsed seconds of one call of fn."""
+    C.sync(device)
+    t0 = time.perf_counter()
+    fn()
+    C.sync(device)
+    return time.perf_counter() - t0
 
 
 def _host_steps(args, size, device, dtype):
@@ -175,6 +212,9 @@ def child_step(args, size: int) -> dict:
     flops_ref = count_flops(ref)  # also its warm-up (first-call allocations, oneDNN primitive creation)
     ours()  # fills what ours keeps per run (text k/v): the counted step is a steady-state one, as steps 2..N
     flops_ours = count_flops(ours)
+    compile_s = None
+    if args.compile:
+        compile_s, flops_ours = _compile(ours, device)
     C.log("comparing outputs")
     a, b = ours().float(), ref_as_ours(ref()).float()
     times = C.interleaved({"official": ref, "ours": ours}, args.repeats, device, warmup=False,
@@ -182,7 +222,7 @@ def child_step(args, size: int) -> dict:
     # Measured again after the steps, the better of the two kept: on a shared core one short measurement can
     # catch a slow moment (seen: 82-124 GFLOP/s on one machine in one day), and the fraction is against peak.
     peak = max(peak, matmul_peak(device, dtype))
-    return {"times": times, "flops_ref": flops_ref, "flops_ours": flops_ours, "peak": peak,
+    return {"times": times, "flops_ref": flops_ref, "flops_ours": flops_ours, "peak": peak, "compile_s": compile_s,
             "max_abs": float((a - b).abs().max()), "max_ref": float(b.abs().max()),
             "rss_before_mb": C.current_rss_mb(), "cuda_peak_mb": C.cuda_peak_mb(device)}
 
@@ -200,15 +240,19 @@ def main() -> int:
     ap.add_argument("--timestep", type=int, default=500, help="model timestep of the step")
     ap.add_argument("--host-attention", default="default", choices=["default", "sdpa"])
     ap.add_argument("--target", type=float, default=0.5, help="target ratio ours / official")
+    ap.add_argument("--compile", action="store_true", help="our networks through torch.compile (core path; see above)")
     args = ap.parse_args()
+    if args.compile and args.path != "core":
+        ap.error("--compile compiles our two networks: it needs --path core")
     if args.child:
         C.emit_result(child_step(args, int(args.child.split(":")[1])))
         return 0
 
     device, dtype = C.setup(args)
-    header = C.machine_line(device, dtype) + f"; {args.config} size, path {args.path}, cfg {args.cfg:g}, t {args.timestep}"
+    header = (C.machine_line(device, dtype) + f"; {args.config} size, path {args.path}"
+              + (" (ours torch.compile'd)" if args.compile else "") + f", cfg {args.cfg:g}, t {args.timestep}")
     extra = ["--repeats", str(args.repeats), "--config", args.config, "--path", args.path, "--cfg", str(args.cfg),
-             "--timestep", str(args.timestep), "--host-attention", args.host_attention]
+             "--timestep", str(args.timestep), "--host-attention", args.host_attention] + (["--compile"] * args.compile)
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         C.log(f"step {size}x{size}: child")
@@ -224,6 +268,9 @@ def main() -> int:
         # A sampler iteration is one such step (the cfg pair), so its rate is the "it/s" of a progress bar.
         rows.append(C.row(f"step {size}x{size}, it/s: ours / official",
                           f"{1 / C.stat(t['ours'])['median']:.3g}", f"{1 / C.stat(t['official'])['median']:.3g}"))
+        if res["compile_s"] is not None:
+            rows.append(C.row(f"step {size}x{size}, ours: torch.compile seconds (first step - a steady step, wall)",
+                              f"{res['compile_s']:.1f}"))
         peak = res["peak"]
         for who, flops, secs in (("ours", res["flops_ours"], t["ours"]), ("official", res["flops_ref"], t["official"])):
             med = C.stat(secs)["median"]

@@ -206,3 +206,37 @@ def test_pair_shares_prefix_only_for_even_batches_with_equal_halves():
     assert ldm_blocks.pair_prefix_inputs(4, whole)[0] is whole
     assert torch.equal(ldm_blocks.repeat_to_batch(half, 4), torch.cat([half, half]))
     assert ldm_blocks.repeat_to_batch(half, 2) is half
+
+
+def test_networks_compile_as_whole_graphs_of_the_plain_path(monkeypatch):
+    """torch.compile traces each network as one graph (fullgraph=True raises at any graph break): the
+    shortcuts that decide on values outside the graph (oneDNN's linear op, the shared cfg-pair prefix, the
+    kept text k/v) step aside while traced (`ldm_blocks.compiling`). The graph computes the plain path: equal
+    to an eager run with the shortcuts off, within the single-forward tolerance of the default eager run, and
+    it keeps nothing between calls."""
+    nets = golden._stage2_nets(golden.load_golden(GOLDEN / "sample_spaced5_v21_cfg1.json"))
+    cn, unet = nets.controlnet, nets.unet
+    g = torch.Generator().manual_seed(4)
+    x, hint = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 4, 16, 16, generator=g)
+    pair = (torch.cat([x, x]), torch.cat([hint, hint]), torch.tensor([600, 600]), torch.randn(2, 77, 32, generator=g))
+    cross = [m for net in (cn, unet) for n, m in net.named_modules() if n.endswith("attn2")]
+
+    def step(control_net, denoiser):
+        return denoiser(pair[0], pair[2], pair[3], control=control_net(*pair))
+
+    with torch.no_grad():
+        default = step(cn, unet)
+        with monkeypatch.context() as m:
+            m.setattr(ldm_blocks, "compiling", lambda: True)
+            plain = step(cn, unet)
+        clear_context_caches(cn)
+        clear_context_caches(unet)
+        torch._dynamo.reset()
+        try:
+            traced = step(torch.compile(cn, fullgraph=True, backend="eager"),
+                          torch.compile(unet, fullgraph=True, backend="eager"))
+        finally:
+            torch._dynamo.reset()
+    assert torch.equal(traced, plain)
+    torch.testing.assert_close(traced, default, atol=1e-4, rtol=1e-4)
+    assert cross and not any(m._kv_entries for m in cross)

@@ -69,6 +69,14 @@ def _onednn_linear_op():
 _ONEDNN_LINEAR = _onednn_linear_op()
 
 
+def compiling() -> bool:
+    """Whether torch.compile is tracing this call. The per-call shortcuts below (oneDNN's linear op, the cfg
+    pair's shared prefix, the kept text k/v) decide on tensor values or on weights outside the graph; traced,
+    each would break the graph and recompile it for every batch size it sees (measured: the compiled step
+    slower than eager). So a traced call takes the plain path, and the compiler fuses and packs it instead."""
+    return torch.compiler.is_compiling()
+
+
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same function) whose float32 CPU inference runs on oneDNN's GEMM.
 
@@ -85,7 +93,7 @@ class Linear(nn.Linear):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, on oneDNN's GEMM where that is the faster float32 CPU kernel (see Linear)."""
-    if (_ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
+    if (_ONEDNN_LINEAR is not None and not compiling() and x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and weight.device.type == "cpu" and torch.backends.mkldnn.enabled
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
         return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
@@ -100,7 +108,7 @@ def pair_shares_prefix(n_context: int, *tensors) -> bool:
     the first cross-attention gives the same values for both and is computed once, for the first half;
     `repeat_to_batch` widens it where the context enters. At 512 that prefix (input conv, first ResBlock,
     first self-attention, in the UNet and in the ControlNet) is 3.9 % of a cfg step's FLOPs."""
-    if n_context < 2 or n_context % 2:
+    if n_context < 2 or n_context % 2 or compiling():
         return False
     for t in tensors:
         if t.ndim == 0:
@@ -236,8 +244,8 @@ class CrossAttention(nn.Module):
 
     def _context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """to_k(context), to_v(context), reused while the context holds the same values and the weights stay."""
-        if torch.is_grad_enabled() and (context.requires_grad or self.to_k.weight.requires_grad):
-            return self.to_k(context), self.to_v(context)  # an autograd graph must see the projections
+        if compiling() or (torch.is_grad_enabled() and (context.requires_grad or self.to_k.weight.requires_grad)):
+            return self.to_k(context), self.to_v(context)  # an autograd graph (or a traced one) must see them
         key = self._weights_key()
         if not _same_key(key, self._kv_weights):
             self._kv_entries, self._kv_weights = [], key
