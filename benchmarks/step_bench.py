@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from unittest import mock
 
 import _common as C
@@ -152,19 +151,10 @@ def _compile(ours, device) -> tuple[float, int]:
     for net in ours.networks:
         net.forward = torch.compile(net.forward)
     C.log("compiling (the first step)")
-    first = _wall(ours, device)
     # Wall seconds: inductor compiles its C++/Triton kernels in worker processes, outside this one's CPU time.
-    steady = min(_wall(ours, device) for _ in range(2))
+    first = C.timed(ours, device, wall=True)
+    steady = min(C.timed(ours, device, wall=True) for _ in range(2))
     return first - steady, flops
-
-
-def _wall(fn, device) -> float:
-    """Elapsed seconds of one call of fn."""
-    C.sync(device)
-    t0 = time.perf_counter()
-    fn()
-    C.sync(device)
-    return time.perf_counter() - t0
 
 
 def _host_steps(args, size, device, dtype):
