@@ -1,19 +1,31 @@
-"""comfyui-diffbir: DiffBIR blind image restoration as ComfyUI nodes.
+"""comfyui-diffbir: DiffBIR blind image restoration as ComfyUI nodes (a V3 extension).
 
-ComfyUI imports this file as the extension's entry point. Outside ComfyUI (pytest, a
-plain `import`), the node adapters cannot load because they subclass ComfyUI types, so
-the mappings stay empty instead of failing: `diffbir_core` is usable on its own.
+ComfyUI imports this file as the extension's entry point and calls ``comfy_entrypoint``. Outside ComfyUI (pytest,
+a plain ``import``) the node classes cannot load because they subclass ComfyUI types, so nothing is registered
+instead of failing: ``diffbir_core`` is usable on its own.
+
+One import root: the pack's folder is appended to ``sys.path`` and every module imports ``diffbir_core`` (and
+``diffbir_weights``) by that top-level name, as the command line and the tests do, so each class has one identity
+in a process. Appended, not prepended: the pack's ``nodes/`` must never shadow ComfyUI's own ``nodes.py`` (the
+node classes are imported relatively, as this package's ``nodes``).
 """
 
 import importlib.util
 import logging
+import os
+import sys
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+WEB_DIRECTORY = "./web"  # help pages: web/docs/<node id>.md, served at /extensions/<pack folder>/docs/
 
-if importlib.util.find_spec("comfy") is not None and __package__:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
+
+__all__ = ["WEB_DIRECTORY"]
+
+if importlib.util.find_spec("comfy_api") is not None and __package__:
+    from .nodes import comfy_entrypoint  # noqa: F401
+
+    __all__.append("comfy_entrypoint")
 else:
     logging.getLogger(__name__).debug("comfyui-diffbir: ComfyUI not found, no nodes registered")
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

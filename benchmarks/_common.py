@@ -455,7 +455,7 @@ EXTENSION_PACKAGE = "comfyui_diffbir_bench"
 
 
 def extension_module(name: str):
-    """One of our ``nodes/`` modules (e.g. "nodes.control") imported as ComfyUI would, inside a package, without
+    """One of our ``nodes/`` modules (e.g. "nodes.host.control") imported as ComfyUI would, inside a package, without
     running the extension's or nodes/ ``__init__`` (which would import every node module). Call
     `import_host` first."""
     import types

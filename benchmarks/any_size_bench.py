@@ -104,7 +104,7 @@ def child_restore(args, size: int) -> dict:
     with torch.no_grad():
         meter.enter("stage1")  # the bicubic upscale before the network belongs to stage 1 (until the encoder runs)
         s1 = stage1.restore(lambda x: swinir(x.to(dtype)), lq, "swinir", upscale, "v2.1", scale=swinir.scale,
-                            size_multiple=swinir.size_multiple, tile=p1.tile, overlap=p1.tile - p1.stride if p1.tiled else 0)
+                            size_multiple=swinir.size_multiple, tile=p1.tile, stride=p1.stride)
         cond = s1.image.to(dtype)
         pe, pd, pdec = plans["vae_encode"], plans["diffusion"], plans["vae_decode"]
         res = apply_cldm(StageTwoNets(cn, unet, vae), cond, pos, neg, DiffusionSchedule.for_version("v2.1"),

@@ -151,9 +151,10 @@ def _comfy_path_row(base, cn, device, dtype, size, pos, neg) -> dict:
     """One euler step of ComfyUI's own sampler with our DiffBIRControl on cond and uncond (as LAControlNet Apply
     attaches it): ComfyUI batches the pair when both carry the same control object."""
     try:
-        control_mod = C.extension_module("nodes.control")
+        control_mod = C.extension_module("nodes.host.control")
+        patching = C.extension_module("nodes.host.patching")
     except Exception as err:  # noqa: BLE001 - the node package failed to import: say so rather than hide the row
-        return C.row("cfg pair, ComfyUI path (DiffBIRControl)", ours=f"skipped: nodes.control import failed ({err})",
+        return C.row("cfg pair, ComfyUI path (DiffBIRControl)", ours=f"skipped: nodes.host.control import failed ({err})",
                      baseline="-", target="1 forward of batch 2 per step", met=False)
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -163,7 +164,7 @@ def _comfy_path_row(base, cn, device, dtype, size, pos, neg) -> dict:
     latent = size // 8
     patcher = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
-    cn_patcher = control_mod.wrap_in_patcher(cn)
+    cn_patcher = patching.wrap_in_patcher(cn)
     ctl = control_mod.DiffBIRControl(cn_patcher, version="v2.1", name="random", dtype=dtype)
     ctl.set_condition(torch.randn(1, 4, latent, latent), (size, size), 1.0, (0.0, 1.0))
     calls = []

@@ -8,7 +8,7 @@ cfg pair batched, decode) -> wavelet colour fix.
 
 * baseline: a 512 x 512 LQ restored at upscale 1 (512 -> 512), nothing tiled;
 * ours: a ``--out-size / 4`` LQ restored at upscale 4 with tiling in every stage: stage-1 tiles
-  (``--s1-tile``/``--s1-overlap``), tiled diffusion (``--cldm-tile``/``--cldm-stride``, pixels; official 512/256),
+  (``--s1-tile``/``--s1-stride``), tiled diffusion (``--cldm-tile``/``--cldm-stride``, pixels; official 512/256),
   tiled VAE encode and decode (``--vae-tile`` pixels, stride half of it; official 256).
 Peak RSS is the kernel's rusage of each child; the RSS after the networks are built (weights) is printed too, so
 the growth of the working memory alone can be read off. Target: ours <= 1.3 x the baseline's peak.
@@ -79,7 +79,7 @@ def child_restore(args, mode: str) -> dict:
 
     s1 = phase("stage 1", lambda: stage1.restore(
         lambda x: swinir(x.to(dtype)), lq, "swinir", upscale, "v2.1", scale=swinir.scale,
-        size_multiple=swinir.size_multiple, tile=args.s1_tile if big else 0, overlap=args.s1_overlap))
+        size_multiple=swinir.size_multiple, tile=args.s1_tile if big else 0, stride=args.s1_stride))
     cond = s1.image.to(dtype)
     tiles = {}
     if big:
@@ -108,7 +108,7 @@ def main() -> int:
     ap.add_argument("--unet", default="host", choices=["host", "ours"])
     ap.add_argument("--host-attention", default="default", choices=["default", "sdpa"])
     ap.add_argument("--s1-tile", type=int, default=512)
-    ap.add_argument("--s1-overlap", type=int, default=128)
+    ap.add_argument("--s1-stride", type=int, default=384)
     ap.add_argument("--cldm-tile", type=int, default=512)
     ap.add_argument("--cldm-stride", type=int, default=256)
     ap.add_argument("--vae-tile", type=int, default=256)
@@ -122,12 +122,12 @@ def main() -> int:
 
     device, dtype = C.setup(args)
     header = (C.machine_line(device, dtype) + f"; UNet {args.unet}, {args.steps} step(s) {args.sampler}, cfg {args.cfg} "
-              f"(pair batched); tiles: stage 1 {args.s1_tile}/{args.s1_overlap}, diffusion {args.cldm_tile}/"
+              f"(pair batched); tiles: stage 1 {args.s1_tile}/{args.s1_stride}, diffusion {args.cldm_tile}/"
               f"{args.cldm_stride} px, VAE {args.vae_tile}/{args.vae_tile // 2} px")
     extra = [a for k, v in (("--out-size", args.out_size), ("--steps", args.steps), ("--sampler", args.sampler),
                             ("--cfg", args.cfg),
                             ("--unet", args.unet), ("--host-attention", args.host_attention),
-                            ("--s1-tile", args.s1_tile), ("--s1-overlap", args.s1_overlap),
+                            ("--s1-tile", args.s1_tile), ("--s1-stride", args.s1_stride),
                             ("--cldm-tile", args.cldm_tile), ("--cldm-stride", args.cldm_stride),
                             ("--vae-tile", args.vae_tile)) for a in (k, str(v))]
     results = {}

@@ -10,7 +10,7 @@ ours once and reports its peak RSS (VmHWM, and the kernel's rusage of that child
 forward (interpreter + weights). Target: ratio <= 1 (stage 1 not slower than spandrel's plain forward).
 
 Run from the repository root: ``python benchmarks/stage1_bench.py [--sizes 512,1024] [--repeats 5]
-[--tile 512 --overlap 64] [--device cuda --dtype fp16]`` (default: about 3 minutes on 2 CPU cores).
+[--tile 512 --stride 448] [--device cuda --dtype fp16]`` (default: about 3 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _nets(device, dtype, with_spandrel: bool):
     return ours.to(device=device, dtype=dtype), ref
 
 
-def _restore_fn(net, image, dtype, tile: int, overlap: int):
+def _restore_fn(net, image, dtype, tile: int, stride: int):
     from diffbir_core import stage1
 
     def net_fn(x):
@@ -41,7 +41,7 @@ def _restore_fn(net, image, dtype, tile: int, overlap: int):
     def run():
         with torch.no_grad():
             return stage1.restore(net_fn, image, "swinir", 1, "v2.1", min_short_edge=0, scale=net.scale,
-                                  size_multiple=net.size_multiple, tile=tile, overlap=overlap).image
+                                  size_multiple=net.size_multiple, tile=tile, stride=stride).image
     return run
 
 
@@ -50,7 +50,7 @@ def child_time(args, size: int) -> dict:
     ours, ref = _nets(device, dtype, with_spandrel=True)
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     padded = image.to(dtype)  # size is a multiple of 64: the official pipeline pads nothing
-    run_ours = _restore_fn(ours, image, dtype, args.tile, args.overlap)
+    run_ours = _restore_fn(ours, image, dtype, args.tile, args.stride)
 
     def run_ref():
         with torch.no_grad():
@@ -67,7 +67,7 @@ def child_mem(args, size: int) -> dict:
     ours, _ = _nets(device, dtype, with_spandrel=False)
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     before = C.current_rss_mb()
-    _restore_fn(ours, image, dtype, args.tile, args.overlap)()
+    _restore_fn(ours, image, dtype, args.tile, args.stride)()
     return {"rss_before_mb": before, "cuda_peak_mb": C.cuda_peak_mb(device)}
 
 
@@ -76,7 +76,7 @@ def main() -> int:
     C.add_common_args(ap, repeats=5)
     ap.add_argument("--sizes", default="512", help="comma-separated square input sizes (multiples of 64)")
     ap.add_argument("--tile", type=int, default=0, help="ours in tiles of this size (0: untiled, like spandrel)")
-    ap.add_argument("--overlap", type=int, default=64, help="tile overlap with --tile")
+    ap.add_argument("--stride", type=int, default=448, help="tile stride with --tile (tile - 64: a 64 px overlap)")
     args = ap.parse_args()
     if args.child:
         kind, size = args.child.split(":")
@@ -85,7 +85,7 @@ def main() -> int:
 
     device, dtype = C.setup(args)
     header = C.machine_line(device, dtype) + f"; ours {'tile ' + str(args.tile) if args.tile else 'untiled'}"
-    extra = ["--repeats", str(args.repeats), "--tile", str(args.tile), "--overlap", str(args.overlap)]
+    extra = ["--repeats", str(args.repeats), "--tile", str(args.tile), "--stride", str(args.stride)]
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         if size % 64:

@@ -55,13 +55,14 @@ def _step_fns(args, size, device, dtype):
     note = ""
     if path == "comfy":
         try:
-            control_mod = C.extension_module("nodes.control")
+            control_mod = C.extension_module("nodes.host.control")
+            patching = C.extension_module("nodes.host.patching")
         except Exception as err:  # noqa: BLE001 - e.g. a half-written node module: measure the core path instead, and say so
-            note = f"nodes.control failed to import ({err}); measured the core path"
+            note = f"nodes.host.control failed to import ({err}); measured the core path"
             path = "core"
     if path == "comfy":
-        control_mod.cast_controlnet(cn, dtype)
-        ctl = control_mod.DiffBIRControl(control_mod.wrap_in_patcher(cn), version="v2.1", name="random", dtype=dtype)
+        patching.cast_controlnet(cn, dtype)
+        ctl = control_mod.DiffBIRControl(patching.wrap_in_patcher(cn), version="v2.1", name="random", dtype=dtype)
         ctl.set_condition(cond_latent, (size, size), 1.0, (0.0, 1.0))
         ctl.pre_run(base, lambda p: ms.percent_to_sigma(p))
 

@@ -159,7 +159,8 @@ def _compile(ours, device) -> tuple[float, int]:
 
 def _host_steps(args, size, device, dtype):
     C.import_host(device, args.host_attention)
-    control_mod = C.extension_module("nodes.control")
+    control_mod = C.extension_module("nodes.host.control")
+    patching = C.extension_module("nodes.host.patching")
     if args.config != "full":
         raise SystemExit("--path host builds ComfyUI's SD 2.1 UNet at its real size: use --config full")
     base = C.host_base_model(device, dtype, seed=0)
@@ -171,8 +172,8 @@ def _host_steps(args, size, device, dtype):
     sigma = ms.sigma(torch.tensor([float(args.timestep)])).to(device)
     x_ve = x_vp * (sigma**2 + 1).sqrt()  # ComfyUI's sampler-space latent of the same x_t
     t = ms.timestep(sigma).round().long()
-    control_mod.cast_controlnet(cn, dtype)
-    ctl = control_mod.DiffBIRControl(control_mod.wrap_in_patcher(cn), version="v2.1", name="random", dtype=dtype)
+    patching.cast_controlnet(cn, dtype)
+    ctl = control_mod.DiffBIRControl(patching.wrap_in_patcher(cn), version="v2.1", name="random", dtype=dtype)
     ctl.set_condition(c_img, (size, size), 1.0, (0.0, 1.0))
     ctl.pre_run(base, lambda p: ms.percent_to_sigma(p))
     x2, sigma2, ctx = torch.cat([x_ve, x_ve]), torch.cat([sigma, sigma]), torch.cat([pos, neg]).to(dtype)

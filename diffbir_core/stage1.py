@@ -196,38 +196,38 @@ def _round_tile(tile: int, multiple: int) -> int:
     return max(multiple, tile // multiple * multiple)
 
 
-def effective_tile(tile: int, overlap: int, size_multiple: int = 1) -> int:
+def effective_tile(tile: int, stride: int, size_multiple: int = 1) -> int:
     """The tile side `run_tiled` uses: `tile` rounded down to the size multiple (0 = untiled).
 
-    Raises ValueError naming both inputs when the tile is not larger than the overlap.
+    Raises ValueError naming both inputs when the stride is not positive or exceeds that tile (gaps).
     """
-    if tile < 0 or overlap < 0:
-        raise ValueError(f"tile_size ({tile}) and tile_overlap ({overlap}) must be >= 0")
+    if tile < 0:
+        raise ValueError(f"tile_size must be >= 0, got {tile}")
     if tile == 0:
         return 0
-    if tile <= overlap:
-        raise ValueError(f"tile_size ({tile}) must be larger than tile_overlap ({overlap})")
+    if stride <= 0:
+        raise ValueError(f"tile_stride must be positive, got {stride}")
     t = _round_tile(tile, size_multiple)
-    if t <= overlap:
-        raise ValueError(f"tile_size ({tile}, rounded down to {t}, a multiple of {size_multiple} that the network "
-                         f"needs) must be larger than tile_overlap ({overlap})")
+    if stride > t:
+        rounded = f", rounded down to {t}, a multiple of {size_multiple} that the network needs" if t != tile else ""
+        raise ValueError(f"tile_stride ({stride}) must not exceed tile_size ({tile}{rounded}): tiles would leave gaps")
     return t
 
 
-def tile_count(h: int, w: int, tile: int, overlap: int, size_multiple: int = 1) -> int:
-    t = effective_tile(tile, overlap, size_multiple)
+def tile_count(h: int, w: int, tile: int, stride: int, size_multiple: int = 1) -> int:
+    t = effective_tile(tile, stride, size_multiple)
     if t == 0 or (t >= h and t >= w):
         return 1
-    return len(sliding_windows(h, w, t, t - overlap))
+    return len(sliding_windows(h, w, t, stride))
 
 
-def _run_once(net_fn: NetFn, x: torch.Tensor, tile: int, overlap: int, scale: int, size_multiple: int,
+def _run_once(net_fn: NetFn, x: torch.Tensor, tile: int, stride: int, scale: int, size_multiple: int,
               on_tile: TileCallback | None) -> torch.Tensor:
     h, w = x.shape[-2:]
     if tile == 0 or (tile >= h and tile >= w):
         windows = [(0, h, 0, w)]
     else:
-        windows = sliding_windows(h, w, tile, tile - overlap)
+        windows = sliding_windows(h, w, tile, stride)
 
     def one(y0, y1, x0, x1):
         th, tw = y1 - y0, x1 - x0
@@ -248,13 +248,14 @@ def _run_once(net_fn: NetFn, x: torch.Tensor, tile: int, overlap: int, scale: in
     return out
 
 
-def run_tiled(net_fn: NetFn, image: torch.Tensor, tile: int, overlap: int, scale: int = 1, size_multiple: int = 1,
+def run_tiled(net_fn: NetFn, image: torch.Tensor, tile: int, stride: int, scale: int = 1, size_multiple: int = 1,
               on_tile: TileCallback | None = None, min_tile: int = DEFAULT_MIN_TILE,
               on_oom: Callable[[], None] | None = None) -> torch.Tensor:
     """Run `net_fn` over `image` (N,C,H,W) in gaussian-blended overlapping tiles; float32 result at `scale`.
 
     * ``tile`` 0 = one pass over the whole image; a tile larger than the image is one (clamped) tile;
-      otherwise the tile is rounded down to a multiple of `size_multiple` and must exceed `overlap`.
+      otherwise the tile is rounded down to a multiple of `size_multiple`, and the tiles start every `stride`
+      pixels (the official unit: 512 px tiles, stride 256), which must not exceed the rounded tile.
     * Each tile is zero-padded bottom/right to `size_multiple`, and its output cropped back.
     * ``on_tile(i, n)`` runs after tile i of n (1-based): report progress / raise to cancel.
     * On an out-of-memory error the whole image restarts on the next smaller grid of the memory planner
@@ -265,15 +266,14 @@ def run_tiled(net_fn: NetFn, image: torch.Tensor, tile: int, overlap: int, scale
         raise ValueError(f"image must be N,C,H,W, got shape {tuple(image.shape)}")
     h, w = image.shape[-2:]
     size_multiple = max(1, int(size_multiple))
-    t = effective_tile(tile, overlap, size_multiple)
+    t = effective_tile(tile, stride, size_multiple)
     if t >= h and t >= w:
         t = 0  # one clamped tile is the whole image
 
-    def attempt(side: int, stride: int) -> torch.Tensor:
-        # the first try keeps the caller's overlap; the planner's retries bring their own stride
-        return _run_once(net_fn, image, side, overlap if side == t else side - stride, scale, size_multiple, on_tile)
+    def attempt(side: int, side_stride: int) -> torch.Tensor:
+        return _run_once(net_fn, image, side, side_stride, scale, size_multiple, on_tile)
 
-    return run_with_fallback("stage1", attempt, t, t - overlap if t else 0, h, w,
+    return run_with_fallback("stage1", attempt, t, stride if t else 0, h, w,
                              release_memory=on_oom or _default_on_oom, log=log.warning,
                              min_tile=max(int(min_tile), size_multiple))
 
@@ -289,7 +289,7 @@ class Stage1Result:
 
 def restore(net_fn: NetFn, image: torch.Tensor, pipeline: str, upscale: float, version: str = "v2.1",
             min_short_edge: int = OFFICIAL_MIN_SHORT_EDGE, scale: int = 1, size_multiple: int = 1,
-            tile: int = 0, overlap: int = 0, on_tile: TileCallback | None = None,
+            tile: int = 0, stride: int = 0, on_tile: TileCallback | None = None,
             min_tile: int = DEFAULT_MIN_TILE, quantize: bool = True,
             on_oom: Callable[[], None] | None = None) -> Stage1Result:
     """The official stage-1 of `pipeline` on `image` (N,C,H,W float in [0,1]); never modifies `image`.
@@ -303,7 +303,7 @@ def restore(net_fn: NetFn, image: torch.Tensor, pipeline: str, upscale: float, v
     h, w = image.shape[-2:]
     p = plan(h, w, pipeline, upscale, version, min_short_edge, scale, size_multiple)
     x = image.to(torch.float32, copy=True)  # the network may work in place; the caller's tensor stays intact
-    run = {"tile": tile, "overlap": overlap, "scale": scale, "size_multiple": size_multiple, "on_tile": on_tile,
+    run = {"tile": tile, "stride": stride, "scale": scale, "size_multiple": size_multiple, "on_tile": on_tile,
            "min_tile": min_tile, "on_oom": on_oom}
 
     if pipeline == "swinir":

@@ -17,20 +17,22 @@ import torch
 
 
 TILE_MULTIPLE = 8  # tiles are laid out in latent pixels: 8 image pixels each
-MIN_VAE_TILE = 64  # a VAE tile below this is almost all border (the decoder's receptive field)
+# The smallest tile of every tiled stage: below it a VAE tile is almost all border (the decoder's receptive
+# field), SwinIR's windows and the UNet's three halvings need 64 anyway.
+MIN_TILE = 64
 
 
-def tile_settings_error(tile_size: int, tile_stride: int, *, minimum: int = TILE_MULTIPLE,
-                        tile_name: str = "tile_size", stride_name: str = "tile_stride") -> str | None:
+def tile_settings_error(tile_size: int, tile_stride: int, *, tile_name: str = "tile_size",
+                        stride_name: str = "tile_stride") -> str | None:
     """Why a (tile_size, tile_stride) pair in image pixels cannot be used, or None; tile_size 0 means no tiling.
 
-    The one rule of every tiled stage: the tile a multiple of 8 pixels of at least `minimum`, the stride a
+    The one rule of every tiled stage: the tile a multiple of 8 pixels of at least `MIN_TILE`, the stride a
     positive multiple of 8 no larger than the tile (a larger stride would leave gaps).
     """
     if tile_size == 0:
         return None
-    if tile_size < minimum or tile_size % TILE_MULTIPLE:
-        return (f"{tile_name} must be 0 (no tiling) or a multiple of {TILE_MULTIPLE} of at least {minimum} pixels, "
+    if tile_size < MIN_TILE or tile_size % TILE_MULTIPLE:
+        return (f"{tile_name} must be 0 (no tiling) or a multiple of {TILE_MULTIPLE} of at least {MIN_TILE} pixels, "
                 f"got {tile_size} (the official default is 512)")
     if tile_stride < TILE_MULTIPLE or tile_stride % TILE_MULTIPLE:
         return (f"{stride_name} must be a positive multiple of {TILE_MULTIPLE} pixels, got {tile_stride} "

@@ -1,18 +1,39 @@
-"""ComfyUI adapters over diffbir_core: one small module per capability.
+"""The DiffBIR nodes as one ComfyUI V3 extension.
 
-Each module listed in _NODE_MODULES exports NODE_CLASS_MAPPINGS and
-NODE_DISPLAY_NAME_MAPPINGS; they are merged here.
+Node classes live one floor up from the shared layer: ``nodes/*.py`` hold node classes only and import
+``nodes.host`` (what every node needs from ComfyUI, written once) and ``diffbir_core``, never each other.
+``NODES`` is the registration order; ``comfy_entrypoint`` (re-exported by the pack's ``__init__``) is what
+ComfyUI calls.
 """
 
-import importlib
+from __future__ import annotations
 
-_NODE_MODULES = ["degrade", "compare", "stage1", "colorfix", "model_loading", "lacontrolnet", "sampler", "ksamplers", "vae",
-                 "face"]
+from comfy_api.latest import ComfyExtension, io
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+from . import colorfix, compare, degrade, face, lacontrolnet, load_models, sampler, sampler_select, stage1, vae_decode
+from .host.ksamplers import register_ksamplers_or_warn
 
-for _name in _NODE_MODULES:
-    _mod = importlib.import_module(f".{_name}", __name__)
-    NODE_CLASS_MAPPINGS.update(_mod.NODE_CLASS_MAPPINGS)
-    NODE_DISPLAY_NAME_MAPPINGS.update(_mod.NODE_DISPLAY_NAME_MAPPINGS)
+NODES: list[type[io.ComfyNode]] = [
+    load_models.DiffBIRLoadModels,
+    stage1.DiffBIRStage1Restore,
+    lacontrolnet.DiffBIRLAControlNetApply,
+    sampler.DiffBIRSampler,
+    sampler_select.DiffBIRSamplerSelect,
+    vae_decode.DiffBIRVAEDecode,
+    colorfix.DiffBIRColorFix,
+    face.DiffBIRFaceDetectAlign,
+    face.DiffBIRFacePasteBack,
+    degrade.DiffBIRDegrade,
+    compare.DiffBIRCompare,
+]
+
+
+class DiffBIRExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # Every host calls this once when it loads the pack: the diffbir_* solvers join ComfyUI's sampler lists here.
+        register_ksamplers_or_warn()
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> DiffBIRExtension:
+    return DiffBIRExtension()

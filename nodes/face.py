@@ -4,7 +4,7 @@ Detect & Align finds faces with RetinaFace (facexlib's files, from ``models/face
 ``models/diffbir``), cuts each one out aligned to the 512 x 512 FFHQ template and hands the crops plus a
 FACE_ALIGNMENT record to whatever restores them; Paste Back puts the restored crops into the restored
 background through the inverse affine with the official soft mask. All maths is in ``diffbir_core.face``;
-this module loads the detector the ComfyUI way (model folders, device, cache, Cancel) and words the report.
+the detector is loaded the ComfyUI way (``host.loaders``, ``host.model_cache``), and this module words the report.
 """
 
 from __future__ import annotations
@@ -13,67 +13,24 @@ import logging
 
 import comfy.model_management as mm
 import comfy.utils
-import folder_paths
+from comfy_api.latest import io
 
-from ..diffbir_core import stage1 as stage1_core
-from ..diffbir_core.face import detection as detection_core
-from ..diffbir_core.face import paste as paste_core
-from ..diffbir_core.face.align import FACE_SIZE
-from ..diffbir_core.face.alignment import FaceAlignment, align_faces, paste_back
-from ..diffbir_core.face.detection import detect_faces, select_faces
-from ..diffbir_core.loader import WrongCheckpointError, load_network
-from .control import wrap_in_patcher
-from .images import rgb_image
-from .model_loading import FOLDER as DIFFBIR_FOLDER
-from .model_loading import _cached, _file_key, register_model_folder
-from .types import FACE_ALIGNMENT_TYPE
+from diffbir_core import stage1 as stage1_core
+from diffbir_core.face import detection as detection_core
+from diffbir_core.face import paste as paste_core
+from diffbir_core.face.align import FACE_SIZE
+from diffbir_core.face.alignment import FaceAlignment, align_faces, paste_back
+from diffbir_core.face.detection import detect_faces, select_faces
 
-log = logging.getLogger(__name__)
+from .host import model_cache, schema
+from .host.images import rgb_image
+from .host.loaders import DEFAULT_DETECTOR, DETECTORS, GET_DETECTOR, load_detector
+from .host.model_files import FACE_FOLDER, FOLDER, detector_choices, resolve_detector, unlisted_error
+from .host.types import FaceAlignmentIO
 
-FOLDER = "facedetection"  # ComfyUI's conventional folder for facexlib detectors, shared with other face packs
-DETECTORS = ("detection_Resnet50_Final.pth", "detection_mobilenet0.25_Final.pth")  # official names
-DEFAULT_DETECTOR = DETECTORS[0]  # DiffBIR's retinaface_resnet50
+log = logging.getLogger("comfyui-diffbir")
+
 DEFAULT_UPSCALE = 2.0  # the official README's unaligned-face example (--upscale 2)
-GET_IT = (f"Put facexlib's {DETECTORS[0]} (or {DETECTORS[1]}) from github.com/xinntao/facexlib/releases "
-          f"(v0.1.0) into models/{FOLDER}, or run `python -m diffbir_cli download {DETECTORS[0]}`, then press R.")
-
-register_model_folder(FOLDER)
-
-
-def _files(folder: str) -> list[str]:
-    try:
-        return list(folder_paths.get_filename_list(folder))
-    except KeyError:
-        return []
-
-
-def detector_choices() -> list[str]:
-    """models/facedetection files, then models/diffbir ones as 'diffbir/<file>'; the official file always listed
-    first, so that a shipped workflow validates and its missing file gets a message saying where to get it."""
-    names = _files(FOLDER) + [f"{DIFFBIR_FOLDER}/{n}" for n in _files(DIFFBIR_FOLDER)]
-    if DEFAULT_DETECTOR not in names and f"{DIFFBIR_FOLDER}/{DEFAULT_DETECTOR}" not in names:
-        names.insert(0, DEFAULT_DETECTOR)
-    return names
-
-
-def resolve_detector(name: str) -> str:
-    path = folder_paths.get_full_path(FOLDER, name)
-    if path is None and name.startswith(DIFFBIR_FOLDER + "/"):
-        path = folder_paths.get_full_path(DIFFBIR_FOLDER, name[len(DIFFBIR_FOLDER) + 1:])
-    if path is None:
-        raise FileNotFoundError(f"detector_name: '{name}' is not in models/{FOLDER} or models/{DIFFBIR_FOLDER}. "
-                                + GET_IT)
-    return path
-
-
-def _load_detector(path: str):
-    try:
-        net = load_network(path, ("retinaface",), "face detector")
-    except WrongCheckpointError as err:
-        raise WrongCheckpointError(f"detector_name: {err} {GET_IT}") from None
-    patcher = wrap_in_patcher(net.model.float().eval())
-    params = sum(p.numel() for p in net.model.parameters())
-    return patcher, f"RetinaFace {net.config['backbone']} ({params / 1e6:.2f} M parameters) from {net.name}"
 
 
 def _plural(n: int, word: str) -> str:
@@ -105,65 +62,78 @@ def _report(selections, detector_info: str, upscale: float, size: tuple[int, int
     return "\n".join(lines)
 
 
-class DiffBIRFaceDetectAlign:
-    DESCRIPTION = (
-        "Finds the faces in whole photos (RetinaFace, as DiffBIR's unaligned-face task) and cuts each one out aligned "
-        "to the 512 x 512 FFHQ template by its five landmarks (eyes, nose, mouth corners). Restore the crops with "
-        "any face restorer (officially: Stage1 with face_swinir_v1.ckpt at upscale 1, then the DiffBIR ControlNet), "
-        "restore the whole photo as usual for the background, and join them with DiffBIR Face Paste Back. The "
-        "photo is first upscaled by 'upscale' (bicubic, as officially); the background must have that size too."
-    )
-    CATEGORY = "DiffBIR"
-    FUNCTION = "detect"
-    RETURN_TYPES = ("IMAGE", FACE_ALIGNMENT_TYPE, "STRING")
-    RETURN_NAMES = ("faces", "alignment", "info")
-    OUTPUT_TOOLTIPS = (
-        "The aligned face crops (face_size x face_size), all faces of all photos as one batch, in the order of the "
-        "alignment. When no photo has a face: one grey placeholder crop (Paste Back then returns the background).",
-        "Where each crop came from (photo, affine matrix, box, landmarks, photo size): connect it to DiffBIR Face "
-        "Paste Back.",
-        "What was found per photo: faces with scores and eye distances, tiny faces skipped, or that no face was found.",
-    )
+class DiffBIRFaceDetectAlign(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema.schema(
+            node_id="DiffBIRFaceDetectAlign",
+            display_name="DiffBIR Face Detect & Align",
+            category=schema.FACES,
+            search_aliases=["face", "face detect", "retinaface", "face restore", "face fix", "align faces"],
+            description=(
+                "Finds the faces in whole photos (RetinaFace, as DiffBIR's unaligned-face task) and cuts each one out "
+                "aligned to the 512 x 512 FFHQ template by its five landmarks (eyes, nose, mouth corners). Restore "
+                "the crops with any face restorer (officially: Stage1 with face_swinir_v1.ckpt at upscale 1, then "
+                "the DiffBIR ControlNet), restore the whole photo as usual for the background, and join them with "
+                "DiffBIR Face Paste Back. The photo is first upscaled by 'upscale' (bicubic, as officially); the "
+                "background must have that size too."),
+            inputs=[
+                io.Image.Input("image", tooltip="The whole photo(s), low quality, at their original size."),
+                io.Combo.Input("detector_name", options=detector_choices(DEFAULT_DETECTOR),
+                               tooltip=f"RetinaFace file: {DETECTORS[0]} (official, best) or {DETECTORS[1]} "
+                                       f"(faster), from models/{FACE_FOLDER} or (prefixed) models/{FOLDER}."),
+                io.Float.Input("upscale", default=DEFAULT_UPSCALE, min=1.0, max=8.0, step=0.05,
+                               tooltip="The photo is enlarged by this (bicubic, official --upscale) before faces are "
+                                       "found and cut out: use the same upscale as the background restore, which "
+                                       "Paste Back requires to be (input x upscale) in size."),
+                io.Float.Input("score_threshold", default=detection_core.SCORE_THRESHOLD, min=0.01, max=1.0,
+                               step=0.01, tooltip="Detector confidence a face needs (official 0.8). Lower it to "
+                                                  "catch blurry faces, raise it against false ones.",
+                               **schema.ADVANCED),
+                io.Float.Input("min_eye_distance", default=detection_core.MIN_EYE_DISTANCE, min=0.0, max=1000.0,
+                               step=0.5, tooltip="Faces whose eyes are closer than this many pixels (in the upscaled "
+                                                 "photo) are skipped as too small or seen from the side (official "
+                                                 "5); the info output lists them.", **schema.ADVANCED),
+                io.Combo.Input("order", options=list(detection_core.ORDERS), default="score",
+                               tooltip="Order of the faces in the crop batch: score (official), largest first, or "
+                                       "nearest to the centre first. With max_faces 1: only the best, largest or "
+                                       "central face."),
+                io.Int.Input("max_faces", default=0, min=0, max=256,
+                             tooltip="Keep at most this many faces per photo, in 'order' (0 = all)."),
+                io.Int.Input("face_size", default=FACE_SIZE, min=64, max=2048, step=8,
+                             tooltip="Side of the aligned crops; 512 is what DiffBIR's face models were trained on "
+                                     "(the template is scaled with it).", **schema.ADVANCED),
+            ],
+            outputs=[
+                io.Image.Output("faces", display_name="faces",
+                                tooltip="The aligned face crops (face_size x face_size), all faces of all photos as "
+                                        "one batch, in the order of the alignment. When no photo has a face: one "
+                                        "grey placeholder crop (Paste Back then returns the background)."),
+                FaceAlignmentIO.Output("alignment", display_name="alignment",
+                                       tooltip="Where each crop came from (photo, affine matrix, box, landmarks, "
+                                               "photo size): connect it to DiffBIR Face Paste Back."),
+                io.String.Output("info", display_name="info",
+                                 tooltip="What was found per photo: faces with scores and eye distances, tiny faces "
+                                         "skipped, or that no face was found."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "image": ("IMAGE", {"tooltip": "The whole photo(s), low quality, at their original size."}),
-                "detector_name": (detector_choices(), {
-                    "tooltip": f"RetinaFace file: {DETECTORS[0]} (official, best) or {DETECTORS[1]} (faster), "
-                    f"from models/{FOLDER} or (prefixed) models/{DIFFBIR_FOLDER}."}),
-                "upscale": ("FLOAT", {"default": DEFAULT_UPSCALE, "min": 1.0, "max": 8.0, "step": 0.05, "tooltip":
-                                      "The photo is enlarged by this (bicubic, official --upscale) before faces are "
-                                      "found and cut out: use the same upscale as the background restore, which "
-                                      "Paste Back requires to be (input x upscale) in size."}),
-                "score_threshold": ("FLOAT", {"default": detection_core.SCORE_THRESHOLD, "min": 0.01, "max": 1.0,
-                                              "step": 0.01, "tooltip": "Detector confidence a face needs (official "
-                                              "0.8). Lower it to catch blurry faces, raise it against false ones."}),
-                "min_eye_distance": ("FLOAT", {"default": detection_core.MIN_EYE_DISTANCE, "min": 0.0, "max": 1000.0,
-                                               "step": 0.5, "tooltip": "Faces whose eyes are closer than this many "
-                                               "pixels (in the upscaled photo) are skipped as too small or seen "
-                                               "from the side (official 5); the info output lists them."}),
-                "order": (list(detection_core.ORDERS), {"default": "score", "tooltip":
-                          "Order of the faces in the crop batch: score (official), largest first, or nearest to "
-                          "the centre first. With max_faces 1: only the best, largest or central face."}),
-                "max_faces": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip":
-                                      "Keep at most this many faces per photo, in 'order' (0 = all)."}),
-                "face_size": ("INT", {"default": FACE_SIZE, "min": 64, "max": 2048, "step": 8, "tooltip":
-                                      "Side of the aligned crops; 512 is what DiffBIR's face models were trained on "
-                                      "(the template is scaled with it)."}),
-            }
-        }
+    def validate_inputs(cls, detector_name=None):
+        return unlisted_error("detector_name", detector_name, detector_choices(DEFAULT_DETECTOR),
+                              f"models/{FACE_FOLDER} or models/{FOLDER}") or True
 
     @classmethod
-    def IS_CHANGED(cls, detector_name, **kwargs):
+    def fingerprint_inputs(cls, detector_name, **kwargs):
         # Re-run when the detector file is replaced on disk under the same name (other inputs are in the cache key).
         try:
-            return repr(_file_key(resolve_detector(detector_name)))
+            return repr(model_cache.file_key(resolve_detector(detector_name, GET_DETECTOR)))
         except (FileNotFoundError, OSError):
             return detector_name
 
-    def detect(self, image, detector_name, upscale, score_threshold, min_eye_distance, order, max_faces, face_size):
+    @classmethod
+    def execute(cls, image, detector_name, upscale, score_threshold, min_eye_distance, order, max_faces,
+                face_size) -> io.NodeOutput:
         if order not in detection_core.ORDERS:
             raise ValueError(f"order must be one of {', '.join(detection_core.ORDERS)}, got {order!r}")
         if not upscale >= 1.0:
@@ -173,8 +143,9 @@ class DiffBIRFaceDetectAlign:
         size = stage1_core.upscaled_size(h, w, upscale, "v2.1")
         if size != (h, w):
             photos = stage1_core.pil_bicubic_resize(photos, size)
-        path = resolve_detector(detector_name)
-        patcher, info = _cached("face detector", (_file_key(path),), lambda: _load_detector(path), path)
+        path = resolve_detector(detector_name, GET_DETECTOR)
+        patcher, info = model_cache.cached("face detector", (model_cache.file_key(path),),
+                                           lambda: load_detector(path), path)
         mm.load_models_gpu([patcher], force_full_load=True)
         pbar = comfy.utils.ProgressBar(b)
         selections = []
@@ -186,48 +157,55 @@ class DiffBIRFaceDetectAlign:
         crops, record = align_faces(photos, [s.faces for s in selections], face_size, input_size=(h, w))
         report = _report(selections, info, upscale, size, min_eye_distance, score_threshold)
         log.info("DiffBIR Face Detect & Align: %s", report.replace("\n", "; "))
-        return (crops.movedim(1, -1).to(mm.intermediate_device()), record, report)
+        return io.NodeOutput(crops.movedim(1, -1).to(mm.intermediate_device()), record, report)
 
 
-class DiffBIRFacePasteBack:
-    DESCRIPTION = (
-        "Pastes restored face crops back into the restored whole photo, each through the inverse of its alignment, "
-        "blended with the official soft mask (the crop square, eroded and blurred by a tenth of the face size). "
-        "Pixels outside every mask are the background's, unchanged. The background must be the photo at the size "
-        "Face Detect & Align worked on (input x its upscale), the faces one restored crop per detected face."
-    )
-    CATEGORY = "DiffBIR"
-    FUNCTION = "paste"
-    RETURN_TYPES = ("IMAGE", "IMAGE", "MASK", "STRING")
-    RETURN_NAMES = ("image", "faces_only", "mask", "info")
-    OUTPUT_TOOLTIPS = (
-        "The background with every restored face pasted in.",
-        "Only the pasted faces, over black (the same blend with a black background): to inspect or composite them.",
-        "Where faces were pasted: the soft masks of all faces (1 = face, 0 = background).",
-        "How many faces were pasted into each image, and which images had none (returned unchanged).",
-    )
+class DiffBIRFacePasteBack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema.schema(
+            node_id="DiffBIRFacePasteBack",
+            display_name="DiffBIR Face Paste Back",
+            category=schema.FACES,
+            search_aliases=["face", "paste faces", "face restore", "face fix"],
+            description=(
+                "Pastes restored face crops back into the restored whole photo, each through the inverse of its "
+                "alignment, blended with the official soft mask (the crop square, eroded and blurred by a tenth of "
+                "the face size). Pixels outside every mask are the background's, unchanged. The background must be "
+                "the photo at the size Face Detect & Align worked on (input x its upscale), the faces one restored "
+                "crop per detected face."),
+            inputs=[
+                io.Image.Input("background", tooltip="The restored whole photo(s), at Face Detect & Align's size "
+                                                     "(input x upscale), e.g. Stage1 + DiffBIR Sampler at the same "
+                                                     "upscale, resized to the target size."),
+                io.Image.Input("faces", tooltip="The restored crops, one per crop of Face Detect & Align, in the same "
+                                                "order (any square size: an upscaling face restorer is fine)."),
+                FaceAlignmentIO.Input("alignment", tooltip="The alignment output of the DiffBIR Face Detect & Align "
+                                                           "that made these crops."),
+                io.Float.Input("erosion", default=paste_core.OFFICIAL_EROSION, min=0.0, max=0.5, step=0.01,
+                               tooltip="How far the mask is pulled in from the crop's edge, as a fraction of the face "
+                                       "size (official 0.1 = 2 x side // 20 pixels).", **schema.ADVANCED),
+                io.Float.Input("feather", default=paste_core.OFFICIAL_FEATHER, min=0.0, max=0.5, step=0.01,
+                               tooltip="Width of the soft blend at the mask's edge (Gaussian blur size), as a "
+                                       "fraction of the face size (official 0.1). 0 = hard edge.", **schema.ADVANCED),
+            ],
+            outputs=[
+                io.Image.Output("image", display_name="image",
+                                tooltip="The background with every restored face pasted in."),
+                io.Image.Output("faces_only", display_name="faces_only",
+                                tooltip="Only the pasted faces, over black (the same blend with a black background): "
+                                        "to inspect or composite them."),
+                io.Mask.Output("mask", display_name="mask",
+                               tooltip="Where faces were pasted: the soft masks of all faces (1 = face, 0 = "
+                                       "background)."),
+                io.String.Output("info", display_name="info",
+                                 tooltip="How many faces were pasted into each image, and which images had none "
+                                         "(returned unchanged)."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "background": ("IMAGE", {"tooltip": "The restored whole photo(s), at Face Detect & Align's size "
-                                                    "(input x upscale), e.g. Stage1 + DiffBIR Sampler at the same "
-                                                    "upscale, resized to the target size."}),
-                "faces": ("IMAGE", {"tooltip": "The restored crops, one per crop of Face Detect & Align, in the same "
-                                               "order (any square size: an upscaling face restorer is fine)."}),
-                "alignment": (FACE_ALIGNMENT_TYPE, {"tooltip": "The alignment output of the DiffBIR Face Detect & "
-                                                               "Align that made these crops."}),
-                "erosion": ("FLOAT", {"default": paste_core.OFFICIAL_EROSION, "min": 0.0, "max": 0.5, "step": 0.01,
-                                      "tooltip": "How far the mask is pulled in from the crop's edge, as a fraction "
-                                                 "of the face size (official 0.1 = 2 x side // 20 pixels)."}),
-                "feather": ("FLOAT", {"default": paste_core.OFFICIAL_FEATHER, "min": 0.0, "max": 0.5, "step": 0.01,
-                                      "tooltip": "Width of the soft blend at the mask's edge (Gaussian blur size), as "
-                                                 "a fraction of the face size (official 0.1). 0 = hard edge."}),
-            }
-        }
-
-    def paste(self, background, faces, alignment, erosion, feather):
+    def execute(cls, background, faces, alignment, erosion, feather) -> io.NodeOutput:
         if not isinstance(alignment, FaceAlignment):
             raise TypeError(f"alignment: expected the alignment output of DiffBIR Face Detect & Align, got "
                             f"{type(alignment).__name__}")
@@ -238,9 +216,5 @@ class DiffBIRFacePasteBack:
         lines = [f"image {i}: pasted {_plural(n, 'face')}" if n else f"image {i}: no face, background unchanged"
                  for i, n in enumerate(counts, 1)]
         out = mm.intermediate_device()
-        return (images.movedim(1, -1).to(out), faces_only.movedim(1, -1).to(out), masks.to(out), "\n".join(lines))
-
-
-NODE_CLASS_MAPPINGS = {"DiffBIRFaceDetectAlign": DiffBIRFaceDetectAlign, "DiffBIRFacePasteBack": DiffBIRFacePasteBack}
-NODE_DISPLAY_NAME_MAPPINGS = {"DiffBIRFaceDetectAlign": "DiffBIR Face Detect & Align",
-                              "DiffBIRFacePasteBack": "DiffBIR Face Paste Back"}
+        return io.NodeOutput(images.movedim(1, -1).to(out), faces_only.movedim(1, -1).to(out), masks.to(out),
+                             "\n".join(lines))

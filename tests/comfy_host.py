@@ -168,3 +168,14 @@ def node_output(host, node_id: str, index: int = 0):
 def saved_images(host, prefix: str) -> list[str]:
     """The file names SaveImage wrote under ``prefix`` in the host's output folder, sorted."""
     return sorted(p.name for p in host.output_dir.glob(f"{prefix}_*.png"))
+
+
+def combo_options(spec) -> list:
+    """The choices of a combo input's /object_info spec: V1 nodes give the list as the type, V3 nodes give
+    ("COMBO", {"options": [...]})."""
+    typ = spec[0]
+    if isinstance(typ, list):
+        return typ
+    if typ == "COMBO":
+        return list(spec[1]["options"])
+    raise TypeError(f"not a combo input: {spec!r}")

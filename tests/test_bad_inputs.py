@@ -25,6 +25,7 @@ from typing import Any
 import comfy_host as ch
 import pytest
 import torch
+from comfy_host import combo_options, node_module
 from random_checkpoints import manifest_shapes, random_state_dict, write_pickle
 from tiny_models import (
     TINY_SD21_NAME,
@@ -59,8 +60,8 @@ class Env:
         self.node = {name: cls() for name, cls in host.node_classes.items() if name.startswith("DiffBIR")}
         self.model, self.clip, self.vae = nodes.CheckpointLoaderSimple().load_checkpoint(TINY_SD21_NAME)[:3]
         self.positive = nodes.CLIPTextEncode().encode(self.clip, "a sharp photo")[0]
-        self.stage1, self.control = self.node["DiffBIRLoadModels"].load(S1, CN)[:2]
-        self.bsrnet = self.node["DiffBIRLoadModels"].load(BSR, "none")[0]
+        self.stage1, self.control = self.node["DiffBIRLoadModels"].execute(S1, CN)[:2]
+        self.bsrnet = self.node["DiffBIRLoadModels"].execute(BSR, "none")[0]
         self.monkeypatch = self.caplog = None
 
     def run(self, prompt):
@@ -83,12 +84,12 @@ class Env:
     # direct node calls with defaults
     def stage1_call(self, image, upscale=1.0, min_short_edge=0, tile=0, overlap=32, stage1="swinir", **kw):
         payload = {"swinir": self.stage1, "bsrnet": self.bsrnet}[stage1] if isinstance(stage1, str) else stage1
-        return self.node["DiffBIRStage1Restore"].restore(image, upscale, "auto", min_short_edge, tile, overlap,
-                                                         stage1=payload, **kw)
+        return self.node["DiffBIRStage1Restore"].execute(image, upscale, "auto", min_short_edge, tile,
+                                                         stage1=payload, tile_overlap=overlap, **kw)
 
     def apply_call(self, image, control="default", vae="default", start=0.0, end=1.0, positive=None):
         positive = self.positive if positive is None else positive
-        return self.node["DiffBIRLAControlNetApply"].apply(
+        return self.node["DiffBIRLAControlNetApply"].execute(
             positive, positive, self.control if control == "default" else control, image,
             self.vae if vae == "default" else vae, 1.0, start, end)
 
@@ -183,7 +184,7 @@ def sampler_row(call):
 
 def sampler_call(env, steps=2, cfg=2.0):
     pos, neg, model = env.apply_call(rand(1, 64, 64, 3))
-    return env.host.node_classes["DiffBIRSampler"]().sample(env.model, pos, neg, 1, steps, cfg, "edm_dpm++_3m_sde",
+    return env.host.node_classes["DiffBIRSampler"]().execute(env.model, pos, neg, 1, steps, cfg, "edm_dpm++_3m_sde",
                                                            False, "noise", 0, 0, 256)
 
 
@@ -260,7 +261,7 @@ def oom_tiles_retried(env):
 
 
 def v21_with_eps_model(env):
-    lacn = __import__(type(env.node["DiffBIRLAControlNetApply"]).__module__, fromlist=["x"])
+    lacn = node_module(env.host, "host.model_sampling")
     with env.caplog.at_level(logging.WARNING):
         env.run(controlnet_graph())
     assert lacn.model_sampling_kind(env.output("A", 2)) == ("v", True)
@@ -270,7 +271,7 @@ def v21_with_eps_model(env):
 
 
 def fp16_on_cpu(env):
-    info = env.node["DiffBIRLoadModels"].load("none", CN, "fp16")[5]
+    info = env.node["DiffBIRLoadModels"].execute("none", CN, "fp16")[5]
     assert "float32 on cpu" in info
     return "handled: " + info.split("; ")[-1]
 
@@ -292,7 +293,7 @@ def condition_not_multiple_of_64(env):
 
 
 def colorfix_other_sizes(env):
-    fix = env.node["DiffBIRColorFix"].fix
+    fix = env.node["DiffBIRColorFix"].execute
     assert fix(rand(1, 1, 1, 3), rand(1, 1, 1, 3), "wavelet")[0].shape == (1, 1, 1, 3)
     assert fix(rand(1, 7, 13, 3), rand(1, 30, 50, 4), "wavelet")[0].shape == (1, 7, 13, 3)
     return "handled: 1x1 and 7x13 work; the reference is resized to the image"
@@ -300,7 +301,7 @@ def colorfix_other_sizes(env):
 
 def compare_rgba_vs_rgb(env):
     a = rand(1, 16, 16, 4)
-    psnr, _, report = env.node["DiffBIRCompare"].compare(a, a[..., :3].clone())
+    psnr, _, report = env.node["DiffBIRCompare"].execute(a, a[..., :3].clone())
     assert psnr == float("inf") and "RGB" in report
     return "handled: alpha dropped, PSNR inf (identical RGB)"
 
@@ -330,9 +331,9 @@ def deleted_after_listing(env):
     path = env.models / "diffbir" / "bad_inputs_deleted.pth"
     path.write_bytes(b"")
     env.host.refresh_models()
-    assert "bad_inputs_deleted.pth" in env.host.node_info("DiffBIRLoadModels")["input"]["required"]["stage1_name"][0]
+    assert "bad_inputs_deleted.pth" in combo_options(env.host.node_info("DiffBIRLoadModels")["input"]["required"]["stage1_name"])
     path.unlink()  # gone before the run
-    return env.node["DiffBIRLoadModels"].load("bad_inputs_deleted.pth", "none")
+    return env.node["DiffBIRLoadModels"].execute("bad_inputs_deleted.pth", "none")
 
 
 def stock_control_object(env):
@@ -395,13 +396,13 @@ MATRIX = [
     Row("stage1-rgba", lambda e: same_as_rgb(e, lambda x: e.stage1_call(x), rand(1, 24, 40, 4))),
     Row("stage1-grayscale", lambda e: same_as_rgb(e, lambda x: e.stage1_call(x), rand(1, 24, 40, 1))),
     Row("colorfix-rgba-and-gray", lambda e: same_as_rgb(
-        e, lambda x: e.node["DiffBIRColorFix"].fix(x, x, "wavelet"), rand(2, 16, 20, 2))),
+        e, lambda x: e.node["DiffBIRColorFix"].execute(x, x, "wavelet"), rand(2, 16, 20, 2))),
     Row("apply-rgba", lambda e: same_as_rgb(e, lambda x: [p[0][1]["control"].condition_latent
                                                           for p in e.apply_call(x)[:1]], rand(1, 64, 64, 4))),
     Row("apply-grayscale", lambda e: same_as_rgb(e, lambda x: [p[0][1]["control"].condition_latent
                                                                for p in e.apply_call(x)[:1]], rand(1, 64, 64, 1))),
     Row("stock-apply-controlnet-grayscale", stock_apply_controlnet_gray),
-    Row("degrade-rgba", lambda e: same_as_rgb(e, lambda x: e.node["DiffBIRDegrade"].degrade(x, "general", 3)[:2],
+    Row("degrade-rgba", lambda e: same_as_rgb(e, lambda x: e.node["DiffBIRDegrade"].execute(x, "general", 3)[:2],
                                               rand(1, 32, 32, 4))),
     Row("compare-rgba-vs-rgb", compare_rgba_vs_rgb),
     Row("stage1-1x1", lambda e: stage1_sizes(e, 1, 1, 1.0)),
@@ -411,24 +412,24 @@ MATRIX = [
     Row("stage1-7x13-tiled", lambda e: stage1_sizes(e, 7, 13, 8.0, tile=64, overlap=16)),
     Row("condition-not-multiple-of-8-or-64", condition_not_multiple_of_64),
     Row("colorfix-1x1-and-7x13", colorfix_other_sizes),
-    Row("degrade-7x13", lambda e: e.node["DiffBIRDegrade"].degrade(rand(1, 7, 13, 3), "general", 0),
+    Row("degrade-7x13", lambda e: e.node["DiffBIRDegrade"].execute(rand(1, 7, 13, 3), "general", 0),
         r"image: the degradation needs at least 16x16 pixels, got 13x7"),
-    Row("compare-7x13", lambda e: e.node["DiffBIRCompare"].compare(rand(1, 7, 13, 3), rand(1, 7, 13, 3)),
+    Row("compare-7x13", lambda e: e.node["DiffBIRCompare"].execute(rand(1, 7, 13, 3), rand(1, 7, 13, 3)),
         r"images must be at least 11x11 pixels for SSIM, got 13x7"),
     Row("stage1-empty-batch", lambda e: e.stage1_call(rand(0, 24, 40, 3)),
         r"image: expected a non-empty IMAGE batch \(B, H, W, C\), got shape \(0, 24, 40, 3\)"),
     Row("apply-empty-batch", lambda e: e.apply_call(rand(0, 64, 64, 3)), r"image: expected a non-empty IMAGE batch"),
-    Row("degrade-empty-batch", lambda e: e.node["DiffBIRDegrade"].degrade(rand(0, 32, 32, 3), "general", 0),
+    Row("degrade-empty-batch", lambda e: e.node["DiffBIRDegrade"].execute(rand(0, 32, 32, 3), "general", 0),
         r"image: expected a non-empty IMAGE batch"),
-    Row("colorfix-empty-reference", lambda e: e.node["DiffBIRColorFix"].fix(IMG, rand(0, 24, 40, 3), "wavelet"),
+    Row("colorfix-empty-reference", lambda e: e.node["DiffBIRColorFix"].execute(IMG, rand(0, 24, 40, 3), "wavelet"),
         r"reference: expected a non-empty IMAGE batch"),
     Row("stage1-nan", lambda e: e.stage1_call(NAN), r"image: contains NaN or infinite pixel values \(image 0"),
     Row("stage1-inf", lambda e: e.stage1_call(INF), r"image: contains NaN or infinite pixel values"),
     Row("apply-nan", lambda e: e.apply_call(NAN), r"image: contains NaN or infinite pixel values"),
-    Row("colorfix-inf-reference", lambda e: e.node["DiffBIRColorFix"].fix(IMG, INF, "wavelet"),
+    Row("colorfix-inf-reference", lambda e: e.node["DiffBIRColorFix"].execute(IMG, INF, "wavelet"),
         r"reference: contains NaN or infinite pixel values"),
-    Row("degrade-nan", lambda e: e.node["DiffBIRDegrade"].degrade(NAN, "general", 0), r"image: contains NaN"),
-    Row("compare-inf", lambda e: e.node["DiffBIRCompare"].compare(IMG, INF), r"image_b: contains NaN or infinite"),
+    Row("degrade-nan", lambda e: e.node["DiffBIRDegrade"].execute(NAN, "general", 0), r"image: contains NaN"),
+    Row("compare-inf", lambda e: e.node["DiffBIRCompare"].execute(IMG, INF), r"image_b: contains NaN or infinite"),
     Row("stage1-uint8-image", lambda e: e.stage1_call((IMG * 255).byte()),
         r"image: expected a float IMAGE in \[0, 1\], got dtype torch\.uint8"),
     Row("stage1-5-channels", lambda e: e.stage1_call(rand(1, 8, 8, 5)), r"expected 1 \(gray\), 2 \(gray\+alpha\), 3"),
@@ -449,10 +450,10 @@ MATRIX = [
     Row("tile-larger-than-image", tile_larger_than_image),
     Row("start-percent-after-end", lambda e: e.run(controlnet_graph(start=0.8, end=0.2)),
         r"start_percent \(0\.8\) is after end_percent \(0\.2\), so the ControlNet would never act", before_run=True),
-    Row("colorfix-batch-mismatch", lambda e: e.node["DiffBIRColorFix"].fix(rand(3, 8, 8, 3), rand(2, 8, 8, 3),
+    Row("colorfix-batch-mismatch", lambda e: e.node["DiffBIRColorFix"].execute(rand(3, 8, 8, 3), rand(2, 8, 8, 3),
                                                                            "wavelet"),
         r"'reference' has 2 images but 'image' has 3; connect a reference batch of the same size or a single"),
-    Row("compare-size-mismatch", lambda e: e.node["DiffBIRCompare"].compare(rand(1, 16, 16, 3), rand(1, 16, 17, 3)),
+    Row("compare-size-mismatch", lambda e: e.node["DiffBIRCompare"].execute(rand(1, 16, 16, 3), rand(1, 16, 17, 3)),
         r"image_a and image_b must have the same size"),
     Row("degrade-override-syntax", lambda e: e.run(degrade_graph(blur_sigma="abc")),
         r"override 'blur_sigma' .*cannot read 'abc' as a range\. Write 'low-high'", before_run=True),

@@ -82,9 +82,11 @@ def test_extension_loaded_without_import_error(comfy_host):
 
     ext = comfy_host.extension_module
     assert ext is not None and pathlib.Path(ext.__file__).resolve() == REPO_ROOT / "__init__.py"
-    mappings = getattr(ext, "NODE_CLASS_MAPPINGS", None)
-    assert isinstance(mappings, dict)
-    for name, cls in mappings.items():  # every node the extension exports is registered and describable
+    extension = comfy_host.loop.run_until_complete(ext.comfy_entrypoint())
+    listed = comfy_host.loop.run_until_complete(extension.get_node_list())
+    assert listed
+    for cls in listed:  # every node the extension lists is registered and describable
+        name = cls.GET_SCHEMA().node_id
         assert comfy_host.node_classes.get(name) is cls, f"{name} not registered (name clash with a builtin?)"
         info = comfy_host.node_info(name)
         assert info["name"] == name

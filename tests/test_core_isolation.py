@@ -40,7 +40,7 @@ def test_extension_entry_point_imports_outside_comfyui():
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('comfyui_diffbir', {str(REPO / '__init__.py')!r}, submodule_search_locations=[{str(REPO)!r}])\n"
         "mod = importlib.util.module_from_spec(spec); sys.modules['comfyui_diffbir'] = mod; spec.loader.exec_module(mod)\n"
-        "assert isinstance(mod.NODE_CLASS_MAPPINGS, dict)\n"
+        "assert not hasattr(mod, 'comfy_entrypoint') and mod.WEB_DIRECTORY == './web'\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -199,7 +199,7 @@ def test_tiled_matches_official_blending_on_swinir(swinir):
     want = _reference_tiled(swinir, x, 64, 32, 1)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     # A tile larger than the image is one pass: identical to untiled.
-    assert torch.equal(s1.run_tiled(swinir, x, 512, 32, 1, 64), s1.run_tiled(swinir, x, 0, 0, 1, 64))
+    assert torch.equal(s1.run_tiled(swinir, x, 512, 480, 1, 64), s1.run_tiled(swinir, x, 0, 0, 1, 64))
 
 
 @torch.no_grad()
@@ -207,10 +207,10 @@ def test_tiled_matches_untiled_on_convolutional_bsrnet(bsrnet):
     x = _smooth(80, 96)
     full = s1.run_tiled(bsrnet, x, 0, 0, 4, 1)
     calls = []
-    tiled = s1.run_tiled(bsrnet, x, 48, 32, 4, 1, on_tile=lambda i, n: calls.append((i, n)))
+    tiled = s1.run_tiled(bsrnet, x, 48, 16, 4, 1, on_tile=lambda i, n: calls.append((i, n)))
     assert tiled.shape == full.shape == (1, 3, 320, 384)
     assert (tiled - full).abs().max() < 1e-3
-    n = s1.tile_count(80, 96, 48, 32)
+    n = s1.tile_count(80, 96, 48, 16)
     assert n > 1 and calls == [(i, n) for i in range(1, n + 1)]
     torch.testing.assert_close(tiled, _reference_tiled(bsrnet, x, 48, 16, 4), atol=1e-5, rtol=1e-5)
 
@@ -222,7 +222,7 @@ def test_tiled_swinir_restore_end_to_end(swinir):
     # so tiled results are not equal to untiled ones, as with the official tiled cleaner.
     x = _smooth(50, 70)
     full = s1.restore(swinir, x, "swinir", 2, "v2.1", 0, 1, 64)
-    tiled = s1.restore(swinir, x, "swinir", 2, "v2.1", 0, 1, 64, tile=100, overlap=32)  # 100 -> 64 px tiles
+    tiled = s1.restore(swinir, x, "swinir", 2, "v2.1", 0, 1, 64, tile=100, stride=32)  # 100 -> 64 px tiles
     assert tiled.image.shape == full.image.shape == (1, 3, 100, 140)
     padded = F.pad(s1.pil_bicubic_resize(x, (100, 140)), (0, 52, 0, 28))  # official: pad to 128x192
     want = _reference_tiled(swinir, padded, 64, 32, 1)[..., :100, :140]
@@ -232,11 +232,11 @@ def test_tiled_swinir_restore_end_to_end(swinir):
 
 def test_tile_inputs_are_validated_with_both_values_named():
     x = torch.rand(1, 3, 64, 64)
-    with pytest.raises(ValueError, match=r"tile_size \(64\) must be larger than tile_overlap \(64\)"):
-        s1.run_tiled(lambda t: t, x, 64, 64)
-    with pytest.raises(ValueError, match=r"tile_size \(32\) must be larger than tile_overlap \(48\)"):
-        s1.run_tiled(lambda t: t, x, 32, 48)
-    with pytest.raises(ValueError, match=r"tile_size \(100, rounded down to 64.*tile_overlap \(80\)"):
+    with pytest.raises(ValueError, match=r"tile_stride \(65\) must not exceed tile_size \(64\): tiles would leave"):
+        s1.run_tiled(lambda t: t, x, 64, 65)
+    with pytest.raises(ValueError, match=r"tile_stride must be positive, got 0"):
+        s1.run_tiled(lambda t: t, x, 32, 0)
+    with pytest.raises(ValueError, match=r"tile_stride \(80\) must not exceed tile_size \(100, rounded down to 64"):
         s1.run_tiled(lambda t: t, x, 100, 80, size_multiple=64)
     with pytest.raises(ValueError, match=r">= 0"):
         s1.run_tiled(lambda t: t, x, -1, 0)
@@ -254,7 +254,7 @@ def test_tile_padding_to_size_multiple_is_cropped():
     out = s1.run_tiled(net, x, 0, 0, scale=2, size_multiple=16)
     assert seen == [(48, 64)] and out.shape == (1, 3, 80, 100)
     torch.testing.assert_close(out, F.interpolate(x, scale_factor=2, mode="nearest"))
-    out = s1.run_tiled(net, x, 40, 8, scale=2, size_multiple=16)  # 40 -> 32-pixel tiles, no padding needed
+    out = s1.run_tiled(net, x, 40, 24, scale=2, size_multiple=16)  # 40 -> 32-pixel tiles, no padding needed
     torch.testing.assert_close(out, F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -289,7 +289,7 @@ def test_oom_retries_on_smaller_planner_grids_until_one_fits(caplog):
 
     # A RuntimeError saying "out of memory" (older torch, other backends) is retried too.
     net = _OOMAbove(128, exc=lambda: RuntimeError("HIP out of memory"))
-    torch.testing.assert_close(s1.run_tiled(net, x, 256, 64, min_tile=64, on_oom=lambda: None), x)
+    torch.testing.assert_close(s1.run_tiled(net, x, 256, 192, min_tile=64, on_oom=lambda: None), x)
 
 
 def test_oom_at_every_size_names_the_largest_tried():
@@ -298,7 +298,7 @@ def test_oom_at_every_size_names_the_largest_tried():
                                           r"128 px; smallest 128 px\)"):
         s1.run_tiled(_OOMAbove(0), x, 0, 16, on_oom=lambda: None)
     with pytest.raises(MemoryError, match=r"tried \(192 px, 128 px, 64 px; smallest 64 px\)"):
-        s1.run_tiled(_OOMAbove(0), x, 192, 16, size_multiple=64, min_tile=64, on_oom=lambda: None)
+        s1.run_tiled(_OOMAbove(0), x, 192, 176, size_multiple=64, min_tile=64, on_oom=lambda: None)
 
 
 def test_other_errors_are_not_retried():
@@ -319,4 +319,4 @@ def test_other_errors_are_not_retried():
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        s1.run_tiled(lambda t: t, torch.rand(1, 3, 64, 64), 32, 8, on_tile=cancel)
+        s1.run_tiled(lambda t: t, torch.rand(1, 3, 64, 64), 32, 24, on_tile=cancel)

@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfy_host import node_output
+from comfy_host import node_module, node_output
 from random_checkpoints import manifest_shapes
 
 SIZE = 256
@@ -61,8 +61,7 @@ def release(comfy_host):
     import comfy.model_management as mm
 
     comfy_host.executor.reset()
-    package = comfy_host.node_classes["DiffBIRLoadModels"].__module__
-    sys.modules[package]._CACHE.clear()
+    node_module(comfy_host, "host.model_cache")._CACHE.clear()
     mm.unload_all_models()
     gc.collect()
     mm.soft_empty_cache()

@@ -21,7 +21,7 @@ from pathlib import Path
 import comfy_host as ch
 import pytest
 import torch
-from comfy_host import node_output, saved_images
+from comfy_host import node_module, node_output, saved_images
 from tiny_models import (
     TINY_SD21_NAME,
     tiny_sd21_checkpoint,
@@ -58,7 +58,7 @@ def files(comfy_host, comfy_models_dir):
 
 
 def load_counts(host):
-    return dict(sys.modules[host.node_classes["DiffBIRLoadModels"].__module__].LOAD_COUNTS)
+    return dict(node_module(host, "host.model_cache").LOAD_COUNTS)
 
 
 def digest(state_dict) -> dict[str, str]:
@@ -126,8 +126,7 @@ def test_cancel_during_stage1_tiles_keeps_models_and_saves_nothing(comfy_host, f
 def test_cancel_between_degrade_images(comfy_host, files, monkeypatch):
     import comfy.model_management as mm
 
-    pipe = sys.modules[comfy_host.node_classes["DiffBIRDegrade"].__module__.rsplit(".", 2)[0]
-                       + ".diffbir_core.degrade.pipeline"]
+    from diffbir_core.degrade import pipeline as pipe  # the one copy the nodes import too
     prefix = f"isolation_degrade_cancel_{uuid.uuid4().hex[:6]}"
     prompt = {
         "I": {"class_type": "LoadImage", "inputs": {"image": files}},

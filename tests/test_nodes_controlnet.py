@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from diffbir_core.arch import controlnet as controlnet_arch
 from diffbir_core.checkpoint import save_safetensors
-from comfy_host import node_module, node_output
+from comfy_host import combo_options, node_module, node_output
 from tiny_models import TINY_CLIP, TINY_CONTROLNETS, TINY_SD21_NAME
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -86,7 +86,7 @@ def encode(clip, text):
 
 
 def load_models_node(comfy_host, controlnet_name, stage1_name="none", dtype="auto"):
-    return comfy_host.node_classes["DiffBIRLoadModels"]().load(stage1_name, controlnet_name, dtype)
+    return comfy_host.node_classes["DiffBIRLoadModels"]().execute(stage1_name, controlnet_name, dtype)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -99,21 +99,21 @@ def test_loader_lists_folders_with_prefixes(comfy_host, model_files):
     try:
         comfy_host.refresh_models()
         req = comfy_host.node_info("DiffBIRLoadModels")["input"]["required"]
-        cn_choices, s1_choices = req["controlnet_name"][0], req["stage1_name"][0]
+        cn_choices, s1_choices = combo_options(req["controlnet_name"]), combo_options(req["stage1_name"])
         assert cn_choices[0] == "none" and s1_choices[0] == "none"
         assert TINY_CN["v2.1"] in cn_choices and "controlnet/elsewhere.safetensors" in cn_choices
         assert "upscale_models/up.pth" in s1_choices and "controlnet/elsewhere.safetensors" not in s1_choices
-        assert req["dtype"][0] == ["auto", "fp32", "fp16", "bf16"]
+        assert combo_options(req["dtype"]) == ["auto", "fp32", "fp16", "bf16"]
 
         cls = comfy_host.node_classes["DiffBIRLoadModels"]
-        key = cls.IS_CHANGED("none", TINY_CN["v2"], "auto")
-        assert cls.IS_CHANGED("none", TINY_CN["v2"], "auto") == key
+        key = cls.fingerprint_inputs("none", TINY_CN["v2"], "auto")
+        assert cls.fingerprint_inputs("none", TINY_CN["v2"], "auto") == key
         first = load_models_node(comfy_host, TINY_CN["v2"])[1]
         assert load_models_node(comfy_host, TINY_CN["v2"])[1] is first  # cached: no reload
         path = model_files / "diffbir" / TINY_CN["v2"]
         st = path.stat()
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file was replaced
-        assert cls.IS_CHANGED("none", TINY_CN["v2"], "auto") != key
+        assert cls.fingerprint_inputs("none", TINY_CN["v2"], "auto") != key
         assert load_models_node(comfy_host, TINY_CN["v2"])[1] is not first
     finally:
         (model_files / "controlnet" / "elsewhere.safetensors").unlink()
@@ -180,7 +180,7 @@ def test_condition_latent_matches_official(comfy_host, model_files, golden_host_
     control = load_models_node(comfy_host, TINY_CN["v2.1"], dtype="fp32")[1]
     apply = comfy_host.node_classes["DiffBIRLAControlNetApply"]()
     positive = [[s["in.c_txt_pos"], {}]]
-    pos, neg, model = apply.apply(positive, positive, control, s["in.cond_img01"].movedim(1, -1), vae, 1.0, 0.0, 1.0)
+    pos, neg, model = apply.execute(positive, positive, control, s["in.cond_img01"].movedim(1, -1), vae, 1.0, 0.0, 1.0)
     assert model is None
     ctl = pos[0][1]["control"]
     assert neg[0][1]["control"] is ctl and "control" not in positive[0][1]
@@ -189,7 +189,7 @@ def test_condition_latent_matches_official(comfy_host, model_files, golden_host_
 
     # Not a multiple of 64: zero padded like the official pipeline, and cropped to the sampler's latent.
     img = s["in.cond_img01"][:, :, :120, :104].movedim(1, -1)
-    ctl2 = apply.apply(positive, positive, control, img, vae, 1.0, 0.0, 1.0)[0][0][1]["control"]
+    ctl2 = apply.execute(positive, positive, control, img, vae, 1.0, 0.0, 1.0)[0][0][1]["control"]
     assert ctl2.condition_latent.shape[-2:] == (16, 16) and ctl2.condition_size == (120, 104)
     assert ctl2._hint_for(torch.zeros(2, 4, 15, 13), 2).shape == (2, 4, 15, 13)
     with pytest.raises(ValueError, match=r"(?s)latent is 16x16.*104x120 pixels.*must match"):
@@ -278,7 +278,7 @@ def test_inputs_unchanged_and_v21_model_patched(comfy_host, model_files, caplog)
 
     model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(TINY_CKPT)[:3]
     apply = comfy_host.node_classes["DiffBIRLAControlNetApply"]()
-    lacn = node_module(comfy_host, "lacontrolnet")
+    lacn = node_module(comfy_host, "host.model_sampling")
     assert lacn.model_sampling_kind(model) == ("eps", False)
 
     positive, negative = encode(clip, "a sharp photo"), encode(clip, "")
@@ -288,7 +288,7 @@ def test_inputs_unchanged_and_v21_model_patched(comfy_host, model_files, caplog)
 
     control = load_models_node(comfy_host, TINY_CN["v2.1"])[1]
     with caplog.at_level(logging.WARNING):
-        pos, neg, patched = apply.apply(positive, negative, control, image, vae, 1.0, 0.0, 1.0, model=model)
+        pos, neg, patched = apply.execute(positive, negative, control, image, vae, 1.0, 0.0, 1.0, model=model)
     assert "v2.1 ControlNet" in caplog.text and "sd2.1-base-zsnr-laionaes5.ckpt" in caplog.text
     assert patched is not model and lacn.model_sampling_kind(patched) == ("v", True)
     ms = patched.get_model_object("model_sampling")
@@ -309,9 +309,9 @@ def test_inputs_unchanged_and_v21_model_patched(comfy_host, model_files, caplog)
     control_v2 = load_models_node(comfy_host, TINY_CN["v2"])[1]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert apply.apply(positive, negative, control_v2, image, vae, 1.0, 0.0, 1.0, model=model)[2] is model
+        assert apply.execute(positive, negative, control_v2, image, vae, 1.0, 0.0, 1.0, model=model)[2] is model
         assert "DiffBIR" not in caplog.text
-        apply.apply(positive, negative, control_v2, image, vae, 1.0, 0.0, 1.0, model=patched)
+        apply.execute(positive, negative, control_v2, image, vae, 1.0, 0.0, 1.0, model=patched)
     assert "v2 ControlNet" in caplog.text and "v2-1_512-ema-pruned.ckpt" in caplog.text
 
 
@@ -325,11 +325,9 @@ def _golden_controlnet_inputs():
 
 def test_controlnet_lowvram_cast_path_and_half_modes(comfy_host, model_files):
     """ComfyUI's partial loading casts our swapped layers per call; fp16/bf16 follow DiffBIR's half mode."""
-    from diffbir_core.loader import (
-        load_network,  # top-level copy: the nodes must cope with its classes
-    )
+    from diffbir_core.loader import load_network  # the one diffbir_core the nodes import too
 
-    ctl_module = node_module(comfy_host, "control")
+    ctl_module = node_module(comfy_host, "host.patching")
     path = model_files / "diffbir" / TINY_CN["v2.1"]
     g, args = _golden_controlnet_inputs()
 
@@ -371,7 +369,7 @@ def test_stock_apply_controlnet_node_encodes_lazily(comfy_host, model_files):
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1))
     positive = encode(clip, "a sharp photo")
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    ours = comfy_host.node_classes["DiffBIRLAControlNetApply"]().apply(positive, positive, control, image, vae,
+    ours = comfy_host.node_classes["DiffBIRLAControlNetApply"]().execute(positive, positive, control, image, vae,
                                                                         0.8, 0.0, 1.0)
     stock = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, positive, control, image, 0.8, 0.0, 1.0, vae=vae)
     a = nodes.common_ksampler(model, 5, 2, 2.0, "euler", "normal", ours[0], ours[1], latent)[0]["samples"]
@@ -383,7 +381,7 @@ def test_stock_apply_controlnet_node_encodes_lazily(comfy_host, model_files):
 
     # A ControlNet that does not fit the MODEL's UNet is refused with the fix, not silently skipped.
     other = load_models_node(comfy_host, OTHER_CN)[1]
-    misfit = comfy_host.node_classes["DiffBIRLAControlNetApply"]().apply(positive, positive, other, image, vae,
+    misfit = comfy_host.node_classes["DiffBIRLAControlNetApply"]().execute(positive, positive, other, image, vae,
                                                                           1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match=r"fits an SD 2.1 UNet \(4 input blocks, 64 channels\).*12 input blocks "
                                          r"and 32 channels"):

@@ -45,12 +45,12 @@ def _module(comfy_host):
 
 def _detect(comfy_host, image, detector=DETECTOR, upscale=1.0, score=0.8, min_eye=5.0, order="score", max_faces=0,
             face_size=FACE):
-    return comfy_host.node_classes[DETECT]().detect(image, detector, upscale, score, min_eye, order, max_faces,
+    return comfy_host.node_classes[DETECT]().execute(image, detector, upscale, score, min_eye, order, max_faces,
                                                    face_size)
 
 
 def _paste(comfy_host, background, faces, alignment, erosion=0.1, feather=0.1):
-    return comfy_host.node_classes[PASTE]().paste(background, faces, alignment, erosion, feather)
+    return comfy_host.node_classes[PASTE]().execute(background, faces, alignment, erosion, feather)
 
 
 def _landmarks(theta: float, scale: float, tx: float, ty: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from comfy_host import node_module, node_output
+from comfy_host import combo_options, node_module, node_output
 from tiny_models import TINY_CONTROLNETS, TINY_SD21_NAME
 
 from diffbir_core.sampling import grid
@@ -67,11 +67,11 @@ def conditioned(comfy_host, size, seed):
     import nodes
 
     model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(TINY_SD21_NAME)[:3]
-    control = comfy_host.node_classes["DiffBIRLoadModels"]().load("none", TINY_CN, "auto")[1]
+    control = comfy_host.node_classes["DiffBIRLoadModels"]().execute("none", TINY_CN, "auto")[1]
     image = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(seed))
     pos = nodes.CLIPTextEncode().encode(clip, "a sharp photo")[0]
     neg = nodes.CLIPTextEncode().encode(clip, "blurry")[0]
-    pos, neg, model = comfy_host.node_classes["DiffBIRLAControlNetApply"]().apply(pos, neg, control, image, vae, 1.0,
+    pos, neg, model = comfy_host.node_classes["DiffBIRLAControlNetApply"]().execute(pos, neg, control, image, vae, 1.0,
                                                                                   0.0, 1.0, model=model)
     return {"model": model, "positive": pos, "negative": neg, "vae": vae, "plain": nodes.CLIPTextEncode().encode(
         clip, "no control")[0]}
@@ -85,7 +85,7 @@ def tiny(comfy_host, model_files):
 def call_node(comfy_host, tiny, **changes):
     kwargs = {"model": tiny["model"], "positive": tiny["positive"], "negative": tiny["negative"], **sampler_inputs()}
     kwargs.update(changes)
-    return comfy_host.node_classes["DiffBIRSampler"]().sample(**kwargs)[0]["samples"]
+    return comfy_host.node_classes["DiffBIRSampler"]().execute(**kwargs)[0]["samples"]
 
 
 # ------------------------------------------------------------------------------------------ registration
@@ -95,7 +95,7 @@ def test_nodes_registered_with_tooltips_and_official_defaults(comfy_host):
     for class_name, display in (("DiffBIRSampler", "DiffBIR Sampler"),
                                 ("DiffBIRSamplerSelect", "DiffBIR Sampler Select")):
         info = comfy_host.node_info(class_name)
-        assert info["display_name"] == display and info["category"] == "DiffBIR"
+        assert info["display_name"] == display and info["category"] == "DiffBIR/sampling"
         assert len(info["description"]) > 80
         inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
         for name, spec in inputs.items():
@@ -103,21 +103,21 @@ def test_nodes_registered_with_tooltips_and_official_defaults(comfy_host):
         assert len(info["output_tooltips"]) == len(info["output"])
     info = comfy_host.node_info("DiffBIRSampler")
     req, opt = info["input"]["required"], info["input"]["optional"]
-    assert tuple(req["sampler_name"][0]) == OFFICIAL and req["sampler_name"][1]["default"] == "edm_dpm++_3m_sde"
+    assert tuple(combo_options(req["sampler_name"])) == OFFICIAL and req["sampler_name"][1]["default"] == "edm_dpm++_3m_sde"
     assert req["steps"][1]["default"] == 10 and req["cfg"][1]["default"] == 6.0
     assert "spaced" in req["sampler_name"][1]["tooltip"] and "50" in req["steps"][1]["tooltip"]
     assert "4" in req["cfg"][1]["tooltip"]
-    assert req["noise_aug"][1]["max"] == 199 and req["start_point"][0] == ["noise", "cond"]
+    assert req["noise_aug"][1]["max"] == 199 and combo_options(req["start_point"]) == ["noise", "cond"]
     assert {"latent", "vae", "guidance", "guidance_space", "guidance_scale", "guidance_t_start", "guidance_t_stop",
             "guidance_repeat", "guidance_style", "s_churn", "s_tmin", "s_tmax", "s_noise", "eta", "order",
             "tile_plan"} == set(opt)
-    assert opt["guidance"][0] == ["none", "mse", "w_mse"] and opt["s_tmax"][1]["default"] == 300.0
+    assert combo_options(opt["guidance"]) == ["none", "mse", "w_mse"] and opt["s_tmax"][1]["default"] == 300.0
     # The diffbir_* KSAMPLERs are in the stock lists (KSamplerSelect and KSampler read them).
     stock = comfy_host.node_info("KSamplerSelect")["input"]["required"]["sampler_name"]
-    names = stock[0] if isinstance(stock[0], list) else stock[1]["options"]
+    names = combo_options(stock)
     wanted = {"diffbir_spaced", "diffbir_ddim", "diffbir_dpmpp_m2", "diffbir_edm_dpmpp_3m_sde", "diffbir_edm_euler_a"}
     assert wanted <= set(names) and len([n for n in names if n.startswith("diffbir_")]) == 14
-    ks = comfy_host.node_info("KSampler")["input"]["required"]["sampler_name"][0]
+    ks = combo_options(comfy_host.node_info("KSampler")["input"]["required"]["sampler_name"])
     assert wanted <= set(ks)
 
 
@@ -143,16 +143,16 @@ def test_parity_with_official_apply_cldm(comfy_host, model_files, golden_host_un
     g = load_file(GOLDEN / f"{name}.safetensors")
     vae = golden_host_vae
     model = _golden_model(golden_host_unet(), sampling)
-    lacn = node_module(comfy_host, "lacontrolnet")
+    lacn = node_module(comfy_host, "host.model_sampling")
     assert lacn.model_sampling_kind(model) == (sampling[0].split("_")[0], sampling[1])
-    control = comfy_host.node_classes["DiffBIRLoadModels"]().load("none", TINY_CN, "fp32")[1]
-    pos, neg, _ = comfy_host.node_classes["DiffBIRLAControlNetApply"]().apply(
+    control = comfy_host.node_classes["DiffBIRLoadModels"]().execute("none", TINY_CN, "fp32")[1]
+    pos, neg, _ = comfy_host.node_classes["DiffBIRLAControlNetApply"]().execute(
         [[g["in.c_txt_pos"], {}]], [[g["in.c_txt_neg"], {}]], control, g["in.cond_img01"].movedim(1, -1), vae,
         1.0, 0.0, 1.0)
 
     noise = RecordedNoise.from_tensors(g)
     monkeypatch.setattr(node_module(comfy_host, "sampler"), "noise_source", lambda seed: noise)
-    out = comfy_host.node_classes["DiffBIRSampler"]().sample(
+    out = comfy_host.node_classes["DiffBIRSampler"]().execute(
         model, pos, neg, 0, 5, 4.0, "spaced", False, "noise", 0, 0, 256)[0]["samples"]
     noise.check_consumed()
     got, want = out * LATENT_SCALE, g["out.z_final"]
@@ -176,7 +176,7 @@ def test_fractional_grid_reaches_unet_and_controlnet_unrounded(comfy_host, tiny,
     """dpm++_m2's model times are fractional; the host's sigma -> timestep map would round them."""
     module = node_module(comfy_host, "sampler")
     unet = tiny["model"].model.diffusion_model
-    control = module.find_control(tiny["positive"]).control_model
+    control = node_module(comfy_host, "host.conditioning").find_control(tiny["positive"]).control_model
     seen = {"unet": [], "control": []}
     unet_forward, control_forward = unet._forward, control.forward
 
@@ -191,7 +191,7 @@ def test_fractional_grid_reaches_unet_and_controlnet_unrounded(comfy_host, tiny,
     monkeypatch.setattr(unet, "_forward", unet_spy)
     monkeypatch.setattr(control, "forward", control_spy)
     call_node(comfy_host, tiny, sampler_name="dpm++_m2", steps=3)
-    want = grid("dpm++_m2", node_module(comfy_host, "host_model").model_diffusion(tiny["model"]), 3)
+    want = grid("dpm++_m2", node_module(comfy_host, "host.model_sampling").model_diffusion(tiny["model"]), 3)
     assert any(t != round(t) for t in want)
     for name, got in seen.items():
         assert got == pytest.approx(want, abs=1e-3), name
@@ -203,7 +203,7 @@ def test_cpu_runs_take_pytorch_attention_with_the_same_result(comfy_host, tiny, 
     stays."""
     import comfy.ldm.modules.attention as host_attention
 
-    module = node_module(comfy_host, "host_model")
+    module = node_module(comfy_host, "host.model_function")
     mine = object()
     options = {"optimized_attention_override": mine}
     module.use_sdpa_on_cpu(options, torch.device("cpu"))
@@ -270,8 +270,8 @@ def test_interrupt_stops_the_prompt_and_the_next_one_runs(comfy_host, model_file
 # ------------------------------------------------------------------------------------------ tiles, guidance, noise_aug
 
 
-def test_tiled_diffusion_crops_the_condition_per_tile(comfy_host, tiny, monkeypatch):
-    control_module = node_module(comfy_host, "control")
+def test_tiled_diffusion_crops_the_condition_per_tile(comfy_host, tiny128, monkeypatch):
+    control_module = node_module(comfy_host, "host.control")
     windows = set()
     original = control_module.DiffBIRControl._hint_for
 
@@ -280,20 +280,20 @@ def test_tiled_diffusion_crops_the_condition_per_tile(comfy_host, tiny, monkeypa
         return original(self, x_noisy, batched_number, window)
 
     monkeypatch.setattr(control_module.DiffBIRControl, "_hint_for", spy)
-    whole = call_node(comfy_host, tiny, sampler_name="edm_dpm++_2m", steps=3)
+    whole = call_node(comfy_host, tiny128, sampler_name="edm_dpm++_2m", steps=3)
     assert windows == {None}
     windows.clear()
-    one_tile = call_node(comfy_host, tiny, sampler_name="edm_dpm++_2m", steps=3, tile_size=64, tile_stride=32)
-    assert windows == {(0, 8, 0, 8)}  # a tile covering the image: the untiled result up to rounding
+    one_tile = call_node(comfy_host, tiny128, sampler_name="edm_dpm++_2m", steps=3, tile_size=128, tile_stride=64)
+    assert windows == {(0, 16, 0, 16)}  # a tile covering the image: the untiled result up to rounding
     assert torch.allclose(one_tile, whole, rtol=1e-4, atol=1e-4 * whole.abs().max().item())
     windows.clear()
-    tiled = call_node(comfy_host, tiny, sampler_name="edm_dpm++_2m", steps=3, tile_size=32, tile_stride=16)
-    assert windows == {(y, y + 4, x, x + 4) for y in (0, 2, 4) for x in (0, 2, 4)}
+    tiled = call_node(comfy_host, tiny128, sampler_name="edm_dpm++_2m", steps=3, tile_size=64, tile_stride=32)
+    assert windows == {(y, y + 8, x, x + 8) for y in (0, 4, 8) for x in (0, 4, 8)}
     assert torch.isfinite(tiled).all() and not torch.equal(tiled, whole)
     rel = ((tiled - whole).abs().mean() / whole.abs().mean()).item()
-    print(f"tiled (32/16 px) vs whole: mean abs diff / mean abs = {rel:.3f}")
-    # The random tiny UNet attends globally at every level and a 4x4 latent tile sees half the 8x8 image, so
-    # the tiles change the result noticeably (about 0.7 of its mean magnitude), but stay bounded.
+    print(f"tiled (64/32 px) vs whole: mean abs diff / mean abs = {rel:.3f}")
+    # The random tiny UNet attends globally at every level and an 8x8 latent tile sees a quarter of the 16x16
+    # image, so the tiles change the result noticeably, but stay bounded.
     assert rel < 1.0
 
 
@@ -314,7 +314,7 @@ def test_noise_aug_and_start_point_cond_change_the_result(comfy_host, tiny):
 
 def test_restoration_guidance_runs_with_a_vae(comfy_host, model_files, monkeypatch):
     """Through the executor (torch.inference_mode): latent space, and rgb space back-propagating the VAE decoder."""
-    host_vae = node_module(comfy_host, "host_guidance").HostVAE
+    host_vae = node_module(comfy_host, "host.guidance").HostVAE
     calls = []
     for name in ("encode", "decode"):
         original = getattr(host_vae, name)
@@ -417,8 +417,8 @@ def test_sampler_select_drives_stock_sampler_custom_advanced(comfy_host, model_f
 @pytest.mark.parametrize("changes, message", [
     ({"steps": 0}, r"steps must be at least 1"),
     ({"cfg": -1.0}, r"cfg must be >= 0"),
-    ({"tile_size": 16, "tile_stride": 32}, r"tile_stride \(32\) must not exceed tile_size \(16\)"),
-    ({"tile_size": 36, "tile_stride": 16}, r"tile_size must be 0 \(no tiling\) or a multiple of 8 of at least 8"),
+    ({"tile_size": 64, "tile_stride": 72}, r"tile_stride \(72\) must not exceed tile_size \(64\)"),
+    ({"tile_size": 36, "tile_stride": 16}, r"tile_size must be 0 \(no tiling\) or a multiple of 8 of at least 64"),
     ({"guidance": "w_mse"}, r"restoration guidance needs the SD 2.1 VAE: connect the 'vae' input"),
     ({"sampler_name": "ddim", "steps": 3}, r"ddim with 3 steps.*choose another step count"),
     ({"sampler_name": "euler"}, r"unknown sampler_name 'euler'"),
@@ -434,7 +434,7 @@ def test_missing_control_and_guidance_with_tiles_are_refused(comfy_host, tiny):
     with pytest.raises(ValueError, match=r"'negative' carries no DiffBIR ControlNet"):
         call_node(comfy_host, tiny, negative=tiny["plain"])
     with pytest.raises(ValueError, match=r"does not work with tiled diffusion"):
-        call_node(comfy_host, tiny, vae=tiny["vae"], guidance="mse", tile_size=32, tile_stride=16)
+        call_node(comfy_host, tiny, vae=tiny["vae"], guidance="mse", tile_size=64, tile_stride=32)
     with pytest.raises(ValueError, match=r"'latent' is 4x4 \(32x32 pixels\) but the condition image is 64x64"):
         call_node(comfy_host, tiny, latent={"samples": torch.zeros(1, 4, 4, 4)})
 
@@ -466,7 +466,7 @@ def test_auto_plan_is_untiled_when_it_fits_and_bit_identical(comfy_host, tiny, c
 
 
 def test_out_of_memory_in_diffusion_retries_with_smaller_tiles(comfy_host, tiny128, monkeypatch, caplog):
-    module = node_module(comfy_host, "host_model")
+    module = node_module(comfy_host, "host.model_function")
     want = call_node(comfy_host, tiny128, sampler_name="spaced", steps=2, tile_size=64, tile_stride=48)
     original = module.HostModelFunction._call
     sizes = []

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import comfy_host as ch
-from comfy_host import node_module
+from comfy_host import combo_options, node_module
 import pytest
 import torch
 
@@ -86,7 +86,7 @@ def test_node_info(comfy_host):
     assert info["output"] == ["IMAGE", "INT", "INT"]
     assert info["input"]["optional"]["stage1"][0] == "DIFFBIR_STAGE1"
     assert info["input"]["optional"]["upscale_model"][0] == "UPSCALE_MODEL"
-    assert info["input"]["required"]["version"][0] == ["auto", "v1", "v2", "v2.1"]
+    assert combo_options(info["input"]["required"]["version"]) == ["auto", "v1", "v2", "v2.1"]
     assert info["input"]["required"]["min_short_edge"][1]["default"] == 512
     assert info["input"]["required"]["tile_size"][1]["default"] == 0
 
@@ -146,8 +146,7 @@ def test_stage1_payload_from_a_model_patcher(comfy_host):
     from diffbir_core import stage1 as core
     from diffbir_core.loader import build_network
 
-    node_mod = node_module(comfy_host, "stage1")
-    types_mod = node_module(comfy_host, "types")
+    types_mod = node_module(comfy_host, "host.types")
     node = comfy_host.node_classes[STAGE1]()
 
     def payload(kind, version, scale, multiple):
@@ -161,7 +160,7 @@ def test_stage1_payload_from_a_model_patcher(comfy_host):
     g = torch.Generator().manual_seed(5)
     rgba = torch.rand(1, 24, 40, 4, generator=g)
     before = rgba.clone()
-    image, tw, th = node.restore(rgba, 2.0, "auto", 64, 0, 32, stage1=stage1)
+    image, tw, th = node.execute(rgba, 2.0, "auto", 64, 0, stage1=stage1, tile_overlap=32)
     assert torch.equal(rgba, before)  # input untouched
     assert (tw, th) == (80, 48) and image.shape == (1, 64, 106, 3)  # short 48 -> 64, long int(80*64/48)
     assert image.dtype == torch.float32 and image.device == mm.intermediate_device()
@@ -170,25 +169,25 @@ def test_stage1_payload_from_a_model_patcher(comfy_host):
     torch.testing.assert_close(image.movedim(-1, 1).cpu(), want.clamp(0, 1), atol=1e-5, rtol=1e-5)
 
     gray = rgba[..., :1]
-    image_gray, _, _ = node.restore(gray, 2.0, "v2", 64, 128, 64, stage1=stage1)
+    image_gray, _, _ = node.execute(gray, 2.0, "v2", 64, 128, stage1=stage1, tile_overlap=64)
     assert image_gray.shape == (1, 64, 106, 3)
 
     bsr, _ = payload("bsrnet", "v2", 4, 1)
     batch = torch.rand(2, 10, 14, 3, generator=g)
-    image, tw, th = node.restore(batch, 2.5, "auto", 0, 0, 32, stage1=bsr)
+    image, tw, th = node.execute(batch, 2.5, "auto", 0, 0, stage1=bsr, tile_overlap=32)
     assert (tw, th) == (35, 25) and image.shape == (2, 25, 35, 3)  # exact target: int(14*2.5), int(10*2.5)
 
     bad = batch.clone()
     bad[1, 3, 4, 0] = float("nan")
     with pytest.raises(ValueError, match=r"image: contains NaN or infinite pixel values \(image 1 of the batch"):
-        node.restore(bad, 2.0, "auto", 0, 0, 32, stage1=bsr)
+        node.execute(bad, 2.0, "auto", 0, 0, stage1=bsr, tile_overlap=32)
     with pytest.raises(ValueError, match=r"both are connected"):
-        node.restore(batch, 2.0, "auto", 0, 0, 32, stage1=bsr, upscale_model=object())
+        node.execute(batch, 2.0, "auto", 0, 0, stage1=bsr, upscale_model=object(), tile_overlap=32)
     with pytest.raises(ValueError, match=r"tile_size \(32\) must be larger than tile_overlap \(64\)"):
-        node.restore(batch, 2.0, "auto", 0, 32, 64, stage1=bsr)
+        node.execute(batch, 2.0, "auto", 0, 32, stage1=bsr, tile_overlap=64)
 
     # Stock upscale models: SR networks (classic SwinIR x4 too) run like BSRNet, x1 restorers like their kind.
-    pick = node_mod._pipeline_for
+    pick = node_module(comfy_host, "host.stage1_runner").pipeline_for
     assert [pick("upscale_model", 4, "SwinIR"), pick("upscale_model", 2, "ESRGAN"), pick("upscale_model", 1, "SwinIR"),
             pick("upscale_model", 1, "SCUNet"), pick("upscale_model", 1, "DAT")] == \
         ["bsrnet", "bsrnet", "swinir", "scunet", "swinir"]
@@ -206,15 +205,15 @@ def test_tile_stride_is_the_old_overlap_complement(comfy_host):
     net, _ = build_network("bsrnet", sd, config=config)
     patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
-    bsr = node_module(comfy_host, "types").Stage1Model(patcher, "bsrnet", "v2", 4, 1, "golden bsrnet")
+    bsr = node_module(comfy_host, "host.types").Stage1Model(patcher, "bsrnet", "v2", 4, 1, "golden bsrnet")
     node = comfy_host.node_classes[STAGE1]()
     image = torch.rand(1, 96, 120, 3, generator=torch.Generator().manual_seed(9))  # BSRNet runs on the raw input
-    by_overlap = node.restore(image, 4.0, "auto", 0, 64, 16, stage1=bsr)[0]
-    by_stride = node.restore(image, 4.0, "auto", 0, 64, stage1=bsr, tile_stride=48)[0]
+    by_overlap = node.execute(image, 4.0, "auto", 0, 64, stage1=bsr, tile_overlap=16)[0]
+    by_stride = node.execute(image, 4.0, "auto", 0, 64, stage1=bsr, tile_stride=48)[0]
     assert torch.equal(by_stride, by_overlap)
-    assert not torch.equal(node.restore(image, 4.0, "auto", 0, 64, stage1=bsr, tile_stride=32)[0], by_overlap)
+    assert not torch.equal(node.execute(image, 4.0, "auto", 0, 64, stage1=bsr, tile_stride=32)[0], by_overlap)
     with pytest.raises(ValueError, match=r"Stage1 SwinIR Restore: tile_stride \(96\) must not exceed tile_size \(64\)"):
-        node.restore(image, 4.0, "auto", 0, 64, stage1=bsr, tile_stride=96)
+        node.execute(image, 4.0, "auto", 0, 64, stage1=bsr, tile_stride=96)
     info = comfy_host.node_info(STAGE1)["input"]
     assert "tile_overlap" not in info["required"] and info["optional"]["tile_stride"][1]["default"] == 256
     assert info["optional"]["tile_overlap"][1]["forceInput"]

@@ -66,7 +66,7 @@ def test_decode_within_one_tile_is_the_stock_decode(comfy_host, golden_host_vae)
     z = latent(8, 12)
     (stock,) = node(comfy_host, "VAEDecode").decode(golden_host_vae, {"samples": z})
     for tile in (0, 512, 96):
-        (ours,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, tile, 48)
+        (ours,) = node(comfy_host, "DiffBIRVAEDecode").execute({"samples": z}, golden_host_vae, tile, 48)
         assert ours.shape == stock.shape == (1, 64, 96, 3)
         assert torch.equal(ours, stock), tile
 
@@ -74,7 +74,7 @@ def test_decode_within_one_tile_is_the_stock_decode(comfy_host, golden_host_vae)
 def test_tiled_decode_calls_the_vae_per_tile_and_blends(comfy_host, golden_host_vae, monkeypatch):
     z = latent(24, 32, seed=1)
     calls = Calls(monkeypatch, "decode")
-    (tiled,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 128, 64)
+    (tiled,) = node(comfy_host, "DiffBIRVAEDecode").execute({"samples": z}, golden_host_vae, 128, 64)
     monkeypatch.undo()
     # latent tiles of 16 with stride 8: rows 0, 8 and columns 0, 8, 16 -> 6 calls, none larger than a tile
     assert calls.sizes == [(16, 16)] * 6
@@ -212,7 +212,7 @@ def test_bad_encode_tiles_are_refused_before_the_run(comfy_host, model_files, pn
 
 def test_decode_refuses_a_latent_that_is_not_sd(comfy_host, golden_host_vae):
     with pytest.raises(ValueError, match=r"expected an SD 2.1 latent of shape \(B, 4, h, w\), got \(1, 16, 8, 8\)"):
-        node(comfy_host, "DiffBIRVAEDecode").decode({"samples": torch.zeros(1, 16, 8, 8)}, golden_host_vae, 512, 256)
+        node(comfy_host, "DiffBIRVAEDecode").execute({"samples": torch.zeros(1, 16, 8, 8)}, golden_host_vae, 512, 256)
 
 
 # ------------------------------------------------------------------------------------------------ tile_plan auto
@@ -240,9 +240,9 @@ class OOMAbove:
 
 def test_auto_plan_is_untiled_when_it_fits_and_bit_identical(comfy_host, golden_host_vae, caplog, eight_gb_free):
     z = latent(64, 64, seed=2)  # a 512 x 512 image, with the machine's free memory
-    (manual,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256)
+    (manual,) = node(comfy_host, "DiffBIRVAEDecode").execute({"samples": z}, golden_host_vae, 0, 256)
     with caplog.at_level("INFO"):
-        (auto,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 128, 64, "auto")
+        (auto,) = node(comfy_host, "DiffBIRVAEDecode").execute({"samples": z}, golden_host_vae, 128, 64, "auto")
     assert torch.equal(auto, manual)
     assert "DiffBIR VAE Decode: vae_decode: untiled (512x512 px)" in caplog.text
 
@@ -264,13 +264,13 @@ def test_auto_plan_tiles_within_max_memory(comfy_host, golden_host_vae, monkeypa
     z = latent(32, 32, seed=3)
     calls = Calls(monkeypatch, "decode")
     with caplog.at_level("INFO"):
-        (auto,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256, "auto")
+        (auto,) = node(comfy_host, "DiffBIRVAEDecode").execute({"samples": z}, golden_host_vae, 0, 256, "auto")
     monkeypatch.undo()
     assert calls.sizes == [(18, 18)] * 4
     assert f"DiffBIR VAE Decode: {plan.describe()}" in caplog.text
     # a 256 px image overlaps an eighth of its side (32 px): 2 x 2 tiles of 144 px
     assert "vae_decode: 2 x 2 tiles of 144 px (stride 112), planned for" in caplog.text
-    (manual,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 144, 112)
+    (manual,) = node(comfy_host, "DiffBIRVAEDecode").execute({"samples": z}, golden_host_vae, 144, 112)
     assert torch.equal(auto, manual)
 
 
@@ -278,8 +278,9 @@ def test_cpu_auto_plan_keeps_each_call_within_the_cpu_limit(comfy_host, golden_h
                                                              eight_gb_free):
     """On the CPU with 8 GB free and no DIFFBIR_MAX_MEMORY, a decode the planner predicts above
     memory.CPU_CALL_BYTES is tiled; with DIFFBIR_MAX_MEMORY set the user's budget alone decides."""
-    tiles = node_module(comfy_host, "tiles")
-    memory = tiles.memory  # the host's copy of diffbir_core.memory (it imports the pack under its own name)
+    from diffbir_core import memory  # the one copy the nodes import too
+
+    tiles = node_module(comfy_host, "host.tiled_stage")
     monkeypatch.delenv("DIFFBIR_MAX_MEMORY", raising=False)
     assert tiles.call_limit(torch.device("cpu")) == memory.CPU_CALL_BYTES
     # a smaller limit for the test's tiny latents: 256 px untiled needs more than this, 144 px tiles less
@@ -287,21 +288,21 @@ def test_cpu_auto_plan_keeps_each_call_within_the_cpu_limit(comfy_host, golden_h
     z = latent(32, 32, seed=5)
     calls = Calls(monkeypatch, "decode")
     with caplog.at_level("INFO"):
-        node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256, "auto")
+        node(comfy_host, "DiffBIRVAEDecode").execute({"samples": z}, golden_host_vae, 0, 256, "auto")
     assert calls.sizes == [(18, 18)] * 4 and "vae_decode: 2 x 2 tiles of 144 px" in caplog.text
     monkeypatch.setenv("DIFFBIR_MAX_MEMORY", "8GB")
     assert tiles.call_limit(torch.device("cpu")) is None and tiles.call_limit(torch.device("meta")) is None
     calls.sizes.clear()
-    node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256, "auto")
+    node(comfy_host, "DiffBIRVAEDecode").execute({"samples": z}, golden_host_vae, 0, 256, "auto")
     assert calls.sizes == [(32, 32)]
 
 
 def test_out_of_memory_in_decode_retries_with_smaller_tiles(comfy_host, golden_host_vae, monkeypatch, caplog):
     z = latent(24, 32, seed=4)
-    (want,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 88, 56)
+    (want,) = node(comfy_host, "DiffBIRVAEDecode").execute({"samples": z}, golden_host_vae, 88, 56)
     oom = OOMAbove(monkeypatch, "decode", limit=16)
     with caplog.at_level("WARNING"):
-        (got,) = node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256)
+        (got,) = node(comfy_host, "DiffBIRVAEDecode").execute({"samples": z}, golden_host_vae, 0, 256)
     monkeypatch.undo()
     # untiled (24x32 latent) fails, 144 px tiles (latent 18) fail, 88 px tiles run (the planner's grids, each
     # retry at most 3/4 the side of the last): the manual 88 px result
@@ -311,7 +312,7 @@ def test_out_of_memory_in_decode_retries_with_smaller_tiles(comfy_host, golden_h
     assert "retrying with 88 px tiles" in caplog.text
     oom = OOMAbove(monkeypatch, "decode", limit=4)
     with pytest.raises(MemoryError, match=r"vae_decode ran out of memory at every tile size tried .*smallest 64 px"):
-        node(comfy_host, "DiffBIRVAEDecode").decode({"samples": z}, golden_host_vae, 0, 256)
+        node(comfy_host, "DiffBIRVAEDecode").execute({"samples": z}, golden_host_vae, 0, 256)
 
 
 def test_out_of_memory_in_condition_encode_retries_with_smaller_tiles(comfy_host, model_files, png, monkeypatch):

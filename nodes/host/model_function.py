@@ -23,42 +23,13 @@ import comfy.patcher_extension
 import comfy.samplers
 import torch
 
-from ..diffbir_core.sampling.denoiser import rescaled_cfg
-from ..diffbir_core.schedule import DiffusionSchedule
-from ..diffbir_core.tiling import blend_tiles, sliding_windows
+from diffbir_core.sampling.denoiser import rescaled_cfg
+from diffbir_core.tiling import blend_tiles, sliding_windows
+
 from .control import MODEL_TIMESTEP_KEY, TILE_KEY
-from .lacontrolnet import model_sampling_kind
+from .model_sampling import host_sigma
 
 EXACT_T_WRAPPER = "diffbir_exact_timestep"
-
-
-def host_diffusion(model_sampling, prediction: str, zsnr: bool) -> DiffusionSchedule:
-    """The official training schedule behind a MODEL's discrete sampling (see
-    ``DiffusionSchedule.from_training_sigmas``): SD 2.1 MODELs name ComfyUI's scaled-linear schedule."""
-    sigmas = model_sampling.sigmas.detach().double().cpu().numpy()
-    n = int(getattr(model_sampling, "num_timesteps", len(sigmas)))
-    start, end = getattr(model_sampling, "linear_start", None), getattr(model_sampling, "linear_end", None)
-    if n != len(sigmas):  # not the table of a plain scaled-linear schedule
-        start = end = None
-    return DiffusionSchedule.from_training_sigmas(sigmas, prediction, zsnr, start, end)
-
-
-def model_diffusion(model, node: str = "DiffBIR Sampler") -> DiffusionSchedule:
-    """The schedule of a MODEL (ModelPatcher); refuses MODELs that are not discrete eps / v SD models."""
-    prediction, zsnr = model_sampling_kind(model)
-    if prediction not in ("eps", "v"):
-        raise ValueError(
-            f"{node}: the MODEL does not sample as a discrete eps- or v-prediction SD model (DiffBIR needs "
-            "SD 2.1). Connect the SD 2.1 MODEL (for v2.1 the MODEL output of LAControlNet Apply) without other "
-            "ModelSampling patches.")
-    return host_diffusion(model.get_model_object("model_sampling"), prediction, zsnr)
-
-
-def host_sigma(model_sampling, t: float) -> torch.Tensor:
-    """The MODEL's sigma at model timestep t (its table at integers, its log-sigma interpolation between)."""
-    if float(t).is_integer():
-        return model_sampling.sigmas[int(t)].detach().float().reshape(())
-    return model_sampling.sigma(torch.tensor([float(t)], dtype=torch.float32)).float().reshape(())
 
 
 def _exact_timestep(executor, x, timesteps, *args, **kwargs):

@@ -13,9 +13,9 @@ import copy
 import comfy.model_management
 import torch
 
-from ..diffbir_core.arch.vae import DiagonalGaussianDistribution
-from ..diffbir_core.padding import pad_to_size
-from ..diffbir_core.sampling.guidance import RestorationGuidance
+from diffbir_core.arch.vae import DiagonalGaussianDistribution
+from diffbir_core.padding import pad_to_size
+from diffbir_core.sampling.guidance import RestorationGuidance
 
 
 class HostVAE:

@@ -15,8 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from comfy_api.latest import io
+
 STAGE1_TYPE = "DIFFBIR_STAGE1"
 FACE_ALIGNMENT_TYPE = "FACE_ALIGNMENT"
+Stage1IO = io.Custom(STAGE1_TYPE)  # V3 socket types: Stage1IO.Input(...), Stage1IO.Output(...)
+FaceAlignmentIO = io.Custom(FACE_ALIGNMENT_TYPE)
 
 
 @dataclass

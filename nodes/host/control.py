@@ -27,162 +27,20 @@ import math
 
 import comfy.controlnet
 import comfy.model_management
-import comfy.model_patcher
-import comfy.ops
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
-from ..diffbir_core.arch.ldm_blocks import GroupNorm32, Linear, clear_context_caches, linear
-from ..diffbir_core.padding import pad_to_multiple
-from ..diffbir_core.schedule import LATENT_SCALE
-from .images import rgb_image
-from .vae import check_sd_vae, encode_pixels, latent_fits
+from diffbir_core.arch.ldm_blocks import clear_context_caches
 
-log = logging.getLogger(__name__)
+from .condition import encode_condition
+from .patching import wrap_in_patcher
+from .vae import latent_fits
 
-# The official code pads the stage-1 image with zeros (bottom/right) to a multiple of 64 before the VAE
-# encode (DiffBIR main `Pipeline.apply_cldm`, untiled path); the VAE's mid-block attention sees the whole
-# padded latent, so the pad size changes every latent pixel slightly and we keep the official 64.
-CONDITION_PAD = 64
+log = logging.getLogger("comfyui-diffbir")
 
 # transformer_options keys the DiffBIR Sampler sets for one model call (ComfyUI hands transformer_options to
 # get_control). Absent, as with the stock samplers, the control behaves as it always did.
 TILE_KEY = "diffbir_tile"  # (y0, y1, x0, x1): latent window of the current tile of tiled diffusion
 MODEL_TIMESTEP_KEY = "diffbir_model_t"  # the exact (possibly fractional) model timestep of the call
-
-
-# ----------------------------------------------------------------------------- model preparation
-
-
-def _ops_classes():
-    """Leaf layer classes -> ComfyUI ops classes that can cast/offload weights (lowvram loading)."""
-    ops = comfy.ops.disable_weight_init
-    mapping = {}
-    for name in ("Linear", "Conv2d", "LayerNorm", "GroupNorm"):
-        cls = getattr(ops, name, None)
-        if cls is not None:
-            mapping[getattr(torch.nn, name)] = cls
-    if torch.nn.GroupNorm in mapping:
-        base = mapping[torch.nn.GroupNorm]
-
-        class ComfyGroupNorm32(base):
-            """GroupNorm evaluated in float32 (DiffBIR's GroupNorm32) on top of ComfyUI's castable GroupNorm."""
-
-            def forward(self, x):
-                return super().forward(x.float()).to(x.dtype)
-
-        mapping[GroupNorm32] = ComfyGroupNorm32
-    if torch.nn.Linear in mapping:
-
-        class ComfyLinear(mapping[torch.nn.Linear], Linear):
-            """ComfyUI's castable Linear computing with our kernel (diffbir_core's `linear`: oneDNN's GEMM on the
-            CPU) both fully loaded (our forward) and when ComfyUI casts the weights per call, so a partial load
-            gives the same bits as a full one."""
-
-            def forward_comfy_cast_weights(self, *args, **kwargs):
-                with _OurLinear():
-                    return super().forward_comfy_cast_weights(*args, **kwargs)
-
-        mapping[Linear] = ComfyLinear
-    return mapping
-
-
-class _OurLinear(TorchFunctionMode):
-    """Routes F.linear to diffbir_core's `linear` while active (ComfyUI's cast path calls F.linear itself)."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.linear:
-            return linear(*args, **(kwargs or {}))
-        return func(*args, **(kwargs or {}))
-
-
-def use_comfy_ops(model: torch.nn.Module) -> torch.nn.Module:
-    """Swap the leaf layers to ComfyUI's ops classes in place (same parameters, same maths).
-
-    ComfyUI's partial ("lowvram") loading keeps the weights of such layers on the offload device and
-    casts them to the compute device per call; plain torch layers would stay behind on the CPU.
-    """
-    try:
-        mapping = _ops_classes()
-    except Exception as err:  # an unknown ComfyUI version: plain layers still work when fully loaded
-        log.debug("DiffBIR: comfy.ops layers unavailable (%s); keeping torch layers", err)
-        return model
-    for module in model.modules():
-        target = mapping.get(type(module))
-        if target is None and _is_groupnorm32(module):
-            target = mapping.get(GroupNorm32)
-        if target is None and _is_ours(module, Linear):
-            target = mapping.get(Linear)
-        if target is not None:
-            module.__class__ = target
-    return model
-
-
-def _is_ours(module, cls) -> bool:
-    # By name too: diffbir_core may be imported twice (as part of this package and top-level, e.g. in tests).
-    kind = type(module)
-    return kind is cls or (kind.__name__ == cls.__name__ and kind.__module__.endswith("arch.ldm_blocks"))
-
-
-def _is_groupnorm32(module) -> bool:
-    return isinstance(module, GroupNorm32) or type(module).__name__ == "GroupNorm32"
-
-
-# The blocks DiffBIR casts in its half-precision mode (`ControlLDM.cast_dtype`); the time embedding stays
-# float32 and every GroupNorm32 is cast back to float32.
-_HALF_BLOCKS = ("input_blocks", "middle_block", "zero_convs", "middle_block_out")
-
-
-def cast_controlnet(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """float32 everywhere, then the official half-precision policy for fp16/bf16."""
-    model.float()
-    if dtype in (torch.float16, torch.bfloat16):
-        for name in _HALF_BLOCKS:
-            getattr(model, name).to(dtype)
-        for module in model.modules():
-            if _is_groupnorm32(module):
-                module.float()
-    return model
-
-
-def wrap_in_patcher(model: torch.nn.Module, load_device=None):
-    """A ModelPatcher so ComfyUI loads/offloads the network with the UNet (load device: ComfyUI's torch device).
-
-    The plain ModelPatcher on purpose: newer hosts wrap their own ControlNets in ``CoreModelPatcher``, which may
-    be the dynamic-VRAM patcher that streams weights of ComfyUI-built modules; ours are torch modules whose
-    leaf layers use comfy.ops (``use_comfy_ops``), which the plain patcher's (lowvram) loading handles in every
-    host. Devices go by name: later hosts add keyword arguments (``fast_disk``) after them.
-    """
-    return comfy.model_patcher.ModelPatcher(
-        model,
-        load_device=load_device if load_device is not None else comfy.model_management.get_torch_device(),
-        offload_device=comfy.model_management.unet_offload_device(),
-    )
-
-
-# ----------------------------------------------------------------------------- condition latent
-
-
-def encode_condition(vae, image: torch.Tensor, tile_size: int = 0, tile_stride: int = 0
-                     ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The official condition latent of `image` (NHWC in [0, 1]): VAE posterior mode of 2x-1, times 0.18215.
-
-    The image is zero padded (bottom/right) to a multiple of 64 like the official untiled pipeline; the
-    latent of the whole padded image is returned with the unpadded pixel size (H, W), and the latent is
-    cropped to the sampler's size when used. ComfyUI's `VAE.encode` maps [0, 1] to [-1, 1] itself and
-    returns the unscaled posterior mode (DiagonalGaussianRegularizer(sample=False)). With `tile_size` (pixels)
-    an image larger than one tile is encoded in gaussian-blended tiles (official v2.0.0 `vae_encode_tiled`).
-    """
-    image = rgb_image(image, "image")  # RGBA -> RGB, gray -> RGB; empty and NaN/Inf images refused
-    check_sd_vae(vae, "DiffBIR")
-    h, w = image.shape[1:3]
-    pixels = pad_to_multiple(image.movedim(-1, 1).float(), CONDITION_PAD)
-    latent = encode_pixels(vae, pixels, tile_size, tile_stride)
-    return latent.float() * LATENT_SCALE, (h, w)
-
-
-# ----------------------------------------------------------------------------- the control object
 
 
 class DiffBIRControl(comfy.controlnet.ControlBase):

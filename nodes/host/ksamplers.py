@@ -1,4 +1,4 @@
-"""The official solvers as ComfyUI KSAMPLERs: the stock sampler lists and the DiffBIR Sampler Select node.
+"""The official solvers as ComfyUI KSAMPLERs: the stock sampler lists and the DiffBIR Sampler Select node's SAMPLER.
 
 The solvers are registered as ``diffbir_<name>`` (``++`` -> ``pp``) for the stock KSamplerSelect / SamplerCustom /
 KSampler and returned by "DiffBIR Sampler Select". As KSAMPLERs they get ComfyUI's sigmas: the solver maths and
@@ -6,7 +6,7 @@ the noise order (the sampler's draws continue the seeded CPU stream after the st
 one stream) are the official ones; the EDM solvers run on the host's sigmas instead of the official EDM grid, and
 spaced / ddim / dpm++_m2 run their own official grid for len(sigmas) - 1 steps (only the step count is taken from
 the sigmas; they refuse to start part-way, e.g. denoise < 1). The official grids come from the DiffBIR Sampler
-node.
+node. The pack registers them when ComfyUI loads it (the extension's node list), never on import.
 """
 
 from __future__ import annotations
@@ -16,44 +16,11 @@ import logging
 import comfy.samplers
 import torch
 
-from ..diffbir_core.sampling import (
-    DDPM_FAMILY,
-    EDM_FAMILY,
-    OFFICIAL_DEFAULTS,
-    SAMPLER_NAMES,
-    SOLVERS,
-    GeneratorNoise,
-    NoiseSource,
-    ksampler_function,
-)
-from .host_model import host_diffusion
-from .lacontrolnet import model_sampling_kind
+from diffbir_core.sampling import DDPM_FAMILY, SAMPLER_NAMES, GeneratorNoise, NoiseSource, ksampler_function
 
-log = logging.getLogger(__name__)
+from .model_sampling import host_diffusion, model_sampling_kind
 
-DEFAULT_SAMPLER = "edm_dpm++_3m_sde"  # official v2.1 CLI: edm_dpm++_3m_sde, 10 steps, cfg 6
-TIP_SAMPLER = (
-    "The official DiffBIR sampler, on its own official timestep grid. v2.1 default: edm_dpm++_3m_sde (10 steps, "
-    "cfg 6). Paper (v2) recipe: spaced (50 steps, cfg 4). spaced/ddim/dpm++_m2 are the DDPM-family samplers; "
-    "edm_* are the k-diffusion solvers on DiffBIR's EDM grid.")
-SAMPLER_NAME_INPUT = (list(SAMPLER_NAMES), {"default": DEFAULT_SAMPLER, "tooltip": TIP_SAMPLER})
-# The official EDM extras, shared by the DiffBIR Sampler's optional inputs and the Select node.
-SOLVER_SETTING_INPUTS = {
-    "s_churn": ("FLOAT", {"default": OFFICIAL_DEFAULTS["s_churn"], "min": 0.0, "max": 100.0, "step": 0.01,
-                          "tooltip": "edm_euler / edm_heun / edm_dpm_2: churn (official default 0)."}),
-    "s_tmin": ("FLOAT", {"default": OFFICIAL_DEFAULTS["s_tmin"], "min": 0.0, "max": 10000.0, "step": 0.01,
-                         "tooltip": "Churn applies for s_tmin <= sigma <= s_tmax (official 0)."}),
-    "s_tmax": ("FLOAT", {"default": OFFICIAL_DEFAULTS["s_tmax"], "min": 0.0, "max": 100000.0,
-                         "step": 0.01, "tooltip": "See s_tmin (official 300)."}),
-    "s_noise": ("FLOAT", {"default": OFFICIAL_DEFAULTS["s_noise"], "min": 0.0, "max": 100.0, "step": 0.01,
-                          "tooltip": "Noise multiplier of the churn, ancestral and SDE edm_* samplers "
-                                     "(official 1)."}),
-    "eta": ("FLOAT", {"default": OFFICIAL_DEFAULTS["eta"], "min": 0.0, "max": 100.0, "step": 0.01,
-                      "tooltip": "Ancestral / SDE edm_* samplers: amount of fresh noise (official 1; 0 "
-                                 "makes them deterministic)."}),
-    "order": ("INT", {"default": OFFICIAL_DEFAULTS["order"], "min": 1, "max": 4,
-                      "tooltip": "edm_lms: order of the linear multistep (official 1)."}),
-}
+log = logging.getLogger("comfyui-diffbir")
 
 
 def ksampler_name(official: str) -> str:
@@ -138,43 +105,12 @@ def register_ksamplers() -> list[str]:
     return sorted(set(added))
 
 
-class DiffBIRSamplerSelect:
-    DESCRIPTION = (
-        "One of DiffBIR's official samplers as a SAMPLER for the stock SamplerCustom / SamplerCustomAdvanced. "
-        "They use the scheduler's sigmas: the edm_* solvers step on them (not on DiffBIR's EDM grid), spaced, ddim "
-        "and dpm++_m2 run their own official grid with as many steps as the sigmas have. For the official grids "
-        "use the DiffBIR Sampler node. (The same samplers appear as diffbir_* in the stock sampler lists, with the "
-        "official default settings.)")
-    CATEGORY = "DiffBIR"
-    FUNCTION = "get_sampler"
-    RETURN_TYPES = ("SAMPLER",)
-    RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("The sampler, for SamplerCustom's 'sampler' input.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"sampler_name": SAMPLER_NAME_INPUT, **SOLVER_SETTING_INPUTS}}
-
-    def get_sampler(self, sampler_name, s_churn, s_tmin, s_tmax, s_noise, eta, order):
-        if sampler_name not in SAMPLER_NAMES:
-            raise ValueError(f"DiffBIR Sampler Select: unknown sampler_name {sampler_name!r}; choose one of "
-                             f"{', '.join(SAMPLER_NAMES)}.")
-        settings = {}
-        if sampler_name in EDM_FAMILY:
-            reads = SOLVERS[sampler_name[len("edm_"):]][1]
-            given = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise, "eta": eta,
-                     "order": int(order)}
-            settings = {k: v for k, v in given.items() if k in reads}
-        return (official_ksampler(sampler_name, **settings),)
-
-
-try:
-    REGISTERED_KSAMPLERS = register_ksamplers()
-except (AttributeError, ImportError, TypeError) as err:  # an unexpected ComfyUI: the nodes still work, only the stock lists miss our names
-    REGISTERED_KSAMPLERS = []
-    log.warning("DiffBIR: could not add the diffbir_* samplers to ComfyUI's sampler lists (%s); use the "
-                "'DiffBIR Sampler Select' node instead.", err)
-
-
-NODE_CLASS_MAPPINGS = {"DiffBIRSamplerSelect": DiffBIRSamplerSelect}
-NODE_DISPLAY_NAME_MAPPINGS = {"DiffBIRSamplerSelect": "DiffBIR Sampler Select"}
+def register_ksamplers_or_warn() -> list[str]:
+    """`register_ksamplers`, or a warning when this ComfyUI's sampler lists are not where they used to be (the
+    nodes still work; only the stock lists miss our names)."""
+    try:
+        return register_ksamplers()
+    except (AttributeError, ImportError, TypeError) as err:
+        log.warning("DiffBIR: could not add the diffbir_* samplers to ComfyUI's sampler lists (%s); use the "
+                    "'DiffBIR Sampler Select' node instead.", err)
+        return []
