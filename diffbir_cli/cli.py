@@ -1,6 +1,6 @@
 """``python -m diffbir_cli``: restore images with the shipped workflows, download their weights.
 
-    python -m diffbir_cli restore INPUT... --workflow v2.1-sr --out DIR [--upscale 4] [--steps N] [--seed S]
+    python -m diffbir_cli restore INPUT... --out DIR [--workflow NAME] [--upscale F] [--steps N] [--seed S]
                                   [--set NODE.INPUT=VALUE ...] [--offline] [--models DIR] [--mirror URL]
     python -m diffbir_cli download (--workflow NAME ... | FILE ... | --all) [--models DIR] [--mirror URL]
     python -m diffbir_cli setup [--tests]  (set up ComfyUI, install what the main job needs, check it boots)
@@ -11,9 +11,9 @@
 (``fetch.py``), then runs one prompt per input image (models stay loaded between them) and writes
 ``<stem>.png`` files to ``--out``. ``setup`` is ``install.py``.
 
-Exit status (``errors.py``): 0 done; 2 usage or input error (unknown workflow, not an image, bad --set); 3
-weights missing with --offline; 4 no usable ComfyUI (run setup); 1 anything else. Errors are one sentence on
-stderr (``--debug``: traceback).
+Exit status (``errors.py``): 0 done; 2 usage or input error (unknown workflow, an input that is not an image or
+does not decode completely, bad --set, a value out of range); 3 weights missing with --offline; 4 no usable
+ComfyUI (run setup); 1 anything else. Errors are one sentence on stderr (``--debug``: traceback).
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ from . import workflow as wfl
 from .errors import EXIT_FAILURE, EXIT_MISSING_WEIGHTS, EXIT_NO_COMFYUI, EXIT_OK, EXIT_USAGE, CliError
 from .mirrors import MIRROR_ENV, MirrorError, mirror_map
 
+# The restore usage line of --help, the module docstring and the README: INPUT and --out are required.
+RESTORE_USAGE = ("%(prog)s INPUT... --out DIR [--workflow NAME] [--upscale F] [--steps N] [--seed S]\n"
+                 "       [--set NODE.INPUT=VALUE ...] [--offline] [--cpu] [--max-memory SIZE] [--models DIR] "
+                 "[--mirror URL] [-v] [--debug]")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 PRELOAD_ENV = "DIFFBIR_CLI_PRELOAD"
 
@@ -61,15 +65,60 @@ def print_list() -> int:
 # --------------------------------------------------------------------------------------------- inputs
 
 
+_GIVE_IMAGES = "give PNG, JPEG, WebP, BMP or TIFF files, or a folder of them"
+
+
 def _check_image(path: pathlib.Path) -> None:
+    """CliError(2) naming ``path`` unless Pillow decodes every frame of it completely.
+
+    Decoding (not only reading the header) is what finds a truncated file: Pillow opens one lazily, and ComfyUI's
+    Load Image fills the missing part without a word (it retries with ``LOAD_TRUNCATED_IMAGES``, see the README).
+    Pillow's own size limit stands: a header declaring more pixels than ``Image.MAX_IMAGE_PIXELS`` twice over (a
+    decompression bomb) is refused before anything is decoded; a large image under that limit is decoded.
+    """
+    from PIL import Image, ImageFile, ImageSequence, UnidentifiedImageError
+
+    if path.stat().st_size == 0:
+        raise CliError(f"{path} is empty (0 bytes), not an image: {_GIVE_IMAGES}", EXIT_USAGE)
+    truncated_ok = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # what another package may have set: a partial file must fail here
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large but under the limit: decoded
+            with Image.open(path) as img:
+                img.verify()  # checksums (PNG) and structure, without decoding
+            with Image.open(path) as img:
+                for frame in ImageSequence.Iterator(img):
+                    frame.load()
+    except Image.DecompressionBombError as err:
+        raise CliError(f"{path} declares {_declared_size(path)}, more than the {2 * Image.MAX_IMAGE_PIXELS} "
+                       f"pixels Pillow decodes for one image (a decompression bomb?), so it is not read: give a "
+                       f"smaller image ({type(err).__name__})", EXIT_USAGE) from None
+    except UnidentifiedImageError:
+        raise CliError(f"{path} is not an image (Pillow cannot identify its format): {_GIVE_IMAGES}",
+                       EXIT_USAGE) from None
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... for a damaged file
+        raise CliError(f"{path} is not an image that decodes completely: it is truncated or damaged "
+                       f"({type(err).__name__}: {err}); copy or download it again, or open and save it in an "
+                       "image editor", EXIT_USAGE) from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
+
+
+def _declared_size(path: pathlib.Path) -> str:
+    """'W x H pixels (N)' from the header alone (Pillow's open reads no pixel data), or 'a size' if unreadable."""
     from PIL import Image
 
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # only to read the header of a file already refused
     try:
         with Image.open(path) as img:
-            img.verify()
-    except Exception as err:  # noqa: BLE001 - PIL raises many types for a file that is not an image
-        raise CliError(f"{path} is not an image ({type(err).__name__}: {err}): give PNG, JPEG, WebP, BMP or TIFF "
-                       "files, or a folder of them", EXIT_USAGE) from None
+            w, h = img.size
+        return f"{w} x {h} pixels ({w * h})"
+    except Exception:  # noqa: BLE001 - the message is the point, not this detail
+        return "a size"
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def collect_inputs(items: list[str]) -> list[pathlib.Path]:
@@ -183,15 +232,41 @@ def _files_in_host(host):
 # --------------------------------------------------------------------------------------------- restore
 
 
-def _apply_options(api: dict, args, node_info) -> None:
+def _apply_options(api: dict, args, node_info) -> dict[tuple[str, str], str]:
+    """Put --upscale, --steps, --seed and --set into the prompt (a value outside an input's range is an error
+    naming the option); {(node id, input): the option as given} for every input they set."""
+    given: dict[tuple[str, str], str] = {}
+
+    def note(ids: list[str], table: dict, option: str, value) -> None:
+        given.update({(i, table[api[i]["class_type"]]): f"{option} {value}" for i in ids})
+
     if args.upscale is not None:
-        wfl.set_upscale(api, float(args.upscale))
+        note(wfl.set_upscale(api, args.upscale, "--upscale", node_info), wfl.UPSCALE_INPUTS, "--upscale", args.upscale)
     if args.steps is not None:
-        wfl.set_by_type(api, wfl.STEPS_INPUTS, int(args.steps), "--steps")
+        note(wfl.set_by_type(api, wfl.STEPS_INPUTS, args.steps, "--steps", node_info), wfl.STEPS_INPUTS, "--steps",
+             args.steps)
     if args.seed is not None:
-        wfl.set_by_type(api, wfl.SEED_INPUTS, int(args.seed), "--seed")
+        note(wfl.set_by_type(api, wfl.SEED_INPUTS, args.seed, "--seed", node_info), wfl.SEED_INPUTS, "--seed",
+             args.seed)
     for text in args.set or []:
-        wfl.set_input(api, *wfl.parse_set(text), node_info)
+        node, name, raw = wfl.parse_set(text)
+        given[(wfl.set_input(api, node, name, raw, node_info), name)] = f"--set {text}"
+    return given
+
+
+def _rejected_option(err, given: dict[tuple[str, str], str]) -> CliError | None:
+    """A ComfyUI validation error about an input that an option set, worded with that option (None: another
+    input, the generic message then says --set or the workflow)."""
+    for node_id, info in (getattr(err, "node_errors", None) or {}).items():
+        for reason in info.get("errors", []):
+            name = (reason.get("extra_info") or {}).get("input_name")
+            option = given.get((str(node_id), name))
+            if option:
+                why = ": ".join(str(p) for p in (reason.get("message"), reason.get("details")) if p)
+                return CliError(f"{option} is not accepted: ComfyUI rejected {name} of node {node_id} "
+                                f"({info.get('class_type')}) ({why}): give {option.split()[0]} another value",
+                                EXIT_USAGE)
+    return None
 
 
 def _saved_images(host, outputs: dict, save_ids: list[str]) -> list[pathlib.Path]:
@@ -282,6 +357,7 @@ def cmd_restore(args) -> int:
             raise CliError(f"the output {out_dir / (stem + '.png')} would overwrite an input image: give another "
                            "--out folder", EXIT_USAGE)
 
+    from . import host as host_mod
     from .fetch import fetch_weights
     from .weights import files_needed
 
@@ -295,10 +371,16 @@ def cmd_restore(args) -> int:
             except wfl.WorkflowConversionError as err:
                 raise CliError(f"the workflow {wf.path.name} does not fit the nodes of this ComfyUI ({err}): update "
                                "ComfyUI or this extension", EXIT_USAGE) from err
-        _apply_options(api, args, host.node_info)
+        given = _apply_options(api, args, host.node_info)
         fetch_weights(files_needed(wfl.string_values(api)), models, found=_files_in_host(host),
                       offline=args.offline, mirrors=mirrors)
-        _run_images(host, api, images, out_dir, args.verbose)
+        try:
+            _run_images(host, api, images, out_dir, args.verbose)
+        except host_mod.PromptValidationError as err:
+            worded = _rejected_option(err, given)
+            if worded is None:
+                raise
+            raise worded from err
     return EXIT_OK
 
 
@@ -362,17 +444,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the workflows and exit")
     sub = parser.add_subparsers(dest="command", metavar="{restore,download,setup}")
 
+    # INPUT and --out are needed unless --list is given, which argparse cannot say: not required=True (that would
+    # refuse `restore --list`), but the usage and the group title say it, and cmd_restore checks it (exit 2).
     r = sub.add_parser("restore", parents=[common], help="restore images with a workflow",
+                       usage=f"{RESTORE_USAGE}\n       %(prog)s --list",
                        description="Restore images with a workflow from workflows/; one prompt per image, models "
                                    "loaded once; missing official weights are downloaded first.")
-    r.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders of images")
-    r.add_argument("-w", "--workflow", default="v2.1-sr",
+    needed = r.add_argument_group("required (except with --list)")
+    needed.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders of images")
+    needed.add_argument("-o", "--out", metavar="DIR", help="folder for the restored images (<stem>.png)")
+    r.add_argument("-w", "--workflow", default="v2.1-sr", metavar="NAME",
                    help="workflow alias, file stem or .json path (default v2.1-sr; see --list)")
-    r.add_argument("-o", "--out", metavar="DIR", help="folder for the restored images (<stem>.png)")
-    r.add_argument("--upscale", type=float, help="upscale factor of the photo (Stage1 SwinIR Restore, Face Detect & Align; "
-                                                       "not a Stage1 restoring face crops)")
-    r.add_argument("--steps", type=int, help="sampling steps (KSampler / DiffBIR Sampler)")
-    r.add_argument("--seed", type=int, help="sampling seed (KSampler / DiffBIR Sampler)")
+    r.add_argument("--upscale", type=float, metavar="F",
+                   help="upscale factor of the photo (Stage1 SwinIR Restore, Face Detect & Align; not a Stage1 "
+                        "restoring face crops)")
+    r.add_argument("--steps", type=int, metavar="N", help="sampling steps (KSampler / DiffBIR Sampler)")
+    r.add_argument("--seed", type=int, metavar="S", help="sampling seed (KSampler / DiffBIR Sampler)")
     r.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
                    help="set any widget: NODE is a node id, title or type (repeatable)")
     r.add_argument("--offline", action="store_true",

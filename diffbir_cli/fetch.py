@@ -67,10 +67,14 @@ def missing_files_message(files: Iterable[WeightFile | str], models_dir: str | o
 
 
 def _failed_message(failed: list[WeightFile], total: int, models_dir: Path) -> str:
-    files = "; ".join(f"{e.name} from {e.url} into {_where(e, models_dir)}" for e in failed)
-    return (f"{len(failed)} of {total} weight files failed (see the messages above): {files}. Download "
-            f"{'them' if len(failed) > 1 else 'it'} by hand into that folder and run again (--offline then checks "
-            "the files without the network), or download from a mirror with --mirror URL")
+    """The summary: one line per failed file with its official URL and its own folder (files go to different
+    folders: the SD checkpoints to checkpoints, the face detector to facedetection, the rest to diffbir)."""
+    each = "each by hand into the folder shown on its line" if len(failed) > 1 else "it by hand into that folder"
+    lines = [f"{len(failed)} of {total} weight files failed (see the messages above). Download {each} and run "
+             "again (--offline then checks the files without the network), or download from a mirror with "
+             "--mirror URL:"]
+    lines += [f"  {e.name} from {e.url} into {_where(e, models_dir)}" for e in failed]
+    return "\n".join(lines)
 
 
 def fetch_weights(files: Iterable[WeightFile | str], models_dir: str | os.PathLike, *,

@@ -26,6 +26,7 @@ import tempfile
 import uuid
 
 from .location import EXTENSION_NAME, REPO_ROOT, comfyui_path
+from .weights import make_model_folders
 from .workflow import WorkflowConversionError, workflow_to_api  # noqa: F401 - WorkflowConversionError re-exported
 
 # Model folders redirected to ``models_dir`` (plus every folder ComfyUI itself knows in-process).
@@ -38,7 +39,13 @@ log = logging.getLogger("diffbir_cli.host")
 
 
 class PromptValidationError(RuntimeError):
-    """execution.validate_prompt rejected a prompt (a user's input error, not a failed check of ours)."""
+    """execution.validate_prompt rejected a prompt (a user's input error, not a failed check of ours).
+
+    ``node_errors``: ComfyUI's own record, {node id: {"errors": [{"message", "details", "extra_info":
+    {"input_name", ...}}], "class_type"}}, for a caller that words its own message.
+    """
+
+    node_errors: dict = {}
 
 
 class PromptExecutionError(RuntimeError):
@@ -185,7 +192,9 @@ class Host:
         prompt_id = str(uuid.uuid4())
         valid = self.validate(prompt, prompt_id)
         if not valid[0] or (strict and (list(valid) + [None] * 4)[3]):
-            raise PromptValidationError(_format_validation(valid))
+            failure = PromptValidationError(_format_validation(valid))
+            failure.node_errors = (list(valid) + [None] * 4)[3] or {}
+            raise failure
         outputs = list(valid[2])
 
         executor = self.executor
@@ -272,7 +281,7 @@ def boot(output_dir, models_dir=None, *, cpu: bool = True, extra_model_paths=(),
     """Boot ComfyUI in this process (once; later calls return the same Host).
 
     output_dir: where Save Image writes. models_dir: a ComfyUI ``models`` folder put first for every
-    model folder (its checkpoints/, controlnet/, upscale_models/, diffbir/ are created).
+    model folder (the folders of the official files, ``weights.MODEL_FOLDERS``, are created).
     cpu: run on the CPU (ComfyUI's --cpu); False lets ComfyUI pick the GPU. extra_model_paths: YAML files in
     ComfyUI's extra_model_paths.yaml format to read (a user's own ComfyUI). path: the ComfyUI checkout
     (default ``comfyui_path()``). Input, temp and user folders are a fresh temp folder.
@@ -387,7 +396,6 @@ def _register_models_dir(folder_paths, models_dir: pathlib.Path) -> None:
     names = set(MODEL_FOLDERS) | {n for n in folder_paths.folder_names_and_paths if n != "custom_nodes"}
     for name in sorted(names):
         folder_paths.add_model_folder_path(name, str(models_dir / name), is_default=True)
-    for name in ("checkpoints", "controlnet", "upscale_models", "diffbir"):
-        (models_dir / name).mkdir(parents=True, exist_ok=True)
+    make_model_folders(models_dir)  # every folder an official file goes in (weights.MODEL_FOLDERS)
 
 

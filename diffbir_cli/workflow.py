@@ -341,7 +341,7 @@ def parse_set(text: str) -> tuple[str, str, str]:
     key, sep, value = text.partition("=")
     node, dot, name = key.strip().rpartition(".")
     if not sep or not dot or not node.strip() or not name.strip():
-        raise WorkflowError(f"--set {text!r} is not NODE.INPUT=VALUE: write e.g. --set KSampler.cfg=4.5 or "
+        raise WorkflowError(f"--set {text!r} is not NODE.INPUT=VALUE: write e.g. --set DiffBIRSampler.cfg=4.5 or "
                             "--set 10.steps=20 (NODE is a node id, title or type)")
     return node.strip(), name.strip(), value
 
@@ -388,22 +388,59 @@ def set_input(api: dict, node_ref: str, name: str, raw: str, node_info) -> str:
     if not _is_widget(typ, opts):
         raise WorkflowError(f"--set: input {name!r} of {label} is a {typ} connection, not a value: connect it in "
                             "the graph instead")
-    api[node_id]["inputs"][name] = _coerce(raw, typ if isinstance(typ, str) else "COMBO", f"input {name!r} of {label}")
+    value = _coerce(raw, typ if isinstance(typ, str) else "COMBO", f"input {name!r} of {label}")
+    _check_range(api, node_id, name, value, opts, f"--set {node_ref}.{name}={raw}")
+    api[node_id]["inputs"][name] = value
     return node_id
 
 
-def set_by_type(api: dict, table: dict, value, option: str) -> list[str]:
-    """Set ``value`` on every node whose type is in ``table`` ({type: input}); the ids set."""
+def _range_text(lo, hi) -> str:
+    if lo is not None and hi is not None:
+        return f"from {lo} to {hi}"
+    return f"at least {lo}" if lo is not None else f"at most {hi}"
+
+
+def _check_range(api: dict, node_id: str, name: str, value, opts: dict, given: str) -> None:
+    """WorkflowError naming ``given`` (the option as the user wrote it) when ``value`` is outside the input's
+    min/max: the check ComfyUI's validation makes, done before the start, in the words of the command line."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi = opts.get("min"), opts.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise WorkflowError(f"{given} is out of range: {name} of {_label(api, node_id)} takes a value "
+                            f"{_range_text(lo, hi)}")
+
+
+def check_option_ranges(api: dict, ids: list[str], table: dict, value, option: str, node_info) -> None:
+    """WorkflowError naming ``option`` (e.g. --steps) when ``value`` is outside the min/max of an input it sets.
+
+    ``ids``: the nodes the option set; ``table``: {node type: input}; ``node_info(class_type)``: /object_info.
+    """
+    for node_id in ids:
+        kind = api[node_id]["class_type"]
+        spec, _ = _input_spec(node_info(kind))
+        opts = {n: o for n, _, o in spec}.get(table[kind], {})
+        _check_range(api, node_id, table[kind], value, opts, f"{option} {value}")
+
+
+def set_by_type(api: dict, table: dict, value, option: str, node_info=None) -> list[str]:
+    """Set ``value`` on every node whose type is in ``table`` ({type: input}); the ids set.
+
+    With ``node_info`` (/object_info by class), a value outside an input's min/max is a WorkflowError naming
+    ``option``, not a ComfyUI validation error about a node input the user never named.
+    """
     ids = [i for i, n in api.items() if n["class_type"] in table]
     if not ids:
         raise WorkflowError(f"{option} does not apply to this workflow: it has no {' or '.join(table)} node "
                             "(use --set NODE.INPUT=VALUE for its own nodes)")
+    if node_info is not None:
+        check_option_ranges(api, ids, table, value, option, node_info)
     for i in ids:
         api[i]["inputs"][table[api[i]["class_type"]]] = value
     return ids
 
 
-def set_upscale(api: dict, value: float, option: str = "--upscale") -> list[str]:
+def set_upscale(api: dict, value: float, option: str = "--upscale", node_info=None) -> list[str]:
     """--upscale: the photo's upscale, on every Stage1 SwinIR Restore and Face Detect & Align, except a Stage1 that
     restores Face Detect & Align's aligned crops (officially at upscale 1; Paste Back needs the photo's size)."""
     def restores_crops(node: dict) -> bool:
@@ -418,7 +455,10 @@ def set_upscale(api: dict, value: float, option: str = "--upscale") -> list[str]
             api[i]["inputs"].pop("upscale", None)
         else:
             api[i]["inputs"]["upscale"] = old
-    return [i for i in ids if i not in crops]
+    ids = [i for i in ids if i not in crops]
+    if node_info is not None:
+        check_option_ranges(api, ids, UPSCALE_INPUTS, value, option, node_info)
+    return ids
 
 
 def set_image(api: dict, image_name: str) -> str:

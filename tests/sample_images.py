@@ -1,5 +1,10 @@
 """Seeded test images shared by the core and node tests (smooth content plus noise, so that restorers,
-degradations and metrics see image-like data rather than white noise)."""
+degradations and metrics see image-like data rather than white noise), and image files, whole or damaged, for the
+bad-input tests (tests/test_cli.py, tests/test_bad_inputs.py)."""
+
+import io
+import struct
+import zlib
 
 import numpy as np
 import torch
@@ -32,3 +37,22 @@ def skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:
         a.astype(np.float64), b.astype(np.float64), data_range=1.0, channel_axis=-1,
         gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
     )
+
+
+def photo_bytes(fmt: str, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A noise photo (width, height) as `fmt` (JPEG at quality 90, PNG, ...) file bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.effect_noise(size, 60).convert("RGB").save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG header declaring width x height pixels with almost no data: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))

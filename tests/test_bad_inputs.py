@@ -6,7 +6,8 @@
 * ``MATRIX``: one row per bad input a demanding user can hit. A row runs a graph through the host (``host``
   rows) or calls a node FUNCTION directly after the host booted, and expects either a specific message (an error
   raised by our code or by ComfyUI's own validation, never from deep inside torch) or a documented graceful
-  result (checked in the row). Run with ``-s`` to print what the user sees for each row.
+  result (checked in the row). Run with ``-s`` to print what the user sees for each row. The ``load-image-*`` rows
+  pin what ComfyUI's own Load Image does with damaged image files (the README says it; the pack cannot see it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pytest
 import torch
 from comfy_host import combo_options, node_module
 from random_checkpoints import manifest_shapes, random_state_dict, write_pickle
+from sample_images import photo_bytes, png_declaring
 from tiny_models import (
     TINY_SD21_NAME,
     tiny_sd21_checkpoint,
@@ -347,6 +349,59 @@ def wrong_text_encoder(env):
     return env.sample(pos, neg, (8, 8))
 
 
+# -- damaged image files in ComfyUI's own Load Image (a stock node: the pack's nodes get only its IMAGE tensor, never
+# the file). The command line refuses each of them before ComfyUI starts (tests/test_cli.py,
+# test_damaged_image_files_exit_2_naming_the_file); these rows pin what the README says happens inside ComfyUI.
+
+
+def load_image(env, name: str, data: bytes):
+    """Run the stock Load Image on `data` saved as `name` in ComfyUI's input folder; its IMAGE output."""
+    import folder_paths
+
+    path = Path(folder_paths.get_input_directory()) / name
+    path.write_bytes(data)
+    try:
+        env.run({"I": {"class_type": "LoadImage", "inputs": {"image": name}},
+                 "P": {"class_type": "PreviewImage", "inputs": {"images": ["I", 0]}}})
+        return env.output("I")
+    finally:
+        path.unlink()
+
+
+def load_image_fills_truncated(env, fmt: str, suffix: str, fill: int):
+    """A file cut in half loads without an error or a warning: full size, the missing rows one flat colour."""
+    from PIL import ImageFile
+
+    full = photo_bytes(fmt)
+    whole = load_image(env, f"bad_inputs_whole{suffix}", full)
+    with env.caplog.at_level(logging.WARNING):
+        cut = load_image(env, f"bad_inputs_truncated{suffix}", full[: len(full) // 2])
+    assert cut.shape == whole.shape == (1, 48, 64, 3)  # nothing in the IMAGE says a part is missing
+    assert torch.equal(cut[0, -1], torch.full((64, 3), fill / 255.0)) and not torch.equal(cut[0, -1], whole[0, -1])
+    assert not [r for r in env.caplog.records if r.levelno >= logging.WARNING], env.caplog.text
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # set only for ComfyUI's retry (node_helpers.pillow), then reset
+    return (f"handled by ComfyUI, silently: Load Image retries with Pillow's LOAD_TRUNCATED_IMAGES and fills the "
+            f"missing rows with {fill}; the pack's nodes cannot tell")
+
+
+def load_image_fails(env, name: str, data: bytes, error: str):
+    with pytest.raises(ch.PromptExecutionError) as err:
+        load_image(env, name, data)
+    message, origin = _user_message_and_origin(err.value, env.host)
+    event = next(d for ev, d in env.host.executor.status_messages if ev == "execution_error")
+    assert event["node_type"] == "LoadImage" and event["exception_type"].endswith(error), event
+    assert not Path(origin).resolve().is_relative_to(REPO)  # Pillow's error, inside ComfyUI: not ours to word
+    return f"ComfyUI's Load Image fails with Pillow's {error}: {message.splitlines()[0][:120]}"
+
+
+def load_image_wrong_extension(env):
+    png = photo_bytes("PNG")
+    as_png = load_image(env, "bad_inputs_photo.png", png)
+    assert torch.equal(load_image(env, "bad_inputs_png_named.jpg", png), as_png)
+    assert torch.equal(load_image(env, "bad_inputs_png_named.dat", png), as_png)  # VALIDATE_INPUTS: only "exists"
+    return "handled: Load Image decodes by content, whatever the suffix (a PNG named .jpg or .dat loads as the PNG)"
+
+
 NAN = IMG.clone()
 NAN[0, 3, 4, 1] = float("nan")
 INF = IMG.clone()
@@ -474,6 +529,14 @@ MATRIX = [
         r"DiffBIR Sampler: steps must be at least 1 \(got 0\)"),
     Row("sampler-negative-cfg-direct-call", sampler_row(lambda e: sampler_call(e, cfg=-1.0)),
         r"DiffBIR Sampler: cfg must be >= 0 \(got -1\.0\)"),
+    # -- damaged image files in the stock Load Image (what ComfyUI does; the command line refuses them first)
+    Row("load-image-truncated-jpeg", lambda e: load_image_fills_truncated(e, "JPEG", ".jpg", 128)),
+    Row("load-image-truncated-png", lambda e: load_image_fills_truncated(e, "PNG", ".png", 0)),
+    Row("load-image-zero-bytes", lambda e: load_image_fails(e, "bad_inputs_empty.png", b"", "UnidentifiedImageError")),
+    Row("load-image-decompression-bomb", lambda e: load_image_fails(e, "bad_inputs_bomb.png",
+                                                                    png_declaring(100_000, 100_000),
+                                                                    "DecompressionBombError")),
+    Row("load-image-wrong-extension", load_image_wrong_extension),
     # -- memory
     Row("huge-image-oom-tiles-retried", oom_tiles_retried),
     Row("huge-image-oom-at-every-size", lambda e: (oom_above(e, 64 * 64), e.run(stage1_graph(size=(64, 64),

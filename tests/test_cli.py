@@ -8,7 +8,9 @@
 * ``download`` against a local mirror on 127.0.0.1: a normal and a resumed transfer, the lock file keyed by
   the official URL, a present file checked against the lock, a changed file (SHA-256 mismatch), a size
   mismatch and a file of the wrong kind;
-* ``--list`` and each clear failure: one ``error:`` line, no traceback, its exit status.
+* ``--list`` and each clear failure: one ``error:`` line, no traceback, its exit status; among them the bad-input
+  matrix of image files (``DAMAGED``: truncated JPEG and PNG, a bad checksum, zero bytes, a non-image under an
+  image suffix, a decompression bomb's header) and option values out of range, named by the option given.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from diffbir_cli import workflow as wfl
 from diffbir_cli.lockfile import LOCK_FILE_NAME
 from diffbir_cli.weights import CATALOGUE, files_needed
 from local_server import serving
+from sample_images import photo_bytes, png_declaring
 from tiny_models import TINY_SD21_NAME, write_tiny_controlnet, write_tiny_sd21
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,6 +194,156 @@ def test_clear_failures_are_one_sentence_with_an_exit_status(tmp_path):
     assert "not an official DiffBIR weight file: mine.safetensors" in line
     assert "nothing to download" in error_line(cli("download", "--models", tmp_path), 2)
     assert not (tmp_path / "o").exists()
+
+
+def _half(fmt: str) -> bytes:
+    data = photo_bytes(fmt)
+    return data[: len(data) // 2]
+
+
+def _bad_checksum_png() -> bytes:
+    data = bytearray(photo_bytes("PNG"))
+    data[data.index(b"IDAT") + 40] ^= 0xFF
+    return bytes(data)
+
+
+# The bad-input matrix of the command line: file name -> (its bytes, what the error line says after the path).
+DAMAGED = {
+    "truncated.jpg": (lambda: _half("JPEG"), "is not an image that decodes completely: it is truncated or damaged "
+                                             "(OSError: image file is truncated"),
+    "truncated.png": (lambda: _half("PNG"), "is not an image that decodes completely: it is truncated or damaged"),
+    "bad-checksum.png": (_bad_checksum_png, "is not an image that decodes completely: it is truncated or damaged "
+                                            "(SyntaxError: broken PNG file"),
+    "zero-bytes.png": (lambda: b"", "is empty (0 bytes), not an image: give PNG, JPEG"),
+    "text-with-an-image-suffix.jpg": (lambda: b"not an image\n", "is not an image (Pillow cannot identify its format)"),
+    "bomb.png": (lambda: png_declaring(100_000, 100_000),
+                 "declares 100000 x 100000 pixels (10000000000), more than the 178956970 pixels Pillow decodes for one "
+                 "image (a decompression bomb?)"),
+}
+
+
+@pytest.mark.parametrize("name", DAMAGED)
+def test_damaged_image_files_exit_2_naming_the_file(tmp_path, name):
+    """Given by name or found in a folder beside a good image: exit 2, one line naming the file, before ComfyUI
+    starts (a truncated JPEG used to be restored with its missing part filled in grey, silently)."""
+    data, says = DAMAGED[name]
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    (folder / "a-good.png").write_bytes(photo_bytes("PNG"))
+    bad = folder / name
+    bad.write_bytes(data())
+    for target in (bad, folder):
+        line = error_line(cli("restore", target, "--out", out), 2)
+        assert line.startswith(f"error: {bad} {says}"), line
+    assert not out.exists()
+
+
+def test_inputs_are_read_by_content_and_a_partial_file_is_refused_however_pillow_is_set(tmp_path, monkeypatch):
+    """A good image under another suffix passes (Load Image decodes by content too); a truncated one is refused
+    even when another package left Pillow's LOAD_TRUNCATED_IMAGES on, and the setting is put back."""
+    from PIL import ImageFile
+
+    from diffbir_cli.errors import EXIT_USAGE, CliError
+
+    named = [tmp_path / n for n in ("png-named.jpg", "png-named.dat", "no-suffix")]
+    for path in named:
+        path.write_bytes(photo_bytes("PNG"))
+    assert cli_mod.collect_inputs([str(p) for p in named]) == named
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(_half("JPEG"))
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(CliError, match=rf"^{re.escape(str(cut))} is not an image that decodes completely") as err:
+        cli_mod.collect_inputs([str(cut)])
+    assert err.value.code == EXIT_USAGE and ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+def test_restore_help_shows_input_and_out_as_required_as_restore_requires_them(tmp_path):
+    helped = cli("restore", "--help")
+    assert helped.returncode == 0, helped.stderr
+    usage = helped.stdout.split("\n\n", 1)[0]
+    assert usage.startswith("usage: python -m diffbir_cli restore INPUT... --out DIR [--workflow NAME]"), usage
+    assert "[-o DIR]" not in usage and "[--out" not in usage and "python -m diffbir_cli restore --list" in usage
+    assert re.search(r"^required \(except with --list\):\n  INPUT .*\n  -o DIR, --out DIR ", helped.stdout,
+                     re.MULTILINE)
+    png = tmp_path / "in.png"
+    png.write_bytes(photo_bytes("PNG"))
+    assert error_line(cli("restore", png), 2) == "error: no output folder: add --out DIR"
+    assert "no input image" in error_line(cli("restore", "--out", tmp_path / "o"), 2)
+    assert cli("restore", "--list").returncode == 0
+
+
+def _default_api(comfy_host) -> dict:
+    return comfy_host.workflow_to_api(wfl.load_json(wfl.resolve("v2.1-sr").path))
+
+
+def test_values_out_of_range_name_the_option_they_came_from(comfy_host):
+    """--steps/--seed/--upscale/--set values outside an input's range: the error names the option as given, not
+    "--set NODE.INPUT=VALUE"; a rejection by ComfyUI's own validation of an input an option set is worded so too."""
+    from diffbir_cli.errors import EXIT_USAGE
+    from diffbir_cli.host import PromptValidationError
+
+    parser = cli_mod.build_parser()
+
+    def apply(*options):
+        api = _default_api(comfy_host)
+        args = parser.parse_args(["restore", "x.png", "--out", "o", *options])
+        return api, cli_mod._apply_options(api, args, comfy_host.node_info)
+
+    sampler = "node 10 ('DiffBIR Sampler', DiffBIRSampler)"
+    stage1 = "node 3 ('Stage1 SwinIR Restore', DiffBIRStage1Restore)"
+    for options, message in (
+            (("--steps", "-1"), f"--steps -1 is out of range: steps of {sampler} takes a value from 1 to 1000"),
+            (("--seed", "-1"), f"--seed -1 is out of range: seed of {sampler} takes a value from 0 to {2**64 - 1}"),
+            (("--upscale", "0.5"), f"--upscale 0.5 is out of range: upscale of {stage1} takes a value from 1.0 to 8.0"),
+            (("--upscale", "9"), f"--upscale 9.0 is out of range: upscale of {stage1} takes a value from 1.0 to 8.0"),
+            (("--set", "10.steps=0"), f"--set 10.steps=0 is out of range: steps of {sampler} takes a value from 1 to "
+                                      "1000")):
+        with pytest.raises(wfl.WorkflowError) as err:
+            apply(*options)
+        assert str(err.value) == message
+        assert cli_mod._message(err.value) == (message, EXIT_USAGE)
+
+    api, given = apply("--steps", "3", "--seed", "7", "--upscale", "2", "--set", "DiffBIRSampler.cfg=4.5")
+    assert given == {("10", "steps"): "--steps 3", ("10", "seed"): "--seed 7", ("3", "upscale"): "--upscale 2.0",
+                     ("10", "cfg"): "--set DiffBIRSampler.cfg=4.5"}
+    assert (api["10"]["inputs"]["steps"], api["10"]["inputs"]["cfg"], api["3"]["inputs"]["upscale"]) == (3, 4.5, 2.0)
+    api["10"]["inputs"]["steps"] = -1  # as if our check had let it through: ComfyUI's validation record
+    rejected = PromptValidationError("ComfyUI rejected the prompt")
+    rejected.node_errors = comfy_host.validate(api)[3]
+    worded = cli_mod._rejected_option(rejected, given)
+    assert str(worded) == ("--steps 3 is not accepted: ComfyUI rejected steps of node 10 (DiffBIRSampler) (Value -1 "
+                           "smaller than min of 1: steps): give --steps another value") and worded.code == EXIT_USAGE
+    assert cli_mod._rejected_option(rejected, {("10", "cfg"): "--set 10.cfg=4.5"}) is None  # not an option's input
+
+
+def test_an_option_out_of_range_stops_restore_before_the_weights(tmp_path):
+    """End to end: exit 2 naming --steps, before the missing weights are even looked at (--offline would exit 3)."""
+    png = tmp_path / "in.png"
+    png.write_bytes(photo_bytes("PNG"))
+    line = error_line(cli("restore", png, "--out", tmp_path / "o", "--offline", "--models", tmp_path / "models",
+                          "--steps", "-1"), 2)
+    assert line.startswith("error: --steps -1 is out of range: steps of node 10") and "NODE.INPUT" not in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_readme_set_examples_work_on_the_default_workflow(comfy_host):
+    """The README's --set examples and the example of the --set syntax error, on the default v2.1-sr workflow
+    (which has a DiffBIR Sampler, no KSampler); the README's quoted range error is the one restore prints."""
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    settings = readme[readme.index("- **Settings**"):readme.index("- **ComfyUI**")]
+    examples = re.findall(r'`--set "?([^`"]+)"?`', settings[settings.index("e.g. on the default workflow"):])[:3]
+    with pytest.raises(wfl.WorkflowError) as syntax:
+        wfl.parse_set("steps=3")
+    examples += re.findall(r"--set (\S+=\S+)", str(syntax.value).split("write e.g.", 1)[1])
+    assert examples == ["DiffBIRSampler.cfg=4.5", "Positive prompt.text=a cat", "3.tile_size=512",
+                        "DiffBIRSampler.cfg=4.5", "10.steps=20"], examples
+    api = _default_api(comfy_host)
+    for text in examples:
+        node = wfl.set_input(api, *wfl.parse_set(text), comfy_host.node_info)
+        assert str(api[node]["inputs"][text.split("=")[0].rsplit(".", 1)[1]]) == text.split("=", 1)[1].strip(), text
+    quoted = re.search(r"`error: (--steps -1 is out of range: [^`]+)`", settings).group(1)
+    with pytest.raises(wfl.WorkflowError, match=f"^{re.escape(quoted)}$"):
+        wfl.set_by_type(_default_api(comfy_host), wfl.STEPS_INPUTS, -1, "--steps", comfy_host.node_info)
 
 
 def test_set_finds_nodes_by_id_title_or_type_and_names_what_is_wrong():

