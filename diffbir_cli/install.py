@@ -28,9 +28,10 @@ import textwrap
 import urllib.parse
 import urllib.request
 
+from diffbir_weights.progress import fmt_size
+
 from . import location
 from .errors import EXIT_FAILURE, EXIT_NO_COMFYUI, CliError
-from .progress import fmt_size
 
 # ComfyUI 0.3.75's server.py imports requests (for its API nodes), but its requirements.txt does not list it.
 HOST_EXTRAS = ("requests",)

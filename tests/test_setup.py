@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 from diffbir_cli import location
-from diffbir_cli.weights import CATALOGUE
+from diffbir_weights.catalogue import CATALOGUE
 
 REPO = Path(__file__).resolve().parent.parent
 TORCH_DISTRIBUTIONS = ("torch", "torchvision", "torchaudio")
