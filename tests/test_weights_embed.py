@@ -136,4 +136,5 @@ def test_shipped_files_are_up_to_date(path):
     text = path.read_text(encoding="utf-8")
     assert embed.dumps(embed.embed(json.loads(text))) == text, \
         f"run: python -m diffbir_weights.embed {path.relative_to(REPO)}"
-    assert json.loads(text).get("models"), f"{path.name} lists no model files"
+    if path.parent.name == "workflows":  # every shipped workflow loads models (a blueprint may not)
+        assert json.loads(text).get("models"), f"{path.name} lists no model files"

@@ -380,7 +380,7 @@ def test_every_file_widget_has_its_models_entry(comfy_host, path):
             assert matching[0] == want, f"{label}: the entry disagrees with the catalogue"
             assert want in top, f"{label}: the top-level models list lacks {value!r}"
             seen.append(want)
-    assert seen, f"{path.name} names no model file"
+    assert seen or path in BLUEPRINTS, f"{path.name} names no model file"  # a blueprint may load nothing
     assert sorted(map(json.dumps, top)) == sorted(set(map(json.dumps, seen))), "top-level list: extra entries"
 
 
@@ -429,7 +429,7 @@ def test_models_entries_name_the_folders_the_loaders_list(comfy_host, comfy_mode
             finally:
                 probe.unlink()
                 comfy_host.refresh_models()
-    assert checked, f"{path.name} has no models entries"
+    assert checked or path in BLUEPRINTS, f"{path.name} has no models entries"
 
 
 @pytest.mark.parametrize("kind", sorted(LOADERS))
@@ -439,6 +439,7 @@ def test_the_loader_table_matches_the_nodes(comfy_host, comfy_models_dir, kind):
     import comfy_host as ch
 
     if kind not in comfy_host.node_classes:
+        assert not kind.startswith("DiffBIR"), f"catalogue.LOADERS names {kind}, which this pack does not register"
         pytest.skip(f"{kind} is not a node of this ComfyUI")
     loader = LOADERS[kind]
     for folder in (loader.folder, *loader.prefixed):
