@@ -8,12 +8,13 @@
 
 ``restore`` loads a graph from workflows/, converts it to an API prompt, boots ComfyUI in this process
 (``COMFYUI_PATH`` or the embedded 0.3.75, see ``location.py``), fetches missing official weights
-(``fetch.py``), then runs one prompt per input image (models stay loaded between them) and writes
+(``diffbir_weights.fetch``), then runs one prompt per input image (models stay loaded between them) and writes
 ``<stem>.png`` files to ``--out``. ``setup`` is ``install.py``.
 
 Exit status (``errors.py``): 0 done; 2 usage or input error (unknown workflow, an input that is not an image or
-does not decode completely, bad --set, a value out of range); 3 weights missing with --offline; 4 no usable
-ComfyUI (run setup); 1 anything else. Errors are one sentence on stderr (``--debug``: traceback).
+does not decode completely, bad --set, a value out of range); 3 weights missing with --offline (or
+DIFFBIR_OFFLINE=1); 4 no usable ComfyUI (run setup); 1 anything else. Errors are one sentence on stderr
+(``--debug``: traceback).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ import time
 import traceback
 import warnings
 
+from diffbir_weights.fetch import OFFLINE_ENV
+from diffbir_weights.mirrors import MIRROR_ENV, MirrorError, mirror_map
+
 from . import install, location
 from . import workflow as wfl
 from .errors import EXIT_FAILURE, EXIT_MISSING_WEIGHTS, EXIT_NO_COMFYUI, EXIT_OK, EXIT_USAGE, CliError
-from .mirrors import MIRROR_ENV, MirrorError, mirror_map
 
 # The restore usage line of --help, the module docstring and the README: INPUT and --out are required.
 RESTORE_USAGE = ("%(prog)s INPUT... --out DIR [--workflow NAME] [--upscale F] [--steps N] [--seed S]\n"
@@ -357,9 +360,10 @@ def cmd_restore(args) -> int:
             raise CliError(f"the output {out_dir / (stem + '.png')} would overwrite an input image: give another "
                            "--out folder", EXIT_USAGE)
 
+    from diffbir_weights.catalogue import files_needed
+    from diffbir_weights.fetch import fetch_weights
+
     from . import host as host_mod
-    from .fetch import fetch_weights
-    from .weights import files_needed
 
     with tempfile.TemporaryDirectory(prefix="diffbir-cli-output-") as tmp, _output_folder(out_dir):
         host, models = boot_host(args, pathlib.Path(tmp))
@@ -373,7 +377,7 @@ def cmd_restore(args) -> int:
                                "ComfyUI or this extension", EXIT_USAGE) from err
         given = _apply_options(api, args, host.node_info)
         fetch_weights(files_needed(wfl.string_values(api)), models, found=_files_in_host(host),
-                      offline=args.offline, mirrors=mirrors)
+                      offline=args.offline or None, mirrors=mirrors)
         try:
             _run_images(host, api, images, out_dir, args.verbose)
         except host_mod.PromptValidationError as err:
@@ -388,8 +392,8 @@ def cmd_restore(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from . import weights
-    from .fetch import fetch_weights
+    from diffbir_weights import catalogue as weights
+    from diffbir_weights.fetch import fetch_weights
 
     mirrors = mirror_map(args.mirror)
     entries = list(weights.CATALOGUE.values()) if args.all else []
@@ -463,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
                    help="set any widget: NODE is a node id, title or type (repeatable)")
     r.add_argument("--offline", action="store_true",
-                   help="never use the network; say which weight files to put where when some are missing")
+                   help="never use the network; say which weight files to put where when some are missing "
+                        f"(also when ${OFFLINE_ENV} is 1)")
     r.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
     r.add_argument("--max-memory", metavar="SIZE",
                    help="plan the tiles (tile_plan auto) for at most this much memory, e.g. 6GB; on the CPU this "
@@ -513,10 +518,11 @@ def _execution_message(err, debug: bool) -> str:
 
 
 def _message(err: BaseException, debug: bool = False) -> tuple[str, int]:
-    from .download import DownloadError
-    from .fetch import FetchError, MissingWeightsError
+    from diffbir_weights.download import DownloadError
+    from diffbir_weights.fetch import FetchError, MissingWeightsError
+    from diffbir_weights.lockfile import LockFileError
+
     from .host import PromptExecutionError, PromptValidationError
-    from .lockfile import LockFileError
 
     if isinstance(err, CliError):
         return str(err), err.code

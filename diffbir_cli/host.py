@@ -25,8 +25,9 @@ import sys
 import tempfile
 import uuid
 
+from diffbir_weights.catalogue import make_model_folders
+
 from .location import EXTENSION_NAME, REPO_ROOT, comfyui_path
-from .weights import make_model_folders
 from .workflow import WorkflowConversionError, workflow_to_api  # noqa: F401 - WorkflowConversionError re-exported
 
 # Model folders redirected to ``models_dir`` (plus every folder ComfyUI itself knows in-process).
@@ -281,7 +282,7 @@ def boot(output_dir, models_dir=None, *, cpu: bool = True, extra_model_paths=(),
     """Boot ComfyUI in this process (once; later calls return the same Host).
 
     output_dir: where Save Image writes. models_dir: a ComfyUI ``models`` folder put first for every
-    model folder (the folders of the official files, ``weights.MODEL_FOLDERS``, are created).
+    model folder (the folders of the official files, ``diffbir_weights.catalogue.MODEL_FOLDERS``, are created).
     cpu: run on the CPU (ComfyUI's --cpu); False lets ComfyUI pick the GPU. extra_model_paths: YAML files in
     ComfyUI's extra_model_paths.yaml format to read (a user's own ComfyUI). path: the ComfyUI checkout
     (default ``comfyui_path()``). Input, temp and user folders are a fresh temp folder.
@@ -396,6 +397,6 @@ def _register_models_dir(folder_paths, models_dir: pathlib.Path) -> None:
     names = set(MODEL_FOLDERS) | {n for n in folder_paths.folder_names_and_paths if n != "custom_nodes"}
     for name in sorted(names):
         folder_paths.add_model_folder_path(name, str(models_dir / name), is_default=True)
-    make_model_folders(models_dir)  # every folder an official file goes in (weights.MODEL_FOLDERS)
+    make_model_folders(models_dir)  # every folder an official file goes in (diffbir_weights.catalogue.MODEL_FOLDERS)
 
 

@@ -6,7 +6,7 @@
    without installing (``--dry-run --report``), so setup says what it will install and how big it is, installs
    exactly those files, and runs nothing when everything is there. A torch that is already installed is kept
    (a constraint pins it): ComfyUI owns torch, and its build (CPU, a CUDA version) is the user's choice.
-3. The models folders every official file goes in (``weights.MODEL_FOLDERS``), and a warning when the torch
+3. The models folders every official file goes in (``diffbir_weights.catalogue.MODEL_FOLDERS``), and a warning when the torch
    installed is a CUDA build on a machine without an NVIDIA GPU (GBs that only run on the CPU here).
 4. The proof: a fresh Python boots that ComfyUI once, in-process, and imports this extension's nodes.
 
@@ -30,10 +30,11 @@ import textwrap
 import urllib.parse
 import urllib.request
 
+from diffbir_weights.catalogue import make_model_folders
+from diffbir_weights.progress import fmt_size
+
 from . import location
 from .errors import EXIT_FAILURE, EXIT_NO_COMFYUI, CliError
-from .progress import fmt_size
-from .weights import make_model_folders
 
 # ComfyUI 0.3.75's server.py imports requests (for its API nodes), but its requirements.txt does not list it.
 HOST_EXTRAS = ("requests",)

@@ -31,10 +31,11 @@ import torch
 from safetensors.torch import load_file
 
 from diffbir_cli import cli as cli_mod
-from diffbir_cli import mirrors
 from diffbir_cli import workflow as wfl
-from diffbir_cli.lockfile import LOCK_FILE_NAME
-from diffbir_cli.weights import CATALOGUE, files_needed
+from diffbir_weights import mirrors
+from diffbir_weights.catalogue import CATALOGUE, files_needed
+from diffbir_weights.fetch import OFFLINE_ENV
+from diffbir_weights.lockfile import LOCK_FILE_NAME
 from local_server import serving
 from sample_images import photo_bytes, png_declaring
 from tiny_models import TINY_SD21_NAME, write_tiny_controlnet, write_tiny_sd21
@@ -50,7 +51,8 @@ TINY_RUN = ["--workflow", "v2.1-sr", "--steps", "1", "--upscale", "2",
 
 
 def cli(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if k not in (mirrors.MIRROR_ENV, cli_mod.PRELOAD_ENV)}
+    full = {k: v for k, v in os.environ.items()
+            if k not in (mirrors.MIRROR_ENV, OFFLINE_ENV, cli_mod.PRELOAD_ENV)}
     full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
     full["OMP_NUM_THREADS"] = "1"  # tiny networks on a shared CPU: one thread is faster
     full.update(env or {})
@@ -391,6 +393,16 @@ def test_steps_and_seed_reach_the_stock_custom_sampling_graph():
     assert (api[scheduler]["inputs"], api[noise]["inputs"]) == ({"steps": 3}, {"noise_seed": 7})
 
 # ------------------------------------------------------------------------------------------------ download
+
+
+def test_download_with_the_offline_environment_variable_lists_the_files(tmp_path, mirror, payloads):
+    """DIFFBIR_OFFLINE=1 (the switch a node shares) acts as --offline: exit 3, each file with URL and folder."""
+    models = tmp_path / "models"
+    mirror.serve("v2.pth", payloads["bsrnet"])
+    proc = cli("download", "v2.pth", "--models", models, "--mirror", mirror.base, env={OFFLINE_ENV: "1"})
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"from {CATALOGUE['v2.pth'].url}" in proc.stderr and f"into {models / 'diffbir'}" in proc.stderr
+    assert mirror.requests == [] and not (models / "diffbir" / "v2.pth").exists()
 
 
 def test_download_subcommand_against_a_local_mirror(tmp_path, mirror, payloads):

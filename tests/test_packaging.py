@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MAX_ARCHIVE_BYTES = 3 * 1024 * 1024
 WEIGHT_SUFFIXES = {".safetensors", ".ckpt", ".pth", ".pt", ".bin", ".onnx", ".gguf"}
-RUNTIME_DIRS = ("nodes", "diffbir_core", "diffbir_cli")
+RUNTIME_DIRS = ("nodes", "diffbir_core", "diffbir_weights", "diffbir_cli")
 TOP_LEVEL_FILES = ("__init__.py", "pyproject.toml", "README.md", "LICENSE", "requirements.txt")
 
 

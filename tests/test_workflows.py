@@ -3,6 +3,11 @@
 * Format: every file is a UI-format graph (version 0.4) whose nodes, links, slots and link types agree with
   each other and with the host's /object_info, that converts to an API prompt, and that carries a note naming
   its weight files; the official defaults (files, prompts, steps, cfg, upscale) are pinned per file.
+* Models metadata (``python -m diffbir_weights.embed``): every widget of a workflow or blueprint that names a
+  model file has its ``properties.models`` entry (name, URL and folder as the catalogue gives them) and the
+  top-level ``models`` list has it; a file placed at ``<directory>/<name>`` is what the frontend's folder
+  listing shows and what the loader node offers under that name; the catalogue's ``LOADERS`` table agrees with
+  the nodes' lists.
 * Execution: every workflow runs end to end with the official file names replaced by small random-weight
   models (the tiny SD 2.1 shape-alike through the stock checkpoint loader, tiny ControlNets and stage-1
   networks), sampler steps (DiffBIR Sampler, KSampler, BasicScheduler) reduced to 2 and Stage1's minimum short edge lowered from 512 to 64 (CPU time:
@@ -23,12 +28,14 @@ import pytest
 import torch
 
 from diffbir_core import stage1 as stage1_core
-from diffbir_cli import weights
+from diffbir_weights import catalogue as weights
+from diffbir_weights.catalogue import LOADERS
 from tiny_models import (TINY_SD21_NAME, face_node_module, one_face, tiny_sd21_checkpoint, write_tiny_controlnet,
                          write_tiny_retinaface, write_tiny_stage1)
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+BLUEPRINTS = sorted((REPO / "subgraphs").glob("*.json"))  # subgraph blueprints, served at /global_subgraphs
 VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 _PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 PACK_ID = (_PYPROJECT["name"], _PYPROJECT["version"])  # what the frontend reads to offer installing the pack
@@ -305,6 +312,149 @@ def _check_sampler(api: dict, want: dict, sampler_id: str, sampler: dict, stage1
     if want["stage1"] is not None:
         inputs = stage1[0]["inputs"]
         assert (inputs["upscale"], inputs["version"], inputs["min_short_edge"]) == (*want["stage1"], 512)
+
+
+# ------------------------------------------------------------------------------------------------ models metadata
+
+
+def _graph_nodes(graph: dict):
+    """(where, node) for the nodes that load things: the graph's and its subgraph definitions', without notes,
+    primitives, reroutes and subgraph instances."""
+    subgraphs = (graph.get("definitions") or {}).get("subgraphs") or []
+    instances = {s.get("id") for s in subgraphs}
+    lists = [("", graph.get("nodes") or [])] + [(f"subgraph {s.get('name')!r}: ", s.get("nodes") or [])
+                                                 for s in subgraphs]
+    for where, nodes in lists:
+        for node in nodes:
+            if node.get("type") not in VIRTUAL and node.get("type") not in instances:
+                yield where, node
+
+
+def _widgets(comfy_host, node: dict) -> dict:
+    """The node's widget values by widget name, mapped as the host maps them (its links left out)."""
+    alone = {**node, "inputs": [{**i, "link": None} for i in node.get("inputs") or []],
+             "outputs": [{**o, "links": []} for o in node.get("outputs") or []], "mode": 0}
+    (api,) = comfy_host.workflow_to_api({"nodes": [alone], "links": []}).values()
+    return api["inputs"]
+
+
+def _options(info: dict, name: str) -> list:
+    """A COMBO widget's options from /object_info data ([options, {...}] or V3's ["COMBO", {"options": ...}])."""
+    spec = {**(info["input"].get("required") or {}), **(info["input"].get("optional") or {})}[name]
+    return spec[0] if isinstance(spec[0], list) else (spec[1] or {}).get("options") or []
+
+
+def _is_model_file(value) -> bool:
+    import folder_paths
+
+    return isinstance(value, str) and value.lower().endswith(tuple(folder_paths.supported_pt_extensions))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS + BLUEPRINTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_file_widget_has_its_models_entry(comfy_host, path):
+    """The frontend's missing-models check sees a node's file only through properties.models (name = the widget
+    value); each entry must say what the catalogue says, and the top-level list must hold every one of them."""
+    import comfy_host as ch
+
+    graph = load(path)
+    top = graph.get("models") or []
+    seen = []
+    for where, node in _graph_nodes(graph):
+        label = f"{path.name}: {where}node #{node['id']} ({node['type']})"
+        values = _widgets(comfy_host, node)
+        types = {name: typ for name, typ, _ in ch._input_spec(comfy_host.node_info(node["type"]))[0]}
+        entries = (node.get("properties") or {}).get("models") or []
+        for item in entries:
+            assert item["name"] in values.values(), f"{label}: stale entry {item['name']!r}"
+        for widget, value in values.items():
+            is_combo = isinstance(types[widget], list) or types[widget] == "COMBO"
+            if not (is_combo and _is_model_file(value)):
+                continue
+            matching = [item for item in entries if item["name"] == value]
+            assert len(matching) == 1, f"{label}: widget {widget} = {value!r} has {len(matching)} models entries"
+            official = weights.lookup(value)
+            assert official is not None, f"{label}: {value!r} is not in the catalogue"
+            want = {"name": value, "url": official.url, "directory": LOADERS[node["type"]].folder_of(value)}
+            if official.sha256:
+                want.update(hash=official.sha256, hash_type="sha256")
+            assert matching[0] == want, f"{label}: the entry disagrees with the catalogue"
+            assert want in top, f"{label}: the top-level models list lacks {value!r}"
+            seen.append(want)
+    assert seen or path in BLUEPRINTS, f"{path.name} names no model file"  # a blueprint may load nothing
+    assert sorted(map(json.dumps, top)) == sorted(set(map(json.dumps, seen))), "top-level list: extra entries"
+
+
+def _probe_in(comfy_models_dir: Path, directory: str, relative: str) -> Path:
+    """An empty probe file at <directory>/<relative> of the test models folder (never the user's)."""
+    import os
+
+    import folder_paths
+
+    folder = comfy_models_dir / directory
+    assert os.path.normpath(folder) in map(os.path.normpath, folder_paths.get_folder_paths(directory)), \
+        f"the host does not read models/{directory} from the test models folder"
+    probe = folder / relative
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b"")
+    return probe
+
+
+@pytest.mark.parametrize("path", WORKFLOWS + BLUEPRINTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_models_entries_name_the_folders_the_loaders_list(comfy_host, comfy_models_dir, path):
+    """For each entry: a file at <directory>/<name> (where the frontend looks, and where its download lands) is
+    listed by GET /experiment/models/<directory> under <name> (the frontend's presence check) and offered by
+    the loader's widget as <name>, the widget value. A probe file named like the entry stands in for it, so an
+    official name that a loader lists even when absent cannot make this pass."""
+    import folder_paths
+
+    files = type(comfy_host.server.model_file_manager)  # the class behind /experiment/models/<directory>
+    checked = 0
+    for where, node in _graph_nodes(load(path)):
+        values = _widgets(comfy_host, node)
+        for item in (node.get("properties") or {}).get("models") or []:
+            label = f"{path.name}: {where}node #{node['id']} ({node['type']}) {item['name']!r}"
+            directory = item["directory"]
+            assert directory in folder_paths.folder_names_and_paths, f"{label}: no models folder {directory!r}"
+            widget = next(k for k, v in values.items() if v == item["name"])
+            head, _, base = item["name"].replace("\\", "/").rpartition("/")
+            name = (head + "/" if head else "") + f"zz_probe_{uuid.uuid4().hex[:8]}_{base}"
+            probe = _probe_in(comfy_models_dir, directory, name)
+            try:
+                comfy_host.refresh_models()
+                listed = [f["name"].replace("\\", "/") for f in files().get_model_file_list(directory)]
+                assert name in listed, f"{label}: models/{directory} lists the file as another name ({listed})"
+                options = _options(comfy_host.node_info(node["type"]), widget)
+                assert name in options, f"{label}: {node['type']}.{widget} does not offer models/{directory}/{name}"
+                checked += 1
+            finally:
+                probe.unlink()
+                comfy_host.refresh_models()
+    assert checked or path in BLUEPRINTS, f"{path.name} has no models entries"
+
+
+@pytest.mark.parametrize("kind", sorted(LOADERS))
+def test_the_loader_table_matches_the_nodes(comfy_host, comfy_models_dir, kind):
+    """catalogue.LOADERS against the real nodes: a file in each folder it names appears in the node's list,
+    bare in the main folder and with the folder as prefix in the others; the table maps that value back."""
+    import comfy_host as ch
+
+    if kind not in comfy_host.node_classes:
+        assert not kind.startswith("DiffBIR"), f"catalogue.LOADERS names {kind}, which this pack does not register"
+        pytest.skip(f"{kind} is not a node of this ComfyUI")
+    loader = LOADERS[kind]
+    for folder in (loader.folder, *loader.prefixed):
+        probe = _probe_in(comfy_models_dir, folder, f"zz_probe_{uuid.uuid4().hex[:8]}.pth")
+        value = probe.name if folder == loader.folder else f"{folder}/{probe.name}"
+        try:
+            comfy_host.refresh_models()
+            info = comfy_host.node_info(kind)
+            lists = [_options(info, name) for name, typ, _ in ch._input_spec(info)[0]
+                     if isinstance(typ, list) or typ == "COMBO"]
+            assert any(value in options for options in lists), f"{kind} does not list {value!r}"
+            assert loader.folder_of(value) == folder
+        finally:
+            probe.unlink()
+            comfy_host.refresh_models()
 
 
 # ------------------------------------------------------------------------------------------------ execution

@@ -1,17 +1,24 @@
 """Download one weight file robustly, in three steps: request, resume, verify.
 
     result = download(url, entry.target(models_dir), expected_kind=entry.kind,
-                      lock_file=default_lock_file(models_dir), progress=TextProgress(entry.name))
+                      lock_file=default_lock_file(models_dir), progress=TextProgress(entry.name),
+                      cancel=None)
+
+``progress(done, total)`` is any callable (the CLI's text bar, a ComfyUI ProgressBar's ``update_absolute``);
+``cancel()`` is checked before each request and after each chunk: True stops with ``DownloadCancelled``, and an
+exception it raises itself (ComfyUI's ``throw_exception_if_processing_interrupted``) propagates unchanged;
+either way the ``.part`` stays for the next call to resume.
 
 * **request** (``_request``): one HTTP GET for what is still missing, with a Range header when a
   ``<dest>.part`` is there; only http and https, also across redirects; only the standard library.
 * **resume** (``_receive``, ``_resume``): append the body to ``.part``; after a dropped connection or a
-  timeout, request the rest again (bounded retries), keeping the ``.part`` when they are used up so that
-  the next call resumes. A server that ignores the range (200) restarts the file from zero; 416 on a
-  complete ``.part`` finishes it.
+  timeout, request the rest again (bounded retries), keeping the ``.part`` when they are used up (or the
+  caller cancels) so that the next call resumes. A server that ignores the range (200) restarts the file
+  from zero; 416 on a complete ``.part`` finishes it.
 * **verify** (``_verify``): the final size must equal what the server announced (Content-Length, or the
   total of Content-Range); the SHA-256 must match the lock file's record of the first download (or is
-  recorded); the file must open, safely (``diffbir_core.checkpoint``), as the expected checkpoint kind.
+  recorded); the file must open, safely (``diffbir_core.checkpoint``, the one import of the core here), as
+  the expected checkpoint kind.
   Only then is ``.part`` renamed to its final name. A failed check removes the ``.part``.
 
 Nothing is written under the models folder except the ``.part`` file, the final file and the lock file.
@@ -40,6 +47,7 @@ from .progress import fmt_size
 USER_AGENT = "comfyui-diffbir-downloader"
 
 Progress = Callable[[int, "int | None"], None]
+Cancel = Callable[[], bool]
 
 
 class DownloadError(RuntimeError):
@@ -48,6 +56,10 @@ class DownloadError(RuntimeError):
 
 class DownloadInterrupted(DownloadError):
     """The transfer broke off and retries were used up; the `.part` file is kept for resuming."""
+
+
+class DownloadCancelled(DownloadInterrupted):
+    """The caller's cancel() returned True; the `.part` file is kept for resuming."""
 
 
 class SizeMismatchError(DownloadError):
@@ -86,19 +98,25 @@ def manual_hint(official_url: str, dest: Path) -> str:
 # kind check (part of verify)
 
 
+def _core_modules():
+    """diffbir_core's checkpoint and detect modules, imported on first use (torch only when a kind is checked);
+    by their top-level name, the one import root of the pack, the command line and the tests."""
+    from diffbir_core import checkpoint, detect
+
+    return checkpoint, detect
+
+
 def check_kind(path: Path, expected_kind: str | Iterable[str], display_name: str | None = None):
     """Detection of `path` if it opens (safely) as one of the expected kinds; WrongKindError otherwise."""
-    from diffbir_core.checkpoint import CheckpointError, read_checkpoint
-    from diffbir_core.detect import KIND_NAMES, detect
-
+    checkpoint, detection = _core_modules()
     name = display_name or path.name
     expected = (expected_kind,) if isinstance(expected_kind, str) else tuple(expected_kind)
-    wanted = " or ".join(f"{KIND_NAMES.get(k, k)} [{k}]" for k in expected)
+    wanted = " or ".join(f"{detection.KIND_NAMES.get(k, k)} [{k}]" for k in expected)
     try:
-        sd, metadata = read_checkpoint(path)
-    except CheckpointError as err:
+        sd, metadata = checkpoint.read_checkpoint(path)
+    except checkpoint.CheckpointError as err:
         raise WrongKindError(f"'{name}' is not a usable checkpoint ({err}); expected {wanted}.") from err
-    det = detect(sd, name, metadata)
+    det = detection.detect(sd, name, metadata)
     del sd
     if det.kind not in expected:
         raise WrongKindError(f"'{name}' looks like {det.looks_like} [{det.kind}], but {wanted} was expected.")
@@ -139,6 +157,7 @@ class _Transfer:
     restarts: int = 0  # times the .part was discarded to start over
     hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
     hashed: int = 0  # bytes of .part covered by `hasher`
+    cancel: Cancel | None = None
 
     @property
     def name(self) -> str:
@@ -153,6 +172,14 @@ class _Transfer:
 
     def hint(self) -> str:
         return manual_hint(self.official_url, self.dest)
+
+    def check_cancel(self) -> None:
+        """Stop when the caller cancels (its own exception, or DownloadCancelled); the .part stays."""
+        if self.cancel is not None and self.cancel():
+            have = self.have()
+            raise DownloadCancelled(
+                f"downloading '{self.name}' was cancelled; {fmt_size(have)} of {fmt_size(self.announced)} are "
+                f"kept in '{self.part.name}': run the download again to resume. {self.hint()}")
 
     def failed(self, why: str) -> DownloadError:
         return DownloadError(f"downloading '{self.name}' failed: {why}. {self.hint()}")
@@ -310,6 +337,9 @@ def _receive(t: _Transfer, resp, have: int, progress: Progress | None) -> bool:
                     t.hashed = done
                     if progress:
                         progress(done, total)
+                    if t.cancel is not None and (total is None or done < total):
+                        f.flush()  # what arrived is in the .part before a cancel stops the transfer
+                        t.check_cancel()
             except (*_TRANSIENT, ssl.SSLError) as err:
                 raise _Transient(f"{type(err).__name__} after {done} bytes") from err
         if total is not None and done < total:
@@ -328,6 +358,7 @@ def _resume(t: _Transfer, progress: Progress | None, timeout: float, retries: in
     failures = 0  # consecutive broken attempts, the first of which may have made progress
     interruptions = 0
     while True:
+        t.check_cancel()
         have = t.have()
         try:
             if _receive(t, _request(t, opener, have, timeout), have, progress):
@@ -411,6 +442,7 @@ def download(
     update_lock: bool = False,
     chunk_size: int = CHUNK_SIZE,
     official_url: str | None = None,
+    cancel: Cancel | None = None,
 ) -> DownloadResult:
     """Download `url` to `dest` (always transfers; ``fetch.fetch_weights`` skips files already there).
 
@@ -428,12 +460,15 @@ def download(
     official_url: the URL the lock file records the file under and the manual hint names (default `url`).
         A download from a mirror passes the official URL, so the mirror's file is checked against the same
         record and the hint points at the official source.
+    cancel: called before each request and after each chunk; True stops the download with
+        DownloadCancelled, an exception it raises propagates; either way the `.part` is kept for resuming
+        and nothing is written under the final name.
     """
     if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
         raise DownloadError(f"only http and https URLs are downloaded, not '{url}'.")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    t = _Transfer(url, official_url or url, dest, chunk_size)
+    t = _Transfer(url, official_url or url, dest, chunk_size, cancel=cancel)
     _resume(t, progress, timeout, retries, retry_wait)
     return _verify(t, expected_kind, lock_file, update_lock)
 

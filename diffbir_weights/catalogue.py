@@ -5,13 +5,18 @@ in the official code (spec sections B.2, C.2 and D), the ComfyUI model folder it
 the checkpoint kind `detect.detect` reports for it and the DiffBIR version it belongs to where
 the file itself tells (ControlNets by name, the zero-terminal-SNR SD, the v1 full files).
 
-No sizes or hashes are listed: the official repository records none. `download` records the
-SHA-256 of the first download in a lock file instead.
+No sizes are listed, and a SHA-256 only where one is known together with where it was obtained
+(``sha256`` and ``sha256_source``; none today: the official repositories publish none, and this catalogue
+copies no hash it cannot trace to the file's publisher). ``download`` records the SHA-256 of the first
+download in a lock file instead.
 
 Folders are relative to ComfyUI's `models` folder: `checkpoints` for the SD bases (loaded by
-ComfyUI's own checkpoint loader), `diffbir` for everything else (listed by Load DiffBIR
-Models). That node also lists stage-1 files from `upscale_models` and ControlNets from
-`controlnet` (shown with the folder as prefix), so those count as alternative places.
+ComfyUI's own checkpoint loader), `diffbir` for the DiffBIR files (listed by Load DiffBIR
+Models), `facedetection` for facexlib's detectors (listed by Face Detect & Align). Load DiffBIR
+Models also lists stage-1 files from `upscale_models` and ControlNets from `controlnet`, Face
+Detect & Align detectors from `diffbir` (shown with the folder as prefix), so those count as
+alternative places. ``LOADERS`` says, per loader node type, which folder a file widget's value is
+read from; ``embed`` writes workflows' ``models`` metadata from it and the entries here.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class WeightFile:
     used_by: tuple[str, ...]  # DiffBIR versions whose official pipelines use it
     description: str
     alt_folders: tuple[str, ...] = ()  # other folders the nodes also look in
+    sha256: str | None = None  # the file's SHA-256 where it is known (never guessed), lower-case hex
+    sha256_source: str | None = None  # where that SHA-256 was obtained (required with sha256)
 
     def target(self, models_dir: str | os.PathLike) -> Path:
         """Where a download of this file is written: models_dir/folder/name."""
@@ -153,14 +160,61 @@ def make_model_folders(models_dir: str | os.PathLike) -> list[Path]:
     return folders
 
 
+# Model file suffixes (what ComfyUI's folder_paths.supported_pt_extensions lists; a widget value ending in one
+# names a model file).
+MODEL_SUFFIXES = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
+
+
+@dataclass(frozen=True)
+class LoaderFolders:
+    """Where a loader node reads the files its widgets name.
+
+    A bare value (``x.pth``, or ``sub/x.pth`` in a subfolder) is a file of `folder`; a value that starts with
+    one of `prefixed` and ``/`` (``upscale_models/x.pth``) is a file of that folder, listed with its name
+    as prefix.
+    """
+
+    folder: str
+    prefixed: tuple[str, ...] = ()
+
+    def folder_of(self, value: str) -> str:
+        """The models folder a widget value of this loader is read from."""
+        value = value.replace("\\", "/")
+        for folder in self.prefixed:
+            if value.startswith(folder + "/"):
+                return folder
+        return self.folder
+
+
+# Loader node type -> where its file widgets' values are read from. Kept in step with the nodes by
+# tests/test_workflows.py (a probe file in each folder must appear in the node's list in the real host).
+LOADERS: dict[str, LoaderFolders] = {
+    "CheckpointLoaderSimple": LoaderFolders(CHECKPOINTS),
+    "DiffBIRLoadModels": LoaderFolders(DIFFBIR, (UPSCALE_MODELS, CONTROLNET)),
+    "DiffBIRFaceDetectAlign": LoaderFolders(FACEDETECTION, (DIFFBIR,)),
+    "UpscaleModelLoader": LoaderFolders(UPSCALE_MODELS),
+    "ControlNetLoader": LoaderFolders(CONTROLNET),
+}
+
+
 def file_name(value: str) -> str:
     """The bare file name of a loader widget value ('upscale_models/sub/x.pth' -> 'x.pth')."""
     return value.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def lookup(value: str) -> WeightFile | None:
-    """The catalogue entry for a file name or loader widget value, or None if it is not official."""
+    """The catalogue entry for a file name or loader widget value, or None if it is not official.
+
+    The entry gives the official URL (``url``), the models subfolder a download goes to (``folder``), the
+    other folders the nodes also look in (``alt_folders``) and the SHA-256 where known (``sha256``, with
+    ``sha256_source`` saying where it was obtained; None otherwise).
+    """
     return CATALOGUE.get(file_name(value))
+
+
+def is_model_file(value: str) -> bool:
+    """Whether a widget value names a model file (by its suffix)."""
+    return isinstance(value, str) and value.strip().lower().endswith(MODEL_SUFFIXES)
 
 
 def _names(values: Iterable[str | None]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Weight catalogue and downloader against a local, optionally misbehaving HTTP server.
+"""diffbir_weights: the catalogue, the downloader and ``ensure_file`` against a local, optionally misbehaving
+HTTP server, and the package's place between the nodes and the command line.
 
 The server runs on 127.0.0.1 (port 0) in a thread and serves small checkpoints the tests
 write themselves (the golden tiny BSRNet weights); nothing leaves the machine.
@@ -6,12 +7,16 @@ write themselves (the golden tiny BSRNet weights); nothing leaves the machine.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import itertools
 import json
 import re
+import subprocess
+import sys
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -19,15 +24,25 @@ import pytest
 import torch
 from safetensors.torch import load_file, save
 
-from diffbir_cli import download as dl
-from diffbir_cli import fetch
-from diffbir_cli.lockfile import LOCK_FILE_NAME
-from diffbir_cli.progress import TextProgress
-from diffbir_cli.weights import CATALOGUE, CHECKPOINTS, DIFFBIR, FACEDETECTION, files_needed, lookup, unknown_files
 from diffbir_core.detect import KIND_NAMES, version_from_name
+from diffbir_weights import download as dl
+from diffbir_weights import fetch
+from diffbir_weights.catalogue import (CATALOGUE, CHECKPOINTS, DIFFBIR, FACEDETECTION, LOADERS, files_needed, lookup,
+                                       unknown_files)
+from diffbir_weights.lockfile import LOCK_FILE_NAME
+from diffbir_weights.mirrors import MIRROR_ENV
+from diffbir_weights.progress import TextProgress
 from local_server import serving
 
 GOLDEN = Path(__file__).parent / "golden" / "bsrnet.safetensors"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _no_weights_environment(monkeypatch):
+    """A developer's DIFFBIR_WEIGHTS_MIRROR or DIFFBIR_OFFLINE must not change what these tests see."""
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    monkeypatch.delenv(fetch.OFFLINE_ENV, raising=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -356,8 +371,7 @@ def test_offline_message_lists_missing_files_and_folders(tmp_path):
 def test_failures_from_a_mirror_name_the_official_url_and_every_failed_file(server, tmp_path, capsys):
     """One fetch tries every missing file; the summary names each failed one with its official URL and folder,
     and each file's own message tells to download it by hand from the official URL, not the mirror's."""
-    from diffbir_cli import fetch
-    from diffbir_cli.mirrors import mirror_map
+    from diffbir_weights.mirrors import mirror_map
 
     models = tmp_path / "models"
     files = files_needed(["BSRNet.pth", "v2.pth", "sd2.1-base-zsnr-laionaes5.ckpt"])
@@ -382,9 +396,7 @@ def test_failures_from_a_mirror_name_the_official_url_and_every_failed_file(serv
 
 
 def test_the_core_has_no_download_code():
-    """Weights distribution lives in diffbir_cli: no diffbir_core module imports a network library."""
-    import ast
-
+    """Weights distribution lives in diffbir_weights: no diffbir_core module imports a network library."""
     network = {"urllib", "http", "socket", "ssl", "requests", "httpx", "aiohttp"}
     core = Path(__file__).resolve().parent.parent / "diffbir_core"
     offenders = []
@@ -394,3 +406,262 @@ def test_the_core_has_no_download_code():
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
             offenders += [f"{path.relative_to(core)}: {n}" for n in names if n.split(".")[0] in network]
     assert not offenders and not (core / "download.py").exists() and not (core / "weights.py").exists(), offenders
+
+
+# --------------------------------------------------------------------------------------
+# cancel, and ensure_file: what a loader node calls for a missing official file
+
+
+def _cancel_after(chunks: int):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > chunks  # the first check is before the request, then one per chunk
+
+    return cancel
+
+
+def test_cancel_keeps_the_part_and_the_next_call_resumes(server, tmp_path, payloads):
+    body = payloads["bsrnet"]
+    server.state.files["/files/BSRNet.pth"] = body
+    url, dest, lock, _ = _fetch(server, tmp_path)
+    with pytest.raises(dl.DownloadCancelled, match=r"BSRNet\.pth.*cancelled.*BSRNet\.pth\.part.*resume"):
+        dl.download(url, dest, "bsrnet", lock, chunk_size=16384, retry_wait=0, timeout=5, cancel=_cancel_after(3))
+    part = dl.part_path(dest)
+    assert part.stat().st_size == 3 * 16384 and not dest.exists() and not lock.exists()
+    assert part.read_bytes() == body[: 3 * 16384]  # what arrived is on disk, nothing more
+    result = dl.download(url, dest, "bsrnet", lock, chunk_size=16384, retry_wait=0, timeout=5, cancel=lambda: False)
+    assert result.resumed and dest.read_bytes() == body and not part.exists()
+    assert server.state.requests[-1][1] == f"bytes={3 * 16384}-"
+    assert json.loads(lock.read_text())["files"]["BSRNet.pth"][url]["sha256"] == _sha(body)
+
+
+def test_an_exception_raised_by_cancel_propagates_and_keeps_the_part(server, tmp_path, payloads):
+    """ComfyUI's Cancel: the node passes throw_exception_if_processing_interrupted, which raises its own error."""
+
+    class Interrupted(Exception):
+        pass
+
+    server.state.files["/files/BSRNet.pth"] = payloads["bsrnet"]
+    url, dest, lock, _ = _fetch(server, tmp_path)
+    seen = []
+
+    def cancel():
+        seen.append(1)
+        if len(seen) > 2:
+            raise Interrupted("the user pressed Cancel")
+        return False
+
+    with pytest.raises(Interrupted):
+        dl.download(url, dest, "bsrnet", lock, chunk_size=16384, retry_wait=0, timeout=5, cancel=cancel)
+    assert dl.part_path(dest).stat().st_size == 2 * 16384 and not dest.exists()
+
+
+def test_ensure_file_downloads_a_missing_file_from_the_mirror_in_the_environment(server, tmp_path, payloads,
+                                                                               monkeypatch):
+    entry = CATALOGUE["BSRNet.pth"]
+    body = payloads["bsrnet"]
+    server.state.files[urllib.parse.urlsplit(entry.url).path] = body
+    monkeypatch.setenv(MIRROR_ENV, server.base)
+    models = tmp_path / "models"
+    calls = []
+    path = fetch.ensure_file("BSRNet.pth", models, progress=lambda d, t: calls.append((d, t)), cancel=lambda: False)
+    assert path == models / "diffbir" / "BSRNet.pth" and path.read_bytes() == body
+    assert calls == [(0, len(body)), (len(body), len(body))]  # start, then after the one 1 MiB chunk
+    lock = json.loads((models / LOCK_FILE_NAME).read_text())["files"]["BSRNet.pth"]
+    assert list(lock) == [entry.url] and lock[entry.url]["sha256"] == _sha(body)  # the official URL's record
+    # present now: no request, same path; an alternative folder counts too
+    requests = len(server.state.requests)
+    assert fetch.ensure_file("BSRNet.pth", models) == path and len(server.state.requests) == requests
+    (models / "upscale_models").mkdir()
+    (models / "upscale_models" / "scunet_color_real_psnr.pth").write_bytes(b"x")
+    assert fetch.ensure_file("scunet_color_real_psnr.pth", models) == models / "upscale_models" / \
+        "scunet_color_real_psnr.pth"
+
+
+def test_ensure_file_into_a_given_folder_with_the_nodes_lookup(server, tmp_path, payloads):
+    """A node passes where ComfyUI finds the file (folder_paths) and the folder it downloads into."""
+    body = payloads["bsrnet"]
+    server.state.files["/cszn/KAIR/releases/download/v1.0/BSRNet.pth"] = body
+    elsewhere = tmp_path / "extra" / "diffbir"
+    looked_up = []
+
+    def found(entry):
+        looked_up.append(entry.name)
+        return None
+
+    path = fetch.ensure_file("upscale_models/BSRNet.pth", tmp_path / "models", found=found, dest_dir=elsewhere,
+                             mirrors=server.base)
+    assert looked_up == ["BSRNet.pth"] and path == elsewhere / "BSRNet.pth" and path.read_bytes() == body
+    assert (tmp_path / "models" / LOCK_FILE_NAME).is_file()  # the lock file stays in the models folder
+    with pytest.raises(ValueError, match="mine.safetensors.*not an official"):
+        fetch.ensure_file("mine.safetensors", tmp_path / "models")
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_ensure_file_offline_names_file_folder_and_url_and_writes_nothing(server, tmp_path, monkeypatch, how):
+    entry = CATALOGUE["detection_Resnet50_Final.pth"]
+    models = tmp_path / "models"
+    if how == "environment":
+        monkeypatch.setenv(fetch.OFFLINE_ENV, "1")
+    kw = {"offline": True} if how == "argument" else {}
+    with pytest.raises(fetch.MissingWeightsError) as err:
+        fetch.ensure_file(entry.name, models, mirrors=server.base, **kw)
+    msg = str(err.value)
+    assert entry.name in msg and f"from {entry.url}" in msg and f"into {models / 'facedetection'}" in msg
+    assert fetch.OFFLINE_ENV in msg
+    assert server.state.requests == [] and not models.exists()  # no request, nothing half-written anywhere
+    # offline=False overrides the environment
+    monkeypatch.setenv(fetch.OFFLINE_ENV, "1")
+    server.state.files["/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth"] = b"<html/>"
+    with pytest.raises(dl.WrongKindError):
+        fetch.ensure_file(entry.name, models, mirrors=server.base, offline=False)
+    assert len(server.state.requests) == 1
+
+
+def test_offline_switch_reads_the_environment(monkeypatch, tmp_path):
+    assert not fetch.offline_requested()
+    for value, expected in (("1", True), ("yes", True), ("TRUE", True), ("0", False), ("", False)):
+        monkeypatch.setenv(fetch.OFFLINE_ENV, value)
+        assert fetch.offline_requested() is expected, value
+    monkeypatch.setenv(fetch.OFFLINE_ENV, "1")
+    assert fetch.offline_requested(False) is False
+    with pytest.raises(fetch.MissingWeightsError, match=r"v2\.pth"):  # the CLI's batch fetch honours it too
+        fetch.fetch_weights(["v2.pth"], tmp_path / "models")
+
+
+def test_catalogue_lookup_gives_url_folders_and_only_traceable_hashes():
+    entry = lookup("controlnet/DiffBIR_v2.1.pt")
+    assert (entry.url, entry.folder, entry.alt_folders) == (
+        "https://huggingface.co/lxq007/DiffBIR-v2/resolve/main/DiffBIR_v2.1.pt", DIFFBIR, ("controlnet",))
+    for e in CATALOGUE.values():
+        if e.sha256 is None:
+            assert e.sha256_source is None, e.name
+        else:  # a hash is listed only with where it was obtained
+            assert re.fullmatch(r"[0-9a-f]{64}", e.sha256) and e.sha256_source, e.name
+    assert LOADERS["DiffBIRLoadModels"].folder_of("BSRNet.pth") == DIFFBIR
+    assert LOADERS["DiffBIRLoadModels"].folder_of("upscale_models/BSRNet.pth") == "upscale_models"
+    assert LOADERS["DiffBIRLoadModels"].folder_of("sub/BSRNet.pth") == DIFFBIR
+    assert LOADERS["DiffBIRFaceDetectAlign"].folder_of("diffbir/detection_Resnet50_Final.pth") == DIFFBIR
+    assert LOADERS["CheckpointLoaderSimple"].folder_of("sd2.1-base-zsnr-laionaes5.ckpt") == CHECKPOINTS
+
+
+# --------------------------------------------------------------------------------------
+# one home for weights distribution: the nodes and the CLI import it, it imports neither
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(relative level, module) of every import statement of a file."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(0, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            out.append((node.level, node.module or ""))
+    return out
+
+
+def test_import_boundaries():
+    """nodes/ never imports diffbir_cli; diffbir_weights imports no ComfyUI module, no nodes and no diffbir_cli."""
+    forbidden = {"comfy", "comfy_extras", "comfy_api", "comfy_execution", "nodes", "folder_paths", "execution",
+                 "server", "latent_preview", "diffbir_cli"}
+    offenders = []
+    for path in sorted((REPO / "diffbir_weights").rglob("*.py")):
+        for level, module in _imports(path):
+            top = module.split(".")[0]
+            if (level == 0 and top in forbidden) or (level >= 2 and top in ("nodes", "diffbir_cli")):
+                offenders.append(f"{path.relative_to(REPO)}: {'.' * level}{module}")
+    for path in sorted((REPO / "nodes").rglob("*.py")):
+        for level, module in _imports(path):
+            if "diffbir_cli" in module.split("."):
+                offenders.append(f"{path.relative_to(REPO)}: {'.' * level}{module}")
+    assert not offenders, offenders
+    assert sorted(p.name for p in (REPO / "diffbir_cli").glob("*.py")
+                  if p.stem in ("weights", "fetch", "download", "lockfile", "mirrors", "progress")) == []
+
+
+def test_importing_diffbir_weights_loads_no_comfy_and_no_cli():
+    code = (
+        "import sys, pkgutil, importlib, diffbir_weights\n"
+        "for m in pkgutil.walk_packages(diffbir_weights.__path__, 'diffbir_weights.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('comfy', 'folder_paths', 'nodes', 'diffbir_cli',"
+        " 'torch'))\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # not even torch until a kind is checked
+
+
+def test_inside_the_pack_package_the_kind_check_uses_the_one_diffbir_core(tmp_path, payloads):
+    """ComfyUI imports the repository as one package, whose __init__ puts the pack's folder on sys.path: from then on
+    diffbir_weights and diffbir_core have one top-level name each, as in the command line and the tests (no copy
+    under the pack's package name)."""
+    path = tmp_path / "BSRNet.pth"
+    path.write_bytes(payloads["bsrnet"])
+    code = (
+        "import importlib, importlib.util, sys\n"
+        f"sys.path = [p for p in sys.path if p not in ('', {str(REPO)!r})]\n"
+        f"spec = importlib.util.spec_from_file_location('comfyui_diffbir', {str(REPO / '__init__.py')!r}, "
+        f"submodule_search_locations=[{str(REPO)!r}])\n"
+        "mod = importlib.util.module_from_spec(spec); sys.modules['comfyui_diffbir'] = mod\n"
+        "spec.loader.exec_module(mod)\n"
+        "import diffbir_weights as w\n"
+        "from pathlib import Path\n"
+        f"det = w.download.check_kind(Path({str(path)!r}), 'bsrnet')\n"
+        "assert det.kind == 'bsrnet', det\n"
+        "assert 'diffbir_core.detect' in sys.modules, sorted(sys.modules)\n"
+        "assert not [m for m in sys.modules if m.startswith('comfyui_diffbir.diffbir_')], sorted(sys.modules)\n"
+        "print(w.ensure_file.__module__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "diffbir_weights.fetch"
+
+
+def test_in_comfyui_a_progress_bar_reports_and_cancel_leaves_a_resumable_part(comfy_host, server, tmp_path,
+                                                                             payloads, monkeypatch):
+    """What a loader node will do, with ComfyUI's own objects: diffbir_weights (imported by its top-level name,
+    as the nodes import it), ComfyUI's ProgressBar as the progress callback and throw_exception_if_processing_
+    interrupted as cancel. Cancel pressed mid-download raises ComfyUI's interrupt and keeps the .part; the next
+    run resumes it and the file is verified and recorded."""
+    import importlib
+
+    import comfy.model_management as mm
+    import comfy.utils
+
+    weights = importlib.import_module("diffbir_weights")  # the one copy, which the nodes import too
+    assert weights.download._core_modules()[0].__name__ == "diffbir_core.checkpoint"
+    entry, body = weights.CATALOGUE["BSRNet.pth"], payloads["bsrnet"]
+    server.state.files[urllib.parse.urlsplit(entry.url).path] = body
+    monkeypatch.setenv(weights.MIRROR_ENV, server.base)
+    models = tmp_path / "models"
+    updates, pressed = [], []
+    original = comfy.utils.ProgressBar.update_absolute
+
+    def update(self, value, total=None, preview=None):
+        updates.append((value, total))
+        original(self, value, total, preview)
+        if len(updates) == 3 and not pressed:
+            pressed.append(True)
+            mm.interrupt_current_processing()  # the user presses Cancel after the second chunk
+
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", update)
+
+    def run():
+        bar = comfy.utils.ProgressBar(1)
+        return weights.ensure_file("BSRNet.pth", models, progress=lambda done, total: bar.update_absolute(done, total),
+                                   cancel=mm.throw_exception_if_processing_interrupted, chunk_size=65536)
+
+    with pytest.raises(mm.InterruptProcessingException):
+        run()
+    assert not mm.processing_interrupted()  # ComfyUI's own check consumed the Cancel
+    part, dest = dl.part_path(models / "diffbir" / "BSRNet.pth"), models / "diffbir" / "BSRNet.pth"
+    assert updates == [(0, len(body)), (65536, len(body)), (131072, len(body))]
+    assert part.stat().st_size == 131072 and not dest.exists()
+    updates.clear()
+    assert run() == dest and dest.read_bytes() == body and not part.exists()
+    assert updates[0] == (131072, len(body)) and updates[-1] == (len(body), len(body))
+    assert server.state.requests[-1][1] == "bytes=131072-"
+    assert json.loads((models / LOCK_FILE_NAME).read_text())["files"]["BSRNet.pth"][entry.url]["sha256"] == _sha(body)

@@ -1,4 +1,4 @@
-"""Weights mirrors: ``--mirror URL`` / ``DIFFBIR_WEIGHTS_MIRROR`` replace the official scheme and host.
+"""Weights mirrors: ``DIFFBIR_WEIGHTS_MIRROR`` (the CLI's ``--mirror URL``) replaces the official scheme and host.
 
 ``URL`` applies to every host, ``HOST=URL[,HOST=URL]`` per host; the path is kept, so
 ``https://huggingface.co/lxq007/DiffBIR-v2/resolve/main/v2.pth`` becomes ``URL/lxq007/DiffBIR-v2/resolve/main/v2.pth``.
@@ -25,8 +25,9 @@ def mirror_map(spec: str | None = None) -> dict[str, str]:
         if "=" in part and not part.lower().startswith(("http://", "https://")):
             key, base = (s.strip() for s in part.split("=", 1))
         if urllib.parse.urlsplit(base).scheme.lower() not in ("http", "https") or not key:
-            raise MirrorError(f"the weights mirror {part!r} is not an http(s) URL: give e.g. --mirror "
-                              "https://mirror.example/ or --mirror huggingface.co=https://hf-mirror.com")
+            raise MirrorError(f"the weights mirror {part!r} is not an http(s) URL: give e.g. "
+                              "https://mirror.example/ or huggingface.co=https://hf-mirror.com (--mirror or "
+                              f"${MIRROR_ENV})")
         out[key.lower()] = base
     return out
 
