@@ -178,13 +178,101 @@ def _has_control_widget(name, typ, opts) -> bool:
     return typ == "INT" and name in ("seed", "noise_seed")
 
 
+_SUBGRAPH_INPUT, _SUBGRAPH_OUTPUT = -10, -20  # the ids of a subgraph definition's input and output nodes
+
+
+def _link_record(link) -> dict:
+    if isinstance(link, dict):
+        return dict(link)
+    keys = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+    return dict(zip(keys, link))
+
+
+def flatten_subgraphs(ui_workflow: dict) -> dict:
+    """The graph with every subgraph instance (a node whose type is the id of one of ``definitions.subgraphs``,
+    e.g. a blueprint placed from the node library) replaced by the subgraph's own nodes, as the frontend does
+    before it queues a prompt: inner nodes get the ids ``<instance id>:<inner id>``; a link into a subgraph input
+    continues to every inner node that input feeds; an unconnected widget input keeps the inner node's widget
+    value, or takes the instance's value where the instance stores one (positional ``widgets_values`` over its
+    widget inputs, as older frontends save them); the links out of a subgraph output start at the inner node
+    that feeds it. Nested subgraphs are expanded in turn. A graph without definitions is returned unchanged."""
+    definitions = {sg["id"]: sg for sg in (ui_workflow.get("definitions") or {}).get("subgraphs") or []}
+    if not definitions:
+        return ui_workflow
+    nodes = [dict(n) for n in ui_workflow.get("nodes") or []]
+    links = {rec["id"]: rec for rec in map(_link_record, ui_workflow.get("links") or [])}
+    expanded = 0
+    while True:
+        instance = next((n for n in nodes if n.get("type") in definitions), None)
+        if instance is None:
+            break
+        expanded += 1
+        if expanded > 1000:
+            raise WorkflowConversionError("subgraphs nest too deeply (a subgraph that contains itself?)")
+        sg = definitions[instance["type"]]
+        nodes.remove(instance)
+        prefix = f"{instance['id']}:"
+        mode = instance.get("mode", 0)
+        inner = {}
+        for node in sg.get("nodes") or []:
+            node = json.loads(json.dumps(node))  # a deep copy: an instance never changes the definition
+            node["id"] = prefix + str(node["id"])
+            if mode:
+                node["mode"] = mode
+            for inp in node.get("inputs") or []:
+                inp["link"] = None  # relinked below
+            inner[node["id"]] = node
+        instance_inputs = instance.get("inputs") or []
+        widget_values = instance.get("widgets_values")
+        widget_values = list(widget_values) if isinstance(widget_values, list) else []
+        widget_slots = [i for i, inp in enumerate(instance_inputs) if inp.get("widget")]
+        outer_in = {rec["target_slot"]: rec for rec in links.values() if rec["target_id"] == instance["id"]}
+        for rec in list(outer_in.values()):
+            del links[rec["id"]]
+        for rec in map(_link_record, sg.get("links") or []):
+            if rec["target_id"] == _SUBGRAPH_OUTPUT:
+                for out in links.values():  # the outer links leaving this output now start inside
+                    if out["origin_id"] == instance["id"] and out["origin_slot"] == rec["target_slot"]:
+                        out["origin_id"], out["origin_slot"] = prefix + str(rec["origin_id"]), rec["origin_slot"]
+                continue
+            target = inner.get(prefix + str(rec["target_id"]))
+            if target is None:
+                raise WorkflowConversionError(f"subgraph {sg.get('name')!r}: link {rec['id']} ends at missing node "
+                                              f"#{rec['target_id']}")
+            new = dict(rec, id=prefix + str(rec["id"]), target_id=target["id"])
+            if rec["origin_id"] == _SUBGRAPH_INPUT:
+                slot = rec["origin_slot"]
+                outer = outer_in.get(slot)
+                if outer is not None:
+                    new["origin_id"], new["origin_slot"] = outer["origin_id"], outer["origin_slot"]
+                elif slot in widget_slots and widget_slots.index(slot) < len(widget_values):
+                    value_node = {"id": f"{prefix}value{slot}", "type": "PrimitiveNode", "mode": 0,
+                                  "widgets_values": [widget_values[widget_slots.index(slot)]]}
+                    nodes.append(value_node)
+                    new["origin_id"], new["origin_slot"] = value_node["id"], 0
+                else:
+                    continue  # unconnected: the inner node keeps its own widget value (or its socket stays empty)
+            else:
+                new["origin_id"] = prefix + str(rec["origin_id"])
+            links[new["id"]] = new
+            slot_inputs = target.get("inputs") or []
+            if rec["target_slot"] < len(slot_inputs):
+                slot_inputs[rec["target_slot"]]["link"] = new["id"]
+        nodes.extend(inner.values())
+    flat = {k: v for k, v in ui_workflow.items() if k != "definitions"}
+    flat["nodes"], flat["links"] = nodes, list(links.values())
+    return flat
+
+
 def workflow_to_api(ui_workflow: dict, node_classes: dict, node_info) -> dict:
     """Convert a frontend-saved workflow (nodes/links/widgets_values) into an API prompt.
 
-    ``node_classes``: nodes.NODE_CLASS_MAPPINGS; ``node_info(class_name)``: /object_info data.
+    ``node_classes``: nodes.NODE_CLASS_MAPPINGS; ``node_info(class_name)``: /object_info data. Subgraphs
+    (blueprints among them) are flattened first (``flatten_subgraphs``).
     """
     if "nodes" not in ui_workflow:
         raise WorkflowConversionError("not a UI workflow: no 'nodes' list (is it already API format?)")
+    ui_workflow = flatten_subgraphs(ui_workflow)
     nodes_by_id = {n["id"]: n for n in ui_workflow["nodes"]}
     links = {}
     for link in ui_workflow.get("links", []) or []:

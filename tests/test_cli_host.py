@@ -1,6 +1,7 @@
 """The real-ComfyUI test harness itself: in-process host, UI-workflow conversion, HTTP server."""
 
 import io
+import json
 import os
 import pathlib
 import time
@@ -235,8 +236,21 @@ def test_real_server_prompt_history_view(comfy_host, tmp_path):
         object_info = session.get(f"{url}/object_info/EmptyImage", timeout=30).json()
         assert object_info["EmptyImage"] == comfy_host.node_info("EmptyImage")
         all_info = session.get(f"{url}/object_info", timeout=60).json()
-        for name in getattr(comfy_host.extension_module, "NODE_CLASS_MAPPINGS", {}):
+        package = comfy_host.extension_module.__name__ + "."
+        ours = [name for name, cls in comfy_host.node_classes.items() if cls.__module__.startswith(package)]
+        assert len(ours) >= 10
+        for name in ours:
             assert name in all_info, f"server did not register {name}"
+            # its help page, where the frontend's help panel asks for it (WEB_DIRECTORY = web/)
+            page = session.get(f"{url}/extensions/{ch.EXTENSION_NAME}/docs/{name}.md", timeout=30)
+            assert page.status_code == 200 and page.text.startswith(f"# {all_info[name]['display_name']}\n")
+
+        # The blueprints of subgraphs/ in the node library's source (GET /global_subgraphs, then one by id).
+        blueprints = session.get(f"{url}/global_subgraphs", timeout=30).json()
+        mine = {e["name"]: i for i, e in blueprints.items() if e["info"]["node_pack"].endswith(ch.EXTENSION_NAME)}
+        assert sorted(mine) == sorted(p.stem for p in (REPO_ROOT / "subgraphs").glob("*.json")) and mine
+        one = session.get(f"{url}/global_subgraphs/{next(iter(mine.values()))}", timeout=30).json()
+        assert json.loads(one["data"])["definitions"]["subgraphs"]
 
         # The workflows folder is served as templates (Workflow > Browse Templates).
         templates = session.get(f"{url}/workflow_templates", timeout=30).json()
