@@ -8,7 +8,8 @@ re-exports it under the names the tests use and adds the test-only HTTP server:
 * ``custom_nodes_dir()`` - a temp folder holding only a ``comfyui-diffbir`` symlink to this repository.
 * ``boot(output_dir, models_dir=None)`` - boot ComfyUI in this process (once) and return a ``Host``
   that validates and executes API prompts, converts UI workflows and reports /object_info data.
-* ``start_server()`` - context manager running ``main.py`` on 127.0.0.1; yields the base URL.
+* ``start_server(extra_args=())`` - context manager running ``main.py`` on 127.0.0.1 (``extra_args`` appended, e.g.
+  ``--front-end-root``); yields the base URL.
 
 Plain module (no pytest import). Only version-tolerant, introspection-based glue: no ComfyUI behaviour is faked.
 """
@@ -84,8 +85,10 @@ def _tail(path: pathlib.Path, n: int = 60) -> str:
 
 
 @contextlib.contextmanager
-def start_server(port: int = 0, *, models_dir=None, output_dir=None, timeout: float = 120.0):
-    """Run ``main.py --cpu`` on 127.0.0.1 with only this extension; yield its base URL."""
+def start_server(port: int = 0, *, models_dir=None, output_dir=None, timeout: float = 120.0, extra_args=()):
+    """Run ``main.py --cpu`` on 127.0.0.1 with only this extension; yield its base URL.
+
+    ``extra_args`` go to ``main.py`` after the harness's own (e.g. ``["--front-end-root", DIR]``)."""
     path = comfyui_path()
     base = pathlib.Path(tempfile.mkdtemp(prefix="comfyui-diffbir-server-"))
     try:
@@ -108,6 +111,7 @@ def start_server(port: int = 0, *, models_dir=None, output_dir=None, timeout: fl
             yaml_lines += [f"    {name}: {name}" for name in MODEL_FOLDERS]
             (base / "extra_model_paths.yaml").write_text("\n".join(yaml_lines) + "\n", encoding="utf-8")
             cmd += ["--extra-model-paths-config", str(base / "extra_model_paths.yaml")]
+        cmd += [str(a) for a in extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         log_path = base / "server.log"
         url = f"http://127.0.0.1:{port}"
