@@ -12,6 +12,7 @@ small example and the official setting the node mirrors (written here).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 
@@ -109,10 +110,10 @@ def page(node_id: str) -> str:
                 bits.append("optional")
             if opts.get("advanced"):
                 bits.append("advanced")
-            lines.append(f"- **`{name}`** ({', '.join(bits)}): {opts.get('tooltip', '')}")
+            lines.append(f"- **`{name}`** ({', '.join(bits)}): {plain(opts.get('tooltip', ''))}")
     lines += ["", "## Outputs", ""]
     for name, typ, tip in zip(info["output_name"], info["output"], info.get("output_tooltips") or []):
-        lines.append(f"- **`{name}`** (`{typ}`): {tip}")
+        lines.append(f"- **`{name}`** (`{typ}`): {plain(tip)}")
     example, official = EXTRA[node_id]
     lines += ["", "## Example", "", example, "", "## Official setting", "", official, "",
               "More: the pack's README (Nodes, Workflows) and the shipped templates under Workflow > Browse Templates.",
@@ -120,10 +121,16 @@ def page(node_id: str) -> str:
     return "\n".join(lines)
 
 
+def plain(text: str) -> str:
+    """Text (a description, a tooltip) as Markdown that renders it as written: the marks of emphasis, code and
+    links escaped (``diffbir_*`` and ``dpm++_m2`` would otherwise start an emphasis)."""
+    return re.sub(r"([\\`*_\[\]<])", r"\\\1", text)
+
+
 def page(node_info: dict, node_id: str) -> str:
     """The Markdown help page of one node from its /object_info data."""
     info = node_info
-    lines = [f"# {info['display_name']}", "", info["description"], "", "## Inputs", ""]
+    lines = [f"# {info['display_name']}", "", plain(info["description"]), "", "## Inputs", ""]
     for section in ("required", "optional"):
         for name, spec in (info["input"].get(section) or {}).items():
             opts = spec[1] if len(spec) > 1 else {}
@@ -132,10 +139,10 @@ def page(node_info: dict, node_id: str) -> str:
                 bits.append(f"default `{opts['default']}`")
             if section == "optional":
                 bits.append("optional")
-            lines.append(f"- **`{name}`** ({', '.join(bits)}): {opts.get('tooltip', '')}")
+            lines.append(f"- **`{name}`** ({', '.join(bits)}): {plain(opts.get('tooltip', ''))}")
     lines += ["", "## Outputs", ""]
     for name, typ, tip in zip(info["output_name"], info["output"], info.get("output_tooltips") or []):
-        lines.append(f"- **`{name}`** (`{typ}`): {tip}")
+        lines.append(f"- **`{name}`** (`{typ}`): {plain(tip)}")
     example, official = EXTRA[node_id]
     lines += ["", "## Example", "", example, "", "## Official setting", "", official, "",
               "More: the pack's README (Nodes, Workflows) and the shipped templates under Workflow > Browse Templates.",

@@ -220,12 +220,14 @@ def markdown_expectations(text: str) -> tuple[str, str]:
 def _plain(markdown: str) -> str:
     """Inline markdown as the rendered text reads: images dropped, links -> their text, emphasis and code marks
     removed (``tile_size`` in plain text keeps its underscore), backslash escapes resolved."""
-    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", markdown)
+    # escaped characters first, set aside as private-use characters: they are text, never marks
+    text = re.sub(r"\\([\\`*_{}\[\]()#+\-.!<>])", lambda m: chr(0xE000 + ord(m.group(1))), markdown)
+    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
     text = re.sub(r"`+([^`]*)`+", r"\1", text)
     text = re.sub(r"(\*\*|__)(\S.*?)\1", r"\2", text)
     text = re.sub(r"(?<![\w*])([*_])(\S.*?)\1(?![\w*])", r"\2", text)
-    text = re.sub(r"\\([\\`*_{}\[\]()#+\-.!])", r"\1", text)
+    text = "".join(chr(ord(c) - 0xE000) if 0xE000 <= ord(c) < 0xE100 else c for c in text)
     return " ".join(text.split())
 
 
@@ -285,7 +287,12 @@ _INNER_TYPES = """(id) => {
     for (const n of sg.nodes) {
       if (n.subgraph) walk(n.subgraph, where + "/" + (n.title || n.type));
       else out.push({type: n.type, where, registered: n.type in LiteGraph.registered_node_types,
-                     errors: !!n.has_errors});
+                     errors: !!n.has_errors,
+                     // a file widget naming a file the server does not list: the newest frontends flag the node
+                     // (missing models), which says nothing against the node itself
+                     missing_files: (n.widgets || []).filter(w => Array.isArray(w.options?.values)
+                       && typeof w.value === "string" && /\.(safetensors|sft|ckpt|pth|pt)$/.test(w.value)
+                       && !w.options.values.includes(w.value)).map(w => w.value)});
     }
   };
   walk(node && node.subgraph, node ? node.title : "?");
@@ -490,7 +497,7 @@ class ComfyPage:
         panel.locator("[role=treeitem]").first.wait_for(state="visible", timeout=15_000)
         return panel
 
-    def node_library_item(self, display_name: str, folder_pattern: str = r"blueprint"):
+    def node_library_item(self, display_name: str, folder_pattern: str = r"blueprint|diffbir"):
         """Find ``display_name`` in the node library, expanding only folders whose label matches
         ``folder_pattern``. Returns (leaf locator, its folder labels, innermost first)."""
         panel = self.open_node_library()
@@ -515,7 +522,12 @@ class ComfyPage:
         return item, ancestors
 
     def insert_from_node_library(self, item) -> list[dict]:
-        """Drag a node-library leaf onto the canvas (inserts it in both frontends); returns the new nodes."""
+        """Drag a node-library leaf onto an empty canvas (inserts it in both frontends); returns the new nodes.
+        The canvas is emptied first: a DOM widget of a node already there (a multiline text box) would take the
+        drop instead of the canvas."""
+        empty = {"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
+                 "extra": {}, "version": 0.4}
+        self.load_workflow(empty, "empty.json", screenshot=False)
         before = {n["id"] for n in self.graph_nodes()}
         canvas = self.page.locator("#graph-canvas")  # both builds give LiteGraph's canvas this id
         box = canvas.bounding_box()

@@ -170,7 +170,9 @@ def test_blueprint_in_node_library(comfy, path):
     assert node["subgraph"] and node["title"] == name, f"inserted {node} (screenshot {shot})"
     inner = page.inner_node_types(node["id"])
     assert inner, f"the inserted {name!r} has no inner nodes"
-    bad = [n for n in inner if not n["registered"] or n["errors"]]
+    # The test server has no model files: a loader naming one is flagged by the newest frontend (missing models,
+    # issue 30's dialog); any other error is the node's own.
+    bad = [n for n in inner if not n["registered"] or (n["errors"] and not n["missing_files"])]
     assert not bad, f"inserted {name!r}: unregistered or failed inner nodes {bad} (screenshot {shot})"
 
 

@@ -22,12 +22,12 @@ def test_a_page_names_every_input_and_output_and_has_each_section(comfy_host):
     for node_id in help_pages.EXTRA:
         info = comfy_host.node_info(node_id)
         text = (help_pages.DOCS_DIR / f"{node_id}.md").read_text(encoding="utf-8")
-        assert text.startswith(f"# {info['display_name']}\n\n{info['description']}\n")
+        assert text.startswith(f"# {info['display_name']}\n\n{help_pages.plain(info['description'])}\n")
         for heading in ("## Inputs", "## Outputs", "## Example", "## Official setting"):
             assert f"\n{heading}\n" in text, (node_id, heading)
         for section in ("required", "optional"):
             for name, spec in (info["input"].get(section) or {}).items():
-                assert f"**`{name}`**" in text and spec[1]["tooltip"] in text, (node_id, name)
+                assert f"**`{name}`**" in text and help_pages.plain(spec[1]["tooltip"]) in text, (node_id, name)
         for name in info["output_name"]:
             assert f"**`{name}`**" in text, (node_id, name)
         example, official = help_pages.EXTRA[node_id]
