@@ -1,9 +1,10 @@
 """DiffBIR Face Detect & Align and DiffBIR Face Paste Back: the official unaligned-face task as two nodes.
 
 Detect & Align finds faces with RetinaFace (facexlib's files, from ``models/facedetection`` or, prefixed,
-``models/diffbir``), cuts each one out aligned to the 512 x 512 FFHQ template and hands the crops plus a
-FACE_ALIGNMENT record to whatever restores them; Paste Back puts the restored crops into the restored
-background through the inverse affine with the official soft mask. All maths is in ``diffbir_core.face``;
+``models/diffbir``; an official one that is not installed is downloaded on first use, ``host.downloads``), cuts
+each one out aligned to the 512 x 512 FFHQ template and hands the crops plus a FACE_ALIGNMENT record to whatever
+restores them; Paste Back puts the restored crops into the restored background through the inverse affine with the
+official soft mask. All maths is in ``diffbir_core.face``;
 the detector is loaded the ComfyUI way (``host.loaders``, ``host.model_cache``), and this module words the report.
 """
 
@@ -23,9 +24,10 @@ from diffbir_core.face.alignment import FaceAlignment, align_faces, paste_back
 from diffbir_core.face.detection import detect_faces, select_faces
 
 from .host import model_cache, schema
+from .host.downloads import obtain
 from .host.images import rgb_image
-from .host.loaders import DEFAULT_DETECTOR, DETECTORS, GET_DETECTOR, load_detector
-from .host.model_files import FACE_FOLDER, FOLDER, detector_choices, resolve_detector, unlisted_error
+from .host.loaders import DETECTORS, load_detector
+from .host.model_files import DETECTOR_FILE, FACE_FOLDER, FOLDER
 from .host.types import FaceAlignmentIO
 
 log = logging.getLogger("comfyui-diffbir")
@@ -65,6 +67,7 @@ def _report(selections, detector_info: str, upscale: float, size: tuple[int, int
 class DiffBIRFaceDetectAlign(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        detectors = DETECTOR_FILE.choices()  # only files that are there: the frontend counts a listed one installed
         return schema.schema(
             node_id="DiffBIRFaceDetectAlign",
             display_name="DiffBIR Face Detect & Align",
@@ -79,9 +82,13 @@ class DiffBIRFaceDetectAlign(io.ComfyNode):
                 "background must have that size too."),
             inputs=[
                 io.Image.Input("image", tooltip="The whole photo(s), low quality, at their original size."),
-                io.Combo.Input("detector_name", options=detector_choices(DEFAULT_DETECTOR),
+                io.Combo.Input("detector_name", options=detectors,
+                               default=DETECTORS[0] if DETECTORS[0] in detectors else None,
                                tooltip=f"RetinaFace file: {DETECTORS[0]} (official, best) or {DETECTORS[1]} "
-                                       f"(faster), from models/{FACE_FOLDER} or (prefixed) models/{FOLDER}."),
+                                       f"(faster), from models/{FACE_FOLDER} or (prefixed) models/{FOLDER}. The list "
+                                       "shows the files that are there; a workflow naming an official one that is "
+                                       f"not installed gets it downloaded into models/{FACE_FOLDER} when the node "
+                                       "runs (DIFFBIR_OFFLINE=1 turns that off)."),
                 io.Float.Input("upscale", default=DEFAULT_UPSCALE, min=1.0, max=8.0, step=0.05,
                                tooltip="The photo is enlarged by this (bicubic, official --upscale) before faces are "
                                        "found and cut out: use the same upscale as the background restore, which "
@@ -120,15 +127,17 @@ class DiffBIRFaceDetectAlign(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, detector_name=None):
-        return unlisted_error("detector_name", detector_name, detector_choices(DEFAULT_DETECTOR),
-                              f"models/{FACE_FOLDER} or models/{FOLDER}") or True
+        # A listed file, or an official detector that is not installed yet (downloaded when the node runs).
+        return DETECTOR_FILE.unlisted_error(detector_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, detector_name, **kwargs):
-        # Re-run when the detector file is replaced on disk under the same name (other inputs are in the cache key).
+        # Re-run when the detector file is replaced on disk under the same name, or arrives (other inputs are in the
+        # cache key).
         try:
-            return repr(model_cache.file_key(resolve_detector(detector_name, GET_DETECTOR)))
-        except (FileNotFoundError, OSError):
+            path = DETECTOR_FILE.installed(detector_name)
+            return repr(model_cache.file_key(path)) if path else detector_name
+        except OSError:
             return detector_name
 
     @classmethod
@@ -143,9 +152,11 @@ class DiffBIRFaceDetectAlign(io.ComfyNode):
         size = stage1_core.upscaled_size(h, w, upscale, "v2.1")
         if size != (h, w):
             photos = stage1_core.pil_bicubic_resize(photos, size)
-        path = resolve_detector(detector_name, GET_DETECTOR)
+        path, downloaded = obtain(DETECTOR_FILE, detector_name, "DiffBIR Face Detect & Align")
         patcher, info = model_cache.cached("face detector", (model_cache.file_key(path),),
                                            lambda: load_detector(path), path)
+        if downloaded:
+            info = f"{downloaded}\n{info}"
         mm.load_models_gpu([patcher], force_full_load=True)
         pbar = comfy.utils.ProgressBar(b)
         selections = []

@@ -9,7 +9,8 @@ from comfy_api.latest import io
 
 from .host import model_cache, schema
 from .host.loaders import DTYPES, load_controlnet, load_sd_parts, load_stage1
-from .host.model_files import CONTROLNET_EXTRA_FOLDER, FOLDER, STAGE1_EXTRA_FOLDER, choices, resolve, unlisted_error
+from .host.downloads import obtain
+from .host.model_files import CONTROLNET_FILE, STAGE1_FILE
 from .host.types import Stage1IO
 
 log = logging.getLogger("comfyui-diffbir")
@@ -29,21 +30,26 @@ class DiffBIRLoadModels(io.ComfyNode):
                 "Load DiffBIR's stage-1 restorer and its ControlNet (IRControlNet; LAControlNet in v1) from "
                 "models/diffbir (also listed: models/upscale_models for stage 1 and models/controlnet for the "
                 "ControlNet, shown with that folder as prefix). Kind and DiffBIR version are detected from the file; "
-                "a wrong file is refused with a message saying what it is. Connect CONTROL_NET to 'LAControlNet "
+                "a wrong file is refused with a message saying what it is. An official file that is not installed "
+                "(a workflow names it) is downloaded into its folder when the node runs, with a progress bar; "
+                "DIFFBIR_OFFLINE=1 turns that off. Connect CONTROL_NET to 'LAControlNet "
                 "Apply' and the stage-1 model to 'Stage1 SwinIR Restore'. The SD 2.1 model itself comes from the "
                 "stock Load Checkpoint: v2.1 needs sd2.1-base-zsnr-laionaes5.ckpt, v1/v2 need "
                 "v2-1_512-ema-pruned.ckpt."),
             inputs=[
-                io.Combo.Input("stage1_name", options=choices(STAGE1_EXTRA_FOLDER),
+                io.Combo.Input("stage1_name", options=STAGE1_FILE.choices(),
                                tooltip="Stage-1 restorer file: general_swinir_v1.ckpt / face_swinir_v1.ckpt / "
                                        "realesrgan_s4_swinir_100k.pth (SwinIR), BSRNet.pth or "
                                        "scunet_color_real_psnr.pth, from models/diffbir or (prefixed) "
-                                       "models/upscale_models. 'none' = no stage 1."),
-                io.Combo.Input("controlnet_name", options=choices(CONTROLNET_EXTRA_FOLDER),
+                                       "models/upscale_models. An official name that is not installed is downloaded "
+                                       "into that folder when the node runs. 'none' = no stage 1."),
+                io.Combo.Input("controlnet_name", options=CONTROLNET_FILE.choices(),
                                tooltip="DiffBIR ControlNet file: DiffBIR_v2.1.pt, v2.pth, v1_general.pth or "
                                        "v1_face.pth (or a file converted with diffbir_core.convert), from "
                                        "models/diffbir or (prefixed) models/controlnet. The version is read from the "
-                                       "file name or the converter's metadata. 'none' = no ControlNet."),
+                                       "file name or the converter's metadata. An official name that is not "
+                                       "installed is downloaded into that folder when the node runs. 'none' = no "
+                                       "ControlNet."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
                                tooltip="Precision of the ControlNet. auto = what ComfyUI picks for the UNet on this "
                                        "device (fp16 on most GPUs, fp32 on CPU). fp16/bf16 follow DiffBIR's half "
@@ -69,35 +75,34 @@ class DiffBIRLoadModels(io.ComfyNode):
                                       "otherwise."),
                 io.String.Output("info", display_name="info",
                                  tooltip="What was detected in each file: kind, DiffBIR version, sizes, precision and "
-                                         "which SD 2.1 it needs."),
+                                         "which SD 2.1 it needs; and which files were downloaded, from where."),
             ],
         )
 
     @classmethod
     def validate_inputs(cls, stage1_name=None, controlnet_name=None):
-        for name, value, extra in (("stage1_name", stage1_name, STAGE1_EXTRA_FOLDER),
-                                   ("controlnet_name", controlnet_name, CONTROLNET_EXTRA_FOLDER)):
-            error = unlisted_error(name, value, choices(extra), f"models/{FOLDER} or models/{extra}")
-            if error:
-                return error
-        return True
+        # A listed file, or an official file of the slot that is not installed yet (downloaded when the node runs).
+        return STAGE1_FILE.unlisted_error(stage1_name) or CONTROLNET_FILE.unlisted_error(controlnet_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, stage1_name, controlnet_name, dtype="auto"):
-        # Re-run when a file is replaced on disk under the same name.
+        # Re-run when a file is replaced on disk under the same name (or arrives: a download, a copy by hand).
         keys = []
-        for name, folder in ((stage1_name, STAGE1_EXTRA_FOLDER), (controlnet_name, CONTROLNET_EXTRA_FOLDER)):
+        for file, name in ((STAGE1_FILE, stage1_name), (CONTROLNET_FILE, controlnet_name)):
             try:
-                keys.append(model_cache.file_key(resolve(name, folder)))
-            except (FileNotFoundError, OSError):
+                path = file.installed(name)
+                keys.append(model_cache.file_key(path) if path else name)
+            except OSError:
                 keys.append(name)
         return repr((keys, dtype))
 
     @classmethod
     def execute(cls, stage1_name, controlnet_name, dtype="auto") -> io.NodeOutput:
-        stage1_path = resolve(stage1_name, STAGE1_EXTRA_FOLDER)
-        controlnet_path = resolve(controlnet_name, CONTROLNET_EXTRA_FOLDER)
         lines = []
+        stage1_path, downloaded = obtain(STAGE1_FILE, stage1_name, NODE)
+        lines += [downloaded] if downloaded else []
+        controlnet_path, downloaded = obtain(CONTROLNET_FILE, controlnet_name, NODE)
+        lines += [downloaded] if downloaded else []
         stage1 = control = None
         sd_parts = (None, None, None)
         v1_sd = None  # path of a v1 full checkpoint picked in either slot
@@ -121,7 +126,7 @@ class DiffBIRLoadModels(io.ComfyNode):
         for slot, used in (("stage1", stage1_path), ("controlnet", controlnet_path), ("sd", v1_sd)):
             if used is None:
                 model_cache.release(slot)  # release what an earlier run loaded into an emptied slot
-        if not lines:
+        if stage1_path is None and controlnet_path is None:
             lines.append("nothing loaded (both slots are 'none')")
         info = "\n".join(lines)
         log.info("DiffBIR: %s", info.replace("\n", "; "))

@@ -151,8 +151,10 @@ def test_a_non_detector_file_is_refused_naming_the_input_and_the_fix(comfy_host,
                                          r"stage-1 SwinIR.*face detector slot expects a RetinaFace.*"
                                          r"detection_Resnet50_Final.pth.*models/facedetection"):
         _detect(comfy_host, _photos(1, 32, 32), detector="not_a_detector.safetensors")
-    with pytest.raises(FileNotFoundError, match=r"^detector_name: 'missing.pth' is not in models/facedetection.*"
-                                                r"python -m diffbir_cli download detection_Resnet50_Final.pth"):
+    with pytest.raises(FileNotFoundError, match=r"^detector_name: model file 'missing.pth' not found in "
+                                                r"models/facedetection or models/diffbir .*official file of this slot, "
+                                                r"which the node downloads when it runs: detection_Resnet50_Final.pth, "
+                                                r"detection_mobilenet0.25_Final.pth\.$"):
         _detect(comfy_host, _photos(1, 32, 32), detector="missing.pth")
 
 

@@ -9,6 +9,7 @@ other. One concept per module:
   tiled_stage   a tiled stage declared once: its widgets, its validation, one plan-run-fall-back call
   types         payloads that travel between our nodes (DIFFBIR_STAGE1, FACE_ALIGNMENT)
   model_files   the model folders the loaders list and how a widget value becomes a path
+  downloads     an official file a loader names but ComfyUI lacks, downloaded when the node runs
   model_cache   loaded networks kept between prompts, keyed by file identity
   patching      torch networks inside ComfyUI ModelPatchers (comfy.ops layers, the official half policy)
   loaders       building each network kind from a file (stage 1, ControlNet, v1 SD parts, face detector)

@@ -23,11 +23,10 @@ from .types import Stage1Model
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
-DETECTORS = ("detection_Resnet50_Final.pth", "detection_mobilenet0.25_Final.pth")  # facexlib's official names
-DEFAULT_DETECTOR = DETECTORS[0]  # DiffBIR's retinaface_resnet50
-GET_DETECTOR = (f"Put facexlib's {DETECTORS[0]} (or {DETECTORS[1]}) from github.com/xinntao/facexlib/releases "
-                f"(v0.1.0) into models/{FACE_FOLDER}, or run `python -m diffbir_cli download {DETECTORS[0]}`, then "
-                "press R.")
+DETECTORS = ("detection_Resnet50_Final.pth", "detection_mobilenet0.25_Final.pth")  # facexlib's; DiffBIR uses the first
+GET_DETECTOR = (f"Pick facexlib's {DETECTORS[0]} (or {DETECTORS[1]}): the node downloads it into "
+                f"models/{FACE_FOLDER} when it runs (offline: put it there from github.com/xinntao/facexlib/releases "
+                f"v0.1.0, or run `python -m diffbir_cli download {DETECTORS[0]}` where there is a network).")
 
 
 def resolve_dtype(dtype_name: str, device: torch.device, params: int) -> torch.dtype:

@@ -1,17 +1,25 @@
-"""The model folders the DiffBIR loaders list, and how a widget value becomes a file path.
+"""The model folders the DiffBIR loaders list, and how a file widget's value becomes a file path.
 
 ``models/diffbir`` (registered here through folder_paths, so extra_model_paths.yaml entries named ``diffbir`` are
 honoured) holds every DiffBIR file; the loaders also list, prefixed with the folder name, ComfyUI's own
 ``upscale_models`` (stage 1) and ``controlnet`` (ControlNet) folders, and the face detector lives in
 ``models/facedetection`` (ComfyUI's conventional folder for facexlib detectors, shared with other face packs),
 with ``models/diffbir`` files offered prefixed.
+
+Each loader file widget is a ``FileInput``: its list holds only files that are there (the frontend counts a listed
+name as installed), and its validation also accepts the official file names of its slot (the weights catalogue),
+which the node fetches when it runs (``downloads``).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import folder_paths
+
+from diffbir_core.detect import STAGE1_KINDS
+from diffbir_weights import CATALOGUE, WeightFile, lookup
 
 FOLDER = "diffbir"
 FACE_FOLDER = "facedetection"
@@ -48,62 +56,102 @@ def files(folder: str) -> list[str]:
         return []
 
 
-def choices(extra_folder: str) -> list[str]:
-    """'none', the diffbir files, then '<extra_folder>/<file>' for the host folder's files (deduplicated)."""
-    own = files(FOLDER)
-    seen = set(own)
-    extra = []
-    for name in files(extra_folder):
-        label = f"{extra_folder}/{name}"
-        if label not in seen:
-            seen.add(label)
-            extra.append(label)
-    return [NONE] + own + extra
-
-
-def resolve(name: str, extra_folder: str) -> str | None:
-    """Full path of a loader's widget value (None for 'none'): models/diffbir, or '<extra_folder>/<file>'."""
-    if not name or name == NONE:
+def full_path(folder: str, name: str) -> str | None:
+    """Where ComfyUI finds `name` in the folder type `folder` (any of its paths), or None."""
+    try:
+        return folder_paths.get_full_path(folder, name)
+    except KeyError:  # folder type unknown to this ComfyUI
         return None
-    path = folder_paths.get_full_path(FOLDER, name)
-    if path is None and name.startswith(extra_folder + "/"):
-        path = folder_paths.get_full_path(extra_folder, name[len(extra_folder) + 1:])
-    if path is None:
-        raise FileNotFoundError(
-            f"DiffBIR: model file '{name}' not found in models/{FOLDER} or models/{extra_folder} (moved or "
-            "deleted?). Refresh the node list (press R) and pick an existing file.")
-    return path
 
 
-def detector_choices(default: str) -> list[str]:
-    """models/facedetection files, then models/diffbir ones as 'diffbir/<file>'; the official `default` always
-    listed first, so that a shipped workflow validates and its missing file gets a message saying where to get it."""
-    names = files(FACE_FOLDER) + [f"{FOLDER}/{n}" for n in files(FOLDER)]
-    if default not in names and f"{FOLDER}/{default}" not in names:
-        names.insert(0, default)
-    return names
+@dataclass(frozen=True)
+class FileInput:
+    """A loader's file widget: bare values are files of `folder`, '<prefixed>/<file>' values files of `prefixed`
+    (listed after them with that prefix); `kinds` are the checkpoint kinds its slot loads (which official files it
+    accepts while they are not installed); `none` adds the value 'none' (no file) first."""
 
+    input_name: str
+    folder: str
+    prefixed: str
+    kinds: tuple[str, ...]
+    none: bool
 
-def resolve_detector(name: str, get_it: str) -> str:
-    """Full path of a detector widget value; FileNotFoundError naming the folders and `get_it` (where to get it)."""
-    path = folder_paths.get_full_path(FACE_FOLDER, name)
-    if path is None and name.startswith(FOLDER + "/"):
-        path = folder_paths.get_full_path(FOLDER, name[len(FOLDER) + 1:])
-    if path is None:
-        raise FileNotFoundError(f"detector_name: '{name}' is not in models/{FACE_FOLDER} or models/{FOLDER}. "
-                                + get_it)
-    return path
+    @property
+    def folders(self) -> str:
+        """The folders the input reads, for messages: 'models/diffbir or models/upscale_models'."""
+        return f"models/{self.folder} or models/{self.prefixed}"
+
+    def choices(self) -> list[str]:
+        """The files that are there: `folder`'s, then '<prefixed>/<file>' (deduplicated); 'none' first if allowed."""
+        own = files(self.folder)
+        seen = set(own)
+        extra = []
+        for name in files(self.prefixed):
+            label = f"{self.prefixed}/{name}"
+            if label not in seen:
+                seen.add(label)
+                extra.append(label)
+        return ([NONE] if self.none else []) + own + extra
+
+    def split(self, value: str) -> tuple[str, str]:
+        """(folder type, name inside it) that a value is read from: the prefixed folder for '<prefixed>/x'."""
+        if value.startswith(self.prefixed + "/"):
+            return self.prefixed, value[len(self.prefixed) + 1:]
+        return self.folder, value
+
+    def official(self, value) -> WeightFile | None:
+        """The catalogue entry when `value` is an official file of this slot, bare or with the prefix; else None."""
+        if not isinstance(value, str):
+            return None
+        entry = lookup(value)
+        if entry is None or entry.kind not in self.kinds:
+            return None
+        return entry if value in (entry.name, f"{self.prefixed}/{entry.name}") else None
+
+    def official_names(self) -> list[str]:
+        """The official files this slot loads (the catalogue's entries of its kinds)."""
+        return [e.name for e in CATALOGUE.values() if e.kind in self.kinds]
+
+    def installed(self, value: str) -> str | None:
+        """Where ComfyUI finds the file the value names (None for 'none' or a file that is not there).
+
+        A bare value is looked up in `folder`; a prefixed one in `folder` (a subfolder of that name) and then in
+        the prefixed folder. An official file that is not where the value says but in one of the folders the
+        catalogue lists for it (``WeightFile.folder``, ``alt_folders``; e.g. BSRNet.pth in models/upscale_models
+        while the workflow names it bare) is that file, used in place instead of being downloaded twice."""
+        if not value or value == NONE:
+            return None
+        path = full_path(self.folder, value)
+        if path is None and value.startswith(self.prefixed + "/"):
+            path = full_path(self.prefixed, value[len(self.prefixed) + 1:])
+        entry = self.official(value)
+        if path is None and entry is not None:
+            for folder in (entry.folder, *entry.alt_folders):
+                path = path or full_path(folder, entry.name)
+        return path
+
+    def unlisted_error(self, value) -> str | None:
+        """Why the value cannot be used, or None; for the loader's validate_inputs. Listed files pass, and so do the
+        official files of this slot that are not installed (the node downloads them when it runs).
+
+        ComfyUI 0.3.75 does not check V3 combo values itself (newer hosts do, but skip inputs that validate_inputs
+        names), so the loaders check their file inputs here, on every host, with the stock wording and the fix."""
+        if value is None or self.official(value) is not None:
+            return None
+        return unlisted_error(self.input_name, value, self.choices(), self.folders)
 
 
 def unlisted_error(input_name: str, value, options: list[str], folders: str) -> str | None:
-    """Why a file widget's value cannot be used (not among `options`), or None; for a loader's validate_inputs.
-
-    ComfyUI 0.3.75 does not check V3 combo values itself (newer hosts do, but skip inputs that validate_inputs
-    names), so the loaders check their file inputs here, on every host, with the stock wording and the fix."""
+    """Why a file widget's value cannot be used (not among `options`), or None, in ComfyUI's stock wording."""
     if value is None or value in options:
         return None
     return (f"Value not in list: {input_name}: '{value}' is not in {folders}: put the file there and refresh the "
             "node list (press R), or pick a listed file")
 
+
+STAGE1_FILE = FileInput("stage1_name", FOLDER, STAGE1_EXTRA_FOLDER, (*STAGE1_KINDS, "diffbir_v1_full"), none=True)
+CONTROLNET_FILE = FileInput("controlnet_name", FOLDER, CONTROLNET_EXTRA_FOLDER, ("controlnet", "diffbir_v1_full"),
+                            none=True)
+DETECTOR_FILE = FileInput("detector_name", FACE_FOLDER, FOLDER, ("retinaface",), none=False)
 
 register_model_folders()
