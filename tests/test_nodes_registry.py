@@ -158,3 +158,15 @@ def test_one_import_root_for_diffbir_core(comfy_host):
     assert not [m for m in sys.modules if m.startswith(f"{package}.diffbir_core")]
     patching = node_module(comfy_host, "host.patching")
     assert patching.GroupNorm32 is blocks.GroupNorm32 and patching.Linear is blocks.Linear
+
+
+def test_readme_layout_names_every_module_of_the_nodes_layer():
+    """README's Layout lists each node module and each module of the shared layer (the tree and the README agree)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("\n## Layout"):]
+    layout = layout[:layout.index("\n## ", 1)]
+    for path in sorted(NODE_DIR.glob("*.py")) + sorted((NODE_DIR / "host").glob("*.py")):
+        if path.stem != "__init__":
+            assert f"`{path.stem}`" in layout, f"README Layout does not name {path.relative_to(ROOT)}"
+    for folder in ("nodes/", "nodes/host/", "web/docs/", "subgraphs/", "diffbir_core/", "workflows/"):
+        assert f"`{folder}`" in layout, folder
