@@ -19,6 +19,7 @@ version numbers. Nothing in ComfyUI or its frontend is faked: the page is the re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -277,7 +278,7 @@ _TOASTS = ".p-toast-message, [data-sonner-toast], [role=alert]"
 _GRAPH_NODES = """() => app.graph.nodes.map(n => ({id: String(n.id), type: n.type, title: n.title,
     subgraph: !!n.subgraph, errors: !!n.has_errors}))"""
 
-_INNER_TYPES = """(id) => {
+_INNER_TYPES = r"""(id) => {
   const node = app.graph.getNodeById(id);
   const out = [];
   const seen = new Set();
@@ -554,9 +555,12 @@ class ComfyPage:
                 return
         raise AssertionError(f"could not select node {node_id} by clicking its title (selected: {selected})")
 
-    def open_node_help(self, node_type: str, expected_heading: str, timeout_ms: int = 15_000) -> HelpResult:
+    def open_node_help(self, node_type: str, expected_heading: str, expected_text: str = "",
+                       timeout_ms: int = 15_000) -> HelpResult:
         """Put one ``node_type`` node on a fresh canvas, select it with the mouse and open its help through the
-        selection toolbox's info button; wait until a heading reading ``expected_heading`` is rendered."""
+        selection toolbox's info button; wait until a heading reading ``expected_heading`` is rendered, and the
+        start of ``expected_text`` (the page's first paragraph) too: 1.58's panel titles itself with the node's
+        name, which reads like the page's heading before the page has arrived."""
         workflow = {"last_node_id": 1, "last_link_id": 0, "nodes": [
             {"id": 1, "type": node_type, "pos": [300, 250], "size": [320, 120], "flags": {}, "order": 0,
              "mode": 0, "inputs": [], "outputs": [], "properties": {}}],
@@ -581,6 +585,9 @@ class ComfyPage:
             shot = self.screenshot(f"help-{node_type}-FAILED")
             return HelpResult(node_type, route, self.page.locator("body").inner_text(), [],
                               self.responses[first_response:], shot)
+        if expected_text:
+            with contextlib.suppress(Exception):  # a miss is reported by the caller's check, with a screenshot
+                self.page.get_by_text(expected_text[:60]).first.wait_for(state="visible", timeout=timeout_ms)
         # The help container: the nearest ancestor of the heading that holds more than the heading.
         container = heading.first.locator("xpath=ancestor::*[count(.//p | .//li) > 0][1]")
         text = container.inner_text() if container.count() else heading.first.inner_text()

@@ -54,8 +54,10 @@ def artifacts(request, tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    """Module scope: playwright's sync API keeps an event loop running in this thread while it is started, and
+    the in-process ComfyUI of the other test modules runs its own loop here (run_until_complete refuses)."""
     try:
         import playwright  # noqa: F401
     except ImportError:
@@ -187,7 +189,7 @@ def test_help_page_rendered(comfy, node_id):
     heading, paragraph = browser.markdown_expectations(doc.read_text(encoding="utf-8"))
     assert heading, f"{doc.relative_to(REPO_ROOT)} has no heading"
 
-    result = page.open_node_help(node_id, heading)
+    result = page.open_node_help(node_id, heading, paragraph)
     served = [(s, u) for s, u in result.doc_responses
               if re.search(rf"/extensions/{re.escape(EXTENSION_NAME)}/docs/{re.escape(node_id)}(/[^/]+)?\.md$", u)]
     assert any(s == 200 for s, _ in served), (
