@@ -10,7 +10,8 @@ Plain module (no pytest import), like comfy_host.py:
   --no-deps`` into the cache folder outside the repository (``cache_root()/wheels``), unpacked once into
   ``cache_root()/frontends/`` and served with ``--front-end-root``.
 * ``Browser`` - playwright + that chromium; ``Browser.open(url, artifacts)`` gives a ``ComfyPage``.
-* ``ComfyPage`` - one loaded frontend: ``load_workflow`` (reports missing node types), ``node_library_item``,
+* ``ComfyPage`` - one loaded frontend: ``load_workflow`` (reports missing node types), ``missing_models`` (the
+  frontend's missing-models listing: files, folders, Download buttons), ``node_library_item``,
   ``insert_from_node_library``, ``open_node_help``, ``screenshot`` (into the artifacts folder).
 
 The two frontends' page APIs differ (see ``ComfyPage``); everything here feature-detects instead of branching on
@@ -321,6 +322,63 @@ _TREE_ANCESTORS = """(el) => {
 }"""
 
 
+# The missing-models listing, read from the page. 1.32.9: the "Missing Models" modal dialog, a PrimeVue listbox
+# (``.comfy-missing-models``) with one ``[role=option]`` per file, labelled "directory / name" (the URL in the
+# label's title), a "Download (?)" button (disabled with the reason beside it in a message) and "Copy URL".
+# 1.58: the right side panel's Issues tab, section ``[data-testid=error-group-missing-model]``, one row per file
+# (a MissingModelRow: the name in an element titled with it, under it "directory" or "directory · size", and a
+# ``[data-testid=missing-model-download]`` button only where the frontend allows the download). Returns null while
+# neither is shown.
+_MISSING_MODELS = """() => {
+  const shown = e => !!e && e.getClientRects().length > 0;
+  const text = e => (e ? e.innerText : '').replace(/\\s+/g, ' ').trim();
+  const button = b => b ? {text: text(b), label: b.getAttribute('aria-label') || '', title: b.title || '',
+                           enabled: !b.disabled && b.getAttribute('aria-disabled') !== 'true'} : null;
+  const list = document.querySelector('.comfy-missing-models');
+  if (shown(list)) {
+    const dialog = list.closest('[role=dialog]') || list.parentElement;
+    const heading = [...dialog.querySelectorAll('h1, h2, h3')].map(text).find(t => t) || '';
+    const rows = [...list.querySelectorAll('[role=option]')].map(o => {
+      const label = o.querySelector('span[title]') || o;
+      return {label: text(label), url: label.title || '', text: text(o),
+              note: [...o.querySelectorAll('.p-message, [role=alert]')].map(text).join(' | '),
+              download: button([...o.querySelectorAll('button')].find(b => /download/i.test(b.innerText)))};
+    });
+    return {where: 'dialog', heading, text: text(dialog), rows};
+  }
+  const section = document.querySelector('[data-testid=error-group-missing-model]');
+  if (shown(section)) {
+    const heading = text(section.querySelector('button[aria-expanded]')) || '';
+    const rowEls = [...section.querySelectorAll(
+      '[data-testid=missing-model-importable-rows] > *, [data-testid=missing-model-import-not-supported-section] > *')]
+      .filter(r => r.querySelector('[data-testid=missing-model-download], [data-testid=missing-model-locate], '
+                                   + '[title]'));
+    const rows = rowEls.map(r => {
+      const name = [...r.querySelectorAll('[title]')].find(e => text(e) && text(e) === e.title.trim());
+      const meta = name && name.parentElement ? name.parentElement.nextElementSibling : null;
+      return {label: text(name), meta: text(meta), text: text(r), note: '',
+              download: button(r.querySelector('[data-testid=missing-model-download]'))};
+    });
+    return {where: 'issues panel', heading, text: text(section), rows,
+            download_all: button(section.querySelector('[data-testid=missing-model-download-all]'))};
+  }
+  return null;
+}"""
+
+_SCROLL_LISTING_TO_END = """() => {
+  const list = document.querySelector('.comfy-missing-models .p-listbox-list-container');
+  if (!list || list.scrollHeight <= list.clientHeight + 1) return false;
+  list.scrollTop = list.scrollHeight;
+  return true;
+}"""
+
+# 1.58's notice after loading a workflow with problems: "N issues found" with a "View details" button that opens
+# the right side panel's Issues tab.
+_ERROR_OVERLAY = "[data-testid=error-overlay]"
+_ERROR_OVERLAY_DETAILS = "[data-testid=error-overlay-see-errors]"
+_ERROR_OVERLAY_DISMISS = "[data-testid=error-overlay-dismiss]"
+
+
 @dataclasses.dataclass
 class LoadResult:
     """What loading one workflow into the canvas gave."""
@@ -348,6 +406,38 @@ class HelpResult:
     screenshot: pathlib.Path | None = None
 
 
+@dataclasses.dataclass
+class MissingModelRow:
+    """One file of the frontend's missing-models listing, as shown."""
+
+    name: str                       # the file name shown
+    directory: str | None           # the folder shown with it (None: none shown)
+    text: str                       # the row's whole text
+    download: str | None            # its Download button: "enabled", "disabled", or None where there is none
+    note: str = ""                  # 1.32.9: the message beside the row (why Download is disabled)
+    url: str = ""                   # 1.32.9: the URL in the label's tooltip
+
+
+@dataclasses.dataclass
+class MissingModelsView:
+    """What the frontend showed about missing model files after loading a workflow."""
+
+    where: str | None               # "dialog" (1.32.9's modal), "issues panel" (1.58's right side panel) or None
+    heading: str                    # the dialog's title / the panel section's title
+    notice: str                     # 1.58: the toast that led to the panel ("6 issues found ...")
+    rows: list[MissingModelRow]
+    text: str                       # the dialog's / section's whole text
+    download_all: str | None = None  # 1.58: "Download all" ("enabled"/"disabled"), None where absent
+    seconds: float = 0.0            # from loadGraphData to the listing read
+    screenshot: pathlib.Path | None = None
+
+    def by_name(self) -> dict[str, list[MissingModelRow]]:
+        out: dict[str, list[MissingModelRow]] = {}
+        for row in self.rows:
+            out.setdefault(row.name, []).append(row)
+        return out
+
+
 class ComfyPage:
     """One ComfyUI page in one frontend build.
 
@@ -364,6 +454,12 @@ class ComfyPage:
       only; dragging it onto the canvas inserts it in both.
     * node help: both show ``[data-testid=info-button]`` in the selection toolbox for a selected node; 1.32.9 opens
       the help page in the node library sidebar, 1.58 in the right side panel's "Info" tab.
+    * missing models: 1.32.9 opens a "Missing Models" modal (a listbox ``.comfy-missing-models``, rows "directory /
+      name", a "Download (?)" button per file, disabled with the reason in a message beside it); 1.58 shows a toast
+      "N issues found" (``[data-testid=error-overlay]``) whose "View details" opens the right side panel's Issues
+      tab, section ``[data-testid=error-group-missing-model]``: one row per file (name, then its folder, "Unknown"
+      without metadata), a ``[data-testid=missing-model-download]`` button only where it allows the download.
+      The panel's open state is the hidden setting ``Comfy.RightSidePanel.IsOpen``.
     * first run: both open the templates browser for a new user unless the ``Comfy.TutorialCompleted`` setting is
       set (done here through the server's ``POST /settings``).
     """
@@ -486,6 +582,94 @@ class ComfyPage:
         if screenshot:
             result.screenshot = self.screenshot(f"workflow-{pathlib.Path(name).stem}")
         return result
+
+    # ---- missing models
+
+    def missing_models(self, workflow: dict, name: str, timeout_ms: int = 15_000,
+                       screenshot: bool = True) -> MissingModelsView:
+        """Load ``workflow`` as ``name`` and read the frontend's missing-models listing as a user reaches it: 1.32.9
+        opens its "Missing Models" dialog by itself; 1.58 shows a toast ("N issues found") whose "View details"
+        opens the Issues tab of the right side panel. Screenshot of the listing (``missing-models-<name>``), then
+        the dialog is closed and the side panel put back as it was. ``where`` is None when neither appeared
+        within ``timeout_ms``."""
+        self.page.evaluate("() => { window.__diffbirTest.missing = null; }")
+        self._close_toasts()
+        self.close_dialogs()
+        # 1.58: an "issues found" notice of an earlier workflow is dismissed, so the one waited for is this one's
+        stale = self.page.locator(f"{_ERROR_OVERLAY} {_ERROR_OVERLAY_DISMISS}")
+        for i in reversed(range(stale.count())):
+            stale.nth(i).click()
+        # 1.58: a side panel left open (on the Issues tab of an earlier workflow, or on another tab) is closed
+        # first, so what is read below is this workflow's listing, reached through the toast
+        panel_was_open = self._right_side_panel_open()
+        if panel_was_open:
+            self._set_right_side_panel(False)
+        t0 = time.monotonic()
+        self.page.evaluate("async ([wf, name]) => { await app.loadGraphData(wf, true, true, name); }",
+                           [workflow, name])
+        self.page.wait_for_function("() => window.__diffbirTest.missing !== null", timeout=30_000)
+        notice = ""
+        try:
+            self.page.wait_for_function(
+                f"() => ({_MISSING_MODELS})() !== null || !!document.querySelector({json.dumps(_ERROR_OVERLAY)})",
+                timeout=timeout_ms, polling=100)
+        except Exception:  # noqa: BLE001 - reported as where=None with a screenshot
+            pass
+        overlay = self.page.locator(_ERROR_OVERLAY).filter(has=self.page.locator(_ERROR_OVERLAY_DETAILS))
+        if self.page.evaluate(_MISSING_MODELS) is None and overlay.count():
+            notice = _squash(overlay.first.inner_text())
+            overlay.first.locator(_ERROR_OVERLAY_DETAILS).click()
+            try:
+                self.page.wait_for_function(f"() => ({_MISSING_MODELS})() !== null", timeout=timeout_ms,
+                                            polling=100)
+            except Exception:  # noqa: BLE001
+                pass
+        # rows arrive as the frontend finishes checking; read once two readings 300 ms apart agree
+        seen, view = None, None
+        for _ in range(20):
+            view = self.page.evaluate(_MISSING_MODELS)
+            if view is not None and view == seen:
+                break
+            seen = view
+            self.page.wait_for_timeout(300)
+        seconds = time.monotonic() - t0
+        shot = self.screenshot(f"missing-models-{pathlib.Path(name).stem}") if screenshot else None
+        # 1.32.9's list shows about two and a half rows at a time: a second screenshot with it scrolled to its end
+        if screenshot and self.page.evaluate(_SCROLL_LISTING_TO_END):
+            self.settle(200)
+            self.screenshot(f"missing-models-{pathlib.Path(name).stem}-scrolled")
+        self.close_dialogs()
+        if self._right_side_panel_open() != panel_was_open:
+            self._set_right_side_panel(panel_was_open)
+        if view is None:
+            return MissingModelsView(None, "", notice, [], "", None, seconds, shot)
+        rows = []
+        for raw in view["rows"]:
+            if view["where"] == "dialog":  # "directory / name"
+                directory, sep, file_name = raw["label"].partition(" / ")
+                if not sep:
+                    directory, file_name = None, raw["label"]
+            else:  # name, then "directory" or "directory · 1.2 GB"
+                file_name, directory = raw["label"], raw["meta"].split(" · ")[0].strip() or None
+            dl = raw["download"]
+            rows.append(MissingModelRow(file_name.strip(), directory and directory.strip(), raw["text"],
+                                        None if dl is None else ("enabled" if dl["enabled"] else "disabled"),
+                                        raw.get("note", ""), raw.get("url", "")))
+        dl_all = view.get("download_all")
+        return MissingModelsView(view["where"], view["heading"], notice, rows, view["text"],
+                                 None if dl_all is None else ("enabled" if dl_all["enabled"] else "disabled"),
+                                 seconds, shot)
+
+    def _right_side_panel_open(self) -> bool:
+        """1.58's right side panel state (its hidden setting ``Comfy.RightSidePanel.IsOpen``); False where the
+        frontend has no such setting (1.32.9)."""
+        return bool(self.page.evaluate(
+            "() => { try { return !!app.extensionManager.setting.get('Comfy.RightSidePanel.IsOpen'); }"
+            " catch (e) { return false; } }"))
+
+    def _set_right_side_panel(self, open_: bool) -> None:
+        self.page.evaluate("(v) => app.extensionManager.setting.set('Comfy.RightSidePanel.IsOpen', v)", open_)
+        self.settle(200)
 
     # ---- node library
 

@@ -13,7 +13,14 @@ check below runs on that page. Screenshots and the page's console log go to ``$D
   found under the node library's subgraph-blueprint folder and, dragged onto the canvas, becomes a subgraph node
   whose inner nodes are all registered. The pack ships blueprints: no ``subgraphs/*.json`` fails;
 * every help page ``web/docs/<NodeId>.md`` is fetched by the frontend and rendered (its first heading and first
-  paragraph) when the node's help is opened from the selection toolbox. The pack ships help pages: none fails.
+  paragraph) when the node's help is opened from the selection toolbox. The pack ships help pages: none fails;
+* issue 30: ``workflows/diffbir_v2.1_unaligned_face.json`` opened with the server's empty models folders shows the
+  frontend's missing-models listing with each of its five files under the folder its loader reads (1.32.9: the
+  "Missing Models" dialog; newest: the Issues tab reached through the "N issues found" toast), screenshot
+  ``missing-models-diffbir_v2.1_unaligned_face.png``; newest offers Download (enabled) for the Hugging Face files
+  and none for the GitHub-hosted face detector; 1.32.9 disables every Download (its suffix rule: .safetensors and
+  .sft only; GitHub is not an allowed source). A copy with one file's metadata removed and another's folder
+  changed shows the check notices both.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import contextlib
 import json
 import pathlib
 import re
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -202,3 +210,117 @@ def test_help_page_rendered(comfy, node_id):
         assert paragraph in result.text, (
             f"frontend {page.version}: first paragraph of {doc.name} not in the help panel: {result.text[:500]!r} "
             f"(screenshot {result.screenshot})")
+
+
+# --------------------------------------------------------------------------- missing models (issue 30)
+
+FACE_WORKFLOW = REPO_ROOT / "workflows" / "diffbir_v2.1_unaligned_face.json"
+# The files the face workflow needs and the folder each loader reads (issue 30, "Must show"), written out here so
+# that metadata losing an entry fails the test rather than shrinking what it expects.
+FACE_FILES = {
+    "realesrgan_s4_swinir_100k.pth": "diffbir",
+    "DiffBIR_v2.1.pt": "diffbir",
+    "sd2.1-base-zsnr-laionaes5.ckpt": "checkpoints",
+    "face_swinir_v1.ckpt": "diffbir",
+    "detection_Resnet50_Final.pth": "facedetection",
+}
+
+
+def _face_urls() -> dict[str, str]:
+    workflow = json.loads(FACE_WORKFLOW.read_text(encoding="utf-8"))
+    return {m["name"]: m["url"] for m in workflow.get("models") or []}
+
+
+def _listing_problems(view: browser.MissingModelsView, expected: dict[str, str]) -> list[str]:
+    """How the frontend's missing-models listing differs from ``expected`` (file name -> folder): a file not
+    listed, listed more than once or under another folder, or a row for a file not expected."""
+    problems = []
+    rows = view.by_name()
+    for name, directory in expected.items():
+        found = rows.get(name, [])
+        if not found:
+            problems.append(f"{name} is not listed")
+        elif len(found) > 1:
+            problems.append(f"{name} is listed {len(found)} times: {[r.text for r in found]}")
+        elif found[0].directory != directory:
+            problems.append(f"{name} is listed under {found[0].directory!r}, not {directory!r}: {found[0].text!r}")
+    problems += [f"unexpected row {r.text!r}" for r in view.rows if r.name not in expected]
+    return problems
+
+
+def _without_metadata(workflow: dict, name: str) -> dict:
+    """``workflow`` with ``name`` dropped from its top-level ``models`` and from every node's ``properties.models``."""
+    out = json.loads(json.dumps(workflow))
+    out["models"] = [m for m in out.get("models") or [] if m["name"] != name]
+    for node in out["nodes"]:
+        props = node.get("properties") or {}
+        if "models" in props:
+            props["models"] = [m for m in props["models"] if m["name"] != name]
+    return out
+
+
+def _with_directory(workflow: dict, name: str, directory: str) -> dict:
+    out = json.loads(json.dumps(workflow))
+    for entry in (out.get("models") or []) + [m for n in out["nodes"] for m in (n.get("properties") or {}).get(
+            "models") or []]:
+        if entry["name"] == name:
+            entry["directory"] = directory
+    return out
+
+
+def test_missing_models_listing(comfy):
+    """Issue 30: the face workflow opened with no model files installed. The frontend lists each of its five files
+    with its folder. Download: 1.58 offers it (enabled) for the Hugging Face files and not for the GitHub-hosted
+    detector (our loader fetches that one itself); 1.32.9 shows a Download button for every file, all disabled,
+    with the reason (its allowed suffixes are .safetensors/.sft; GitHub is not an allowed source)."""
+    page, url, frontend = comfy
+    for directory in sorted(set(FACE_FILES.values())):
+        assert _get_json(f"{url}/experiment/models/{directory}") == [], f"the test server has files in {directory}"
+    urls = _face_urls()
+    assert set(urls) == set(FACE_FILES), f"{FACE_WORKFLOW.name}'s top-level models list {sorted(urls)}"
+
+    view = page.missing_models(json.loads(FACE_WORKFLOW.read_text(encoding="utf-8")), FACE_WORKFLOW.name)
+    shot = view.screenshot
+    assert shot is not None and shot.is_file()
+    assert view.where is not None, (f"frontend {page.version} showed no missing-models listing within 15 s of "
+                                    f"opening {FACE_WORKFLOW.name} (screenshot {shot})")
+    assert re.search(r"Missing Models", view.heading), f"listing headed {view.heading!r} (screenshot {shot})"
+    problems = _listing_problems(view, FACE_FILES)
+    assert not problems, f"frontend {page.version}, {view.where}: {problems} (screenshot {shot})"
+
+    rows = {r.name: r for r in view.rows}
+    hugging_face = {n for n, u in urls.items() if urllib.parse.urlsplit(u).hostname == "huggingface.co"}
+    assert hugging_face == set(FACE_FILES) - {"detection_Resnet50_Final.pth"}, urls
+    if frontend == "newest":
+        assert view.where == "issues panel" and re.search(r"\b\d+ issues? found\b", view.notice), (
+            f"frontend {page.version}: reached through {view.notice!r} -> {view.where}")
+        wrong = {n: r.download for n, r in rows.items() if r.download != ("enabled" if n in hugging_face else None)}
+        assert not wrong, (f"frontend {page.version}: Download should be enabled exactly for the Hugging Face files "
+                           f"{sorted(hugging_face)}; differs for {wrong} (screenshot {shot})")
+        assert view.download_all == "enabled", f"Download all: {view.download_all} (screenshot {shot})"
+    else:
+        assert view.where == "dialog", f"frontend {page.version} listed the files in the {view.where}"
+        enabled = [n for n, r in rows.items() if r.download != "disabled"]
+        assert not enabled, (f"frontend {page.version}: expected a disabled Download for every file (no .safetensors "
+                             f"names), got {[(n, rows[n].download) for n in enabled]} (screenshot {shot})")
+        for name, row in rows.items():
+            reason = (r"Only allowed suffixes are: '\.safetensors', '\.sft'" if name in hugging_face
+                      else r"Download not allowed from source '" + re.escape(urls[name]) + "'")
+            assert re.search(reason, row.note), f"{name}: the dialog says {row.note!r}, expected /{reason}/"
+
+
+def test_missing_models_check_notices_gaps(comfy):
+    """The listing check itself: the face workflow with the detector's metadata removed and face_swinir_v1.ckpt's
+    folder changed to checkpoints. Both frontends must show the difference and the check must name both files
+    (1.32.9 drops the file without metadata; 1.58 lists it under "Unknown")."""
+    page, _, _ = comfy
+    workflow = json.loads(FACE_WORKFLOW.read_text(encoding="utf-8"))
+    workflow = _with_directory(_without_metadata(workflow, "detection_Resnet50_Final.pth"),
+                               "face_swinir_v1.ckpt", "checkpoints")
+    view = page.missing_models(workflow, "missing-models-check.json", screenshot=False)
+    assert view.where is not None, f"frontend {page.version} showed no missing-models listing"
+    problems = _listing_problems(view, FACE_FILES)
+    for name in ("detection_Resnet50_Final.pth", "face_swinir_v1.ckpt"):
+        assert any(p.startswith(name + " ") for p in problems), (
+            f"frontend {page.version}: the check did not notice the change to {name}: {problems}")
+    assert len(problems) == 2, problems
