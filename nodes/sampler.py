@@ -8,7 +8,8 @@ How the node drives ComfyUI (one sampling run, exactly as the stock sampler node
   ``load_models_gpu`` and the memory estimate of the latent, processes the conds (the control's ``pre_run``),
   applies the MODEL's patches, wrappers and hooks, and cleans up afterwards.
 * The guider runs ``host.model_function.OfficialRun``, which calls the official sampler function of
-  ``diffbir_core.sampling`` (own timestep grid, coefficient tables and random draws);
+  ``diffbir_core.sampling`` (own random draws) on the run's sampling plan: the official timestep grid and
+  coefficient tables, computed once (``make_plan``) and also giving the guider its sigmas;
   ``host.model_function.HostModelFunction`` answers its model calls through the guider (conversion, exact
   timesteps and tiled diffusion: see that module).
 * ``latent_preview.prepare_callback`` gives previews and the progress bar; every model call and every step
@@ -49,8 +50,9 @@ from diffbir_core.sampling import (
     START_POINTS,
     GeneratorNoise,
     NoiseSource,
+    SamplerPlan,
     get_sampler,
-    grid,
+    make_plan,
     rescales_any_cfg,
     start_latent,
 )
@@ -86,9 +88,7 @@ def noise_source(seed: int) -> NoiseSource:
 class _Denoise:
     """One run of an official sampler inside ComfyUI's guider (``OfficialRun`` calls it with the guider)."""
 
-    sampler_name: str
-    diffusion: object  # DiffusionSchedule of the MODEL
-    steps: int
+    plan: SamplerPlan  # sampler, DiffusionSchedule of the MODEL, steps, grid and tables (computed once per run)
     cfg: float
     rescale_cfg: bool
     tiles: tuple[int, int] | None  # (tile, stride) in latent pixels
@@ -99,11 +99,12 @@ class _Denoise:
     def __call__(self, guider, extra_args, callback, x_start):
         options = extra_args["model_options"]  # the run's own copy (CFGGuider.inner_sample)
         add_exact_timestep_wrapper(options)
-        fn = HostModelFunction(guider, guider.inner_model.model_sampling, self.diffusion.parameterization,
+        plan = self.plan
+        fn = HostModelFunction(guider, guider.inner_model.model_sampling, plan.diffusion.parameterization,
                                cfg=self.cfg, rescale_cfg=self.rescale_cfg,
-                               rescale_any_cfg=rescales_any_cfg(self.sampler_name), tiles=self.tiles,
+                               rescale_any_cfg=rescales_any_cfg(plan.sampler), tiles=self.tiles,
                                model_options=options, seed=extra_args.get("seed"))
-        total = self.steps
+        total = len(plan.timesteps)  # one callback per grid timestep (ddim's grid may hold one more than steps)
 
         def on_step(d):
             comfy.model_management.throw_exception_if_processing_interrupted()
@@ -111,8 +112,8 @@ class _Denoise:
                 callback(d["i"], d["denoised"], d["x"], total)
 
         with torch.no_grad():
-            return get_sampler(self.sampler_name)(fn, x_start, self.diffusion, self.steps, self.noise,
-                                                  callback=on_step, guidance=self.guidance, **self.settings)
+            return get_sampler(plan.sampler)(fn, x_start, plan.diffusion, plan.steps, self.noise, callback=on_step,
+                                             guidance=self.guidance, plan=plan, **self.settings)
 
 
 class DiffBIRSampler(io.ComfyNode):
@@ -227,13 +228,14 @@ class DiffBIRSampler(io.ComfyNode):
         settings = {**OFFICIAL_DEFAULTS, **solver_settings}
         settings["order"] = int(settings["order"])
 
-        # 2. prepare: the official grid (once), the run's size and condition, the guidance target
+        # 2. prepare: the sampling plan (the official grid and tables, once), the run's size and condition, the
+        # guidance target
         diffusion = model_diffusion(model)
         try:
-            timesteps = grid(sampler_name, diffusion, steps)
+            plan = make_plan(sampler_name, diffusion, steps)
         except ValueError as err:
             raise ValueError(f"{NODE}: {err}.") from None
-        sigmas = host_sigmas(model.get_model_object("model_sampling"), timesteps)
+        sigmas = host_sigmas(model.get_model_object("model_sampling"), plan.timesteps)
         c_latent, (img_h, img_w) = control.condition()
         b, h, w = cls._latent_size(latent, c_latent, img_h, img_w)
         c_img = cls._condition_batch(c_latent[:, :, :h, :w].float(), b)
@@ -253,12 +255,12 @@ class DiffBIRSampler(io.ComfyNode):
             noise = noise_source(seed)
             x_T, c_aug = start_latent(diffusion, c_img, start_point, noise_aug, noise)
             conds = replace_condition((positive, negative), c_aug) if noise_aug > 0 else (positive, negative)
-            run = _Denoise(sampler_name, diffusion, steps, cfg, rescale_cfg, tiles, noise, restoration, settings)
+            run = _Denoise(plan, cfg, rescale_cfg, tiles, noise, restoration, settings)
             guider = comfy.samplers.CFGGuider(model)
             guider.set_conds(*conds)
             guider.set_cfg(cfg)
             return guider.sample(x_T, torch.zeros_like(x_T), OfficialRun(run), sigmas,
-                                 callback=latent_preview.prepare_callback(model, len(timesteps)),
+                                 callback=latent_preview.prepare_callback(model, len(plan.timesteps)),
                                  disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
 
         if restoration is not None:  # guidance needs the whole image: no planning, no fallback to tiles

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffbir_core import golden, schedule
-from diffbir_core.sampling import SAMPLER_NAMES, SAMPLERS, GeneratorNoise, RecordedNoise
+from diffbir_core.sampling import SAMPLER_NAMES, SAMPLERS, GeneratorNoise, RecordedNoise, grid, make_plan
 from diffbir_core.sampling.denoiser import CLDMDenoiser, Condition
 from diffbir_core.sampling.edm import EDMDenoiser, edm_schedule
 from diffbir_core.sampling.guidance import RestorationGuidance
@@ -348,6 +348,54 @@ def test_v2_pipeline_better_start_draws_in_order(nets, inputs):
 def test_ddim_refuses_grids_past_t_1000(nets, inputs):
     with pytest.raises(ValueError, match="1000"):
         SAMPLERS["ddim"](_denoiser(nets, inputs), inputs["x_T"], VERSIONS["v"], 3, GeneratorNoise(0))
+
+
+def _toy_fn(x, t):
+    """A cheap model function that depends on x and t (the plan tests need no network)."""
+    t = torch.as_tensor(t, dtype=torch.float32).reshape(-1, 1, 1, 1)
+    return 0.5 * x * torch.cos(t / 300.0) + 0.1 * torch.sin(t / 100.0)
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_a_given_plan_runs_as_the_samplers_own(inputs, monkeypatch, name):
+    """A sampler given make_plan's plan gives the same bits as with its own and computes no grid of its own;
+    grid() is the plan's timesteps."""
+    from diffbir_core.sampling import ddim, dpm_solver, edm, spaced
+
+    diffusion, steps = VERSIONS["v"], 4
+    own = SAMPLERS[name](_toy_fn, inputs["x_T"], diffusion, steps, GeneratorNoise(0), s_churn=0.5, s_tmax=1e9)
+    plan = make_plan(name, diffusion, steps)
+    assert grid(name, diffusion, steps) == list(plan.timesteps) and len(plan.timesteps) == steps
+    for module, maths in ((spaced, "spaced_tables"), (ddim, "ddim_tables"), (dpm_solver, "DiscreteVPSchedule"),
+                          (edm, "edm_schedule")):
+        monkeypatch.setattr(module, maths, lambda *a, **k: pytest.fail("the sampler recomputed its plan"))
+    given = SAMPLERS[name](_toy_fn, inputs["x_T"], diffusion, steps, GeneratorNoise(0), s_churn=0.5, s_tmax=1e9,
+                           plan=plan)
+    assert torch.equal(own, given)
+
+
+def test_a_plan_for_another_run_is_refused(inputs):
+    v, eps = VERSIONS["v"], VERSIONS["eps"]
+    run = lambda name, steps, diffusion=v, **kw: SAMPLERS[name](_toy_fn, inputs["x_T"], diffusion, steps,
+                                                                GeneratorNoise(0), **kw)
+    with pytest.raises(ValueError, match=r"spaced with 4 steps was given the plan of ddim with 4 steps"):
+        run("spaced", 4, plan=make_plan("ddim", v, 4))
+    with pytest.raises(ValueError, match=r"edm_heun with 4 steps was given the plan of edm_euler with 4 steps"):
+        run("edm_heun", 4, plan=make_plan("edm_euler", v, 4))  # the same tables, but another sampler's plan
+    with pytest.raises(ValueError, match=r"dpm\+\+_m2 with 5 steps was given the plan of dpm\+\+_m2 with 4 steps"):
+        run("dpm++_m2", 5, plan=make_plan("dpm++_m2", v, 4))
+    with pytest.raises(ValueError, match=r"ddim: the plan was made for another diffusion schedule"):
+        run("ddim", 4, eps, plan=make_plan("ddim", v, 4))
+    with pytest.raises(TypeError, match=r"plan must be a SamplerPlan"):
+        run("edm_euler", 4, plan=grid("edm_euler", v, 4))
+    # the plan's own checks are the sampler's: ddim's unrunnable grids, unknown names
+    with pytest.raises(ValueError, match="1000"):
+        make_plan("ddim", v, 3)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        make_plan("euler", v, 3)
+    # an equal diffusion (not the same object) is accepted
+    same = schedule.DiffusionSchedule(v.betas.copy(), v.parameterization)
+    assert torch.equal(run("ddim", 4, same, plan=make_plan("ddim", v, 4)), run("ddim", 4))
 
 
 def test_unknown_option_is_refused(nets, inputs):

@@ -7,6 +7,7 @@
   diffusion, restoration guidance and the stock SamplerCustom / KSamplerSelect with the diffbir_* samplers.
 """
 
+import importlib
 import json
 from pathlib import Path
 
@@ -195,6 +196,43 @@ def test_fractional_grid_reaches_unet_and_controlnet_unrounded(comfy_host, tiny,
     assert any(t != round(t) for t in want)
     for name, got in seen.items():
         assert got == pytest.approx(want, abs=1e-3), name
+
+
+# the core module and name of the grid maths each family's plan computes (one sampler per family)
+GRID_MATHS = {"spaced": ("spaced", "spaced_tables"), "ddim": ("ddim", "ddim_tables"),
+              "dpm++_m2": ("dpm_solver", "DiscreteVPSchedule"), "edm_dpm++_3m_sde": ("edm", "edm_sigmas")}
+
+
+@pytest.mark.parametrize("sampler, steps", [("spaced", 3), ("ddim", 2), ("dpm++_m2", 3), ("edm_dpm++_3m_sde", 3)])
+def test_a_run_computes_its_sampling_plan_once(comfy_host, tiny, monkeypatch, sampler, steps):
+    """Prepare makes the sampling plan once; the guider's sigmas come from its timesteps and the core sampler runs on
+    that very plan: nothing recomputes the grid or the tables."""
+    module = node_module(comfy_host, "sampler")
+    core = importlib.import_module(f"diffbir_core.sampling.{GRID_MATHS[sampler][0]}")
+    made, given, maths, mapped = [], [], [], []
+
+    def spy(calls, fn, keep=lambda args, kwargs, out: out):
+        def wrapper(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            calls.append(keep(args, kwargs, out))
+            return out
+        return wrapper
+
+    sampler_of = module.get_sampler
+
+    def get_sampler(name):  # the sampler the node runs, recording the plan it is given
+        return spy(given, sampler_of(name), lambda args, kwargs, out: kwargs.get("plan"))
+
+    monkeypatch.setattr(module, "make_plan", spy(made, module.make_plan))
+    monkeypatch.setattr(module, "host_sigmas", spy(mapped, module.host_sigmas, lambda args, kwargs, out: args[1]))
+    monkeypatch.setattr(module, "get_sampler", get_sampler)
+    monkeypatch.setattr(core, GRID_MATHS[sampler][1], spy(maths, getattr(core, GRID_MATHS[sampler][1])))
+    out = call_node(comfy_host, tiny, sampler_name=sampler, steps=steps)
+    assert torch.isfinite(out).all()
+    assert len(made) == 1 and (made[0].sampler, made[0].steps) == (sampler, steps)
+    assert len(given) == 1 and given[0] is made[0]
+    assert len(mapped) == 1 and mapped[0] is made[0].timesteps
+    assert len(maths) == 1, f"{GRID_MATHS[sampler][1]} ran {len(maths)} times in one run"
 
 
 def test_cpu_runs_take_pytorch_attention_with_the_same_result(comfy_host, tiny, monkeypatch):

@@ -3,6 +3,7 @@
 Modules, one concept each:
   noise       injectable noise sources (seeded CPU generator, recorded replay, Brownian tree)
   options     the official sampler settings and which sampler reads which
+  plans       SamplerPlan: one run's grid and tables, computed once, and a sampler's check of a given plan
   denoiser    ControlNet + UNet model function: CFG (one batch), rescale_cfg, strength, tiling
   tiled       tiled model calls and tiled VAE encode/decode (gaussian blending)
   spaced      respaced ancestral DDPM (v1/v2/v2.1)
@@ -10,7 +11,7 @@ Modules, one concept each:
   dpm_solver  DPM-Solver++ multistep order 2 over the clipped discrete VP schedule (v2.1)
   k_solvers   the eleven k-diffusion solvers over an x0-denoiser (ComfyUI KSAMPLER signature)
   edm         EDM grid and the eps/v -> x0 denoiser wrapping of the k-diffusion solvers
-  registry    SAMPLERS: all fourteen names behind one signature, and each one's timestep grid
+  registry    SAMPLERS: all fourteen names behind one signature, and each one's plan (make_plan, grid)
   guidance    restoration guidance (MSE / weighted MSE, latent / rgb, v1 / v2 update rules)
   ksampler    adapters to ComfyUI's KSAMPLER function signature
   pipeline    apply_cldm (v2.1/main Pipeline.apply_cldm), its start point, and run_stage2_v2 (v2.0.0)
@@ -25,7 +26,8 @@ from .ksampler import ksampler_function
 from .noise import GeneratorNoise, GlobalNoise, NoiseSource, RecordedNoise
 from .options import OFFICIAL_DEFAULTS
 from .pipeline import START_POINTS, start_latent
-from .registry import DDPM_FAMILY, EDM_FAMILY, SAMPLER_NAMES, SAMPLERS, get_sampler, grid, sample
+from .plans import SamplerPlan
+from .registry import DDPM_FAMILY, EDM_FAMILY, SAMPLER_NAMES, SAMPLERS, get_sampler, grid, make_plan, sample
 
 __all__ = [
     "DDPM_FAMILY",
@@ -42,9 +44,11 @@ __all__ = [
     "NoiseSource",
     "RecordedNoise",
     "RestorationGuidance",
+    "SamplerPlan",
     "get_sampler",
     "grid",
     "ksampler_function",
+    "make_plan",
     "rescaled_cfg",
     "rescales_any_cfg",
     "sample",

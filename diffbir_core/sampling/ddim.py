@@ -6,7 +6,8 @@ to eps with `eps = sqrt(a_t) v + sqrt(1 - a_t) x`. The official pipeline fixes e
 --eta setting feeds only the EDM samplers) but still draws one `randn_like(x)` per step and
 multiplies it by sigma = 0; the draw is kept so the noise stream matches. Note the official
 grid can hold MORE steps than asked (7 steps: stride 142 gives 8 timesteps) and, for step
-counts whose grid reaches t = 1000 (e.g. 3), fails; that case is refused with an error here.
+counts whose grid reaches t = 1000 (e.g. 3), fails; that case is refused with an error here
+(`plan_ddim`: the grid and tables of a run, its `plans.SamplerPlan`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import torch
 from ..schedule import DiffusionSchedule, ddim_tables, ddim_timesteps
 from .guidance import posterior_c1
 from .options import split_options
+from .plans import SamplerPlan, plan_for
 
 ETA = 0.0
 
 
-def grid(diffusion: DiffusionSchedule, steps: int) -> list[float]:
-    """The model timesteps ddim visits, noisiest first; refuses step counts the official code cannot run."""
+def plan_ddim(diffusion: DiffusionSchedule, steps: int) -> SamplerPlan:
+    """The DDIM tables; the model timesteps ddim visits, noisiest first. Refuses step counts the official code
+    cannot run."""
     steps = int(steps)
     num_timesteps = len(diffusion.alphas_cumprod)
     if not 1 <= steps <= num_timesteps:
@@ -33,15 +36,14 @@ def grid(diffusion: DiffusionSchedule, steps: int) -> list[float]:
         raise ValueError(f"ddim with {steps} steps: the official uniform grid (stride {num_timesteps // steps}, +1) "
                          f"reaches t = {num_timesteps}, outside the schedule (the official code fails there); "
                          "choose another step count (e.g. 10, 20, 50)")
-    return [float(t) for t in ts[::-1]]
+    tables = ddim_tables(diffusion.alphas_cumprod, steps, eta=ETA)
+    return SamplerPlan("ddim", diffusion, steps, tuple(float(t) for t in tables.timesteps[::-1]), tables)
 
 
 def sample_ddim(denoise_fn, x_T: torch.Tensor, diffusion: DiffusionSchedule, steps: int, noise, callback=None,
-                guidance=None, **options) -> torch.Tensor:
+                guidance=None, plan: SamplerPlan | None = None, **options) -> torch.Tensor:
     split_options("ddim", options, ())
-    steps = int(steps)
-    grid(diffusion, steps)  # the step-count checks
-    tables = ddim_tables(diffusion.alphas_cumprod, steps, eta=ETA)
+    tables = plan_for("ddim", diffusion, steps, plan, plan_ddim).tables
     f32 = lambda a: torch.tensor(a, dtype=torch.float32, device=x_T.device)
     alphas, alphas_prev, sigmas = f32(tables.ddim_alphas), f32(tables.ddim_alphas_prev), f32(tables.ddim_sigmas)
     sqrt_alphas, sqrt_one_minus = f32(tables.ddim_sqrt_alphas), f32(tables.ddim_sqrt_one_minus_alphas)

@@ -13,9 +13,13 @@ As the official sampler (LuChengTHU's `dpm_solver_pytorch` with `NoiseScheduleVP
 * the model output is converted to eps with that table (v: `alpha_t v + sigma_t x`) and to
   x0 = (x - sigma_t eps) / alpha_t; first step first-order, then second-order multistep,
   the last step first-order again when steps < 10; no random draws.
+
+The schedule and time grid of a run are its `plans.SamplerPlan` (`plan_dpmpp_m2`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,6 +27,7 @@ import torch
 from ..schedule import DiffusionSchedule
 from .guidance import posterior_c1
 from .options import split_options
+from .plans import SamplerPlan, plan_for
 
 CLIPPED_LAMBDA = -5.1
 ORDER = 2
@@ -78,18 +83,30 @@ def _check_steps(steps) -> int:
     return steps
 
 
-def grid(diffusion: DiffusionSchedule, steps: int) -> list[float]:
-    """The (fractional) model timesteps dpm++_m2 evaluates, one per step, noisiest first."""
+@dataclass(frozen=True)
+class DPMSolverTables:
+    """The plan tables of dpm++_m2: the clipped, stretched schedule and the continuous times t_0 = 1 > ... > t_steps
+    = 1/N (CPU, float32)."""
+
+    schedule: DiscreteVPSchedule
+    times: torch.Tensor  # (steps + 1,)
+
+
+def plan_dpmpp_m2(diffusion: DiffusionSchedule, steps: int) -> SamplerPlan:
+    """The continuous time grid; the (fractional) model timesteps dpm++_m2 evaluates, one per step, noisiest first."""
+    steps = _check_steps(steps)
     ns = DiscreteVPSchedule(diffusion.betas)
-    return [float(t) for t in ns.model_time(ns.time_steps(_check_steps(steps)))[:int(steps)]]
+    times = ns.time_steps(steps)
+    return SamplerPlan("dpm++_m2", diffusion, steps, tuple(float(t) for t in ns.model_time(times)[:steps]),
+                       DPMSolverTables(ns, times))
 
 
 def sample_dpmpp_m2(denoise_fn, x_T: torch.Tensor, diffusion: DiffusionSchedule, steps: int, noise, callback=None,
-                    guidance=None, **options) -> torch.Tensor:
+                    guidance=None, plan: SamplerPlan | None = None, **options) -> torch.Tensor:
     split_options("dpm++_m2", options, ())
-    steps = _check_steps(steps)
-    ns = DiscreteVPSchedule(diffusion.betas)
-    timesteps = ns.time_steps(steps, x_T.device)
+    plan = plan_for("dpm++_m2", diffusion, steps, plan, plan_dpmpp_m2)
+    steps, ns = plan.steps, plan.tables.schedule
+    timesteps = plan.tables.times.to(x_T.device)
     param = diffusion.parameterization
 
     def data_prediction(x, step):

@@ -14,11 +14,12 @@ x0-denoiser D(x, sigma):
   sub-step sigmas such as dpm_2's midpoint are mapped to a neighbouring grid timestep).
 CFG is applied on D per branch (`uncond_D + s * (cond_D - uncond_D)`) as officially, using the
 model function's `cfg_parts` when it has one (`CLDMDenoiser` does); cond/uncond still run as
-one batch.
+one batch. The schedule of a run is its `plans.SamplerPlan` (`plan_edm`).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -27,12 +28,16 @@ from ..schedule import DiffusionSchedule, edm_sigmas, edm_timesteps
 from .guidance import posterior_c1
 from .k_solvers import SOLVERS
 from .options import OFFICIAL_DEFAULTS, split_options
+from .plans import SamplerPlan, plan_for
 
 
 @dataclass(frozen=True)
 class EDMSchedule:
     sigmas: torch.Tensor  # (steps + 1,) float32, descending, last 0
     timesteps: torch.Tensor  # (steps + 1,) int64, the model timestep of each sigma
+
+    def to(self, device) -> EDMSchedule:
+        return EDMSchedule(self.sigmas.to(device), self.timesteps.to(device))
 
 
 def _check_steps(steps) -> int:
@@ -42,11 +47,6 @@ def _check_steps(steps) -> int:
     return steps
 
 
-def grid(diffusion: DiffusionSchedule, steps: int) -> list[float]:
-    """The model timesteps of the EDM grid, one per step, noisiest first (the final sigma = 0 left out)."""
-    return [float(t) for t in edm_timesteps(_check_steps(steps), len(diffusion.alphas_cumprod))[:-1]]
-
-
 def edm_schedule(diffusion: DiffusionSchedule, steps: int, device=None) -> EDMSchedule:
     steps = _check_steps(steps)
     ac = diffusion.alphas_cumprod
@@ -54,6 +54,13 @@ def edm_schedule(diffusion: DiffusionSchedule, steps: int, device=None) -> EDMSc
         sigmas=torch.tensor(edm_sigmas(ac, steps), dtype=torch.float32, device=device),
         timesteps=torch.tensor(edm_timesteps(steps, len(ac)), dtype=torch.long, device=device),
     )
+
+
+def plan_edm(name: str, diffusion: DiffusionSchedule, steps: int) -> SamplerPlan:
+    """The EDM schedule of sampler `name` (CPU); its model timesteps, one per step, noisiest first (the final sigma
+    = 0 left out)."""
+    sched = edm_schedule(diffusion, steps)
+    return SamplerPlan(name, diffusion, int(steps), tuple(float(t) for t in sched.timesteps[:-1]), sched)
 
 
 class EDMDenoiser:
@@ -108,9 +115,9 @@ def make_edm_sampler(kind: str):
     name = f"edm_{kind}"
 
     def sample(denoise_fn, x_T: torch.Tensor, diffusion: DiffusionSchedule, steps: int, noise, callback=None,
-               guidance=None, **options) -> torch.Tensor:
+               guidance=None, plan: SamplerPlan | None = None, **options) -> torch.Tensor:
         settings = {**{k: OFFICIAL_DEFAULTS[k] for k in reads}, **split_options(name, options, reads)}
-        sched = edm_schedule(diffusion, steps, x_T.device)
+        sched = plan_for(name, diffusion, steps, plan, functools.partial(plan_edm, name)).tables.to(x_T.device)
         model = EDMDenoiser(denoise_fn, diffusion.parameterization, sched, guidance, noise)
         x = x_T * torch.sqrt(1.0 + sched.sigmas[0] ** 2.0)
         return solver(model, x, sched.sigmas, callback=callback, noise=noise, **settings)

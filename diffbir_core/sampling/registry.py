@@ -1,6 +1,7 @@
 """All fourteen samplers under their official names, behind one signature.
 
-    z0 = SAMPLERS[name](denoise_fn, x_T, diffusion, steps, noise, callback=None, guidance=None, **options)
+    z0 = SAMPLERS[name](denoise_fn, x_T, diffusion, steps, noise, callback=None, guidance=None, plan=None,
+                        **options)
 
 * `denoise_fn(x, t)`: the model output (eps or v, per `diffusion.parameterization`) for the
   noisy latent x at model timestep t, a (batch,) tensor; CFG, control strength and tiling are
@@ -8,20 +9,26 @@
 * `x_T`: the start latent at unit variance (pure noise, or q_sample(c_img, 999) for start
   point "cond"); the EDM samplers scale it by sqrt(1 + sigma_0^2) themselves.
 * `diffusion`: `schedule.DiffusionSchedule` (betas + parameterization); `steps`: int. Each
-  sampler derives its own official grid from these (schedules are data: `diffbir_core.schedule`).
+  sampler runs on its official grid and tables for these (schedules are data: `diffbir_core.schedule`):
+  the `plan` given, or one it makes itself when `plan` is None.
 * `noise`: a `noise.NoiseSource`; `callback(dict)` once per step with at least x, i, denoised;
   `guidance`: an optional `guidance.RestorationGuidance`.
-* `grid(name, diffusion, steps)`: the model timesteps the sampler evaluates, one per step,
-  noisiest first (fractional for dpm++_m2); hosts that run the sampler on their own machinery
-  map these to their noise levels.
+* `make_plan(name, diffusion, steps)`: the run's `plans.SamplerPlan`, computed once: `timesteps`,
+  the model timesteps the sampler evaluates, one per step, noisiest first (fractional for
+  dpm++_m2), which hosts that run the sampler on their own machinery map to their noise levels,
+  and the sampler's own tables. Pass it as `plan=`; a sampler refuses a plan made for another
+  sampler, diffusion or step count. `grid(name, diffusion, steps)` is `make_plan(...).timesteps`.
 * `options`: the official settings s_churn, s_tmin, s_tmax, s_noise, eta, order (defaults are
   the official CLI defaults 0, 0, 300, 1, 1, 1); each sampler reads its own subset.
 """
 
 from __future__ import annotations
 
+import functools
+
 from . import ddim, dpm_solver, edm, spaced
 from .k_solvers import SOLVERS
+from .plans import SamplerPlan
 
 SAMPLERS = {
     "spaced": spaced.sample_spaced,
@@ -33,8 +40,8 @@ SAMPLER_NAMES = tuple(SAMPLERS)
 DDPM_FAMILY = ("spaced", "ddim", "dpm++_m2")
 EDM_FAMILY = tuple(n for n in SAMPLER_NAMES if n.startswith("edm_"))
 BROWNIAN_SAMPLERS = ("edm_dpm++_sde", "edm_dpm++_2m_sde", "edm_dpm++_3m_sde")
-_GRIDS = {"spaced": spaced.grid, "ddim": ddim.grid, "dpm++_m2": dpm_solver.grid,
-          **{name: edm.grid for name in EDM_FAMILY}}
+_PLANS = {"spaced": spaced.plan_spaced, "ddim": ddim.plan_ddim, "dpm++_m2": dpm_solver.plan_dpmpp_m2,
+          **{name: functools.partial(edm.plan_edm, name) for name in EDM_FAMILY}}
 
 
 def get_sampler(name: str):
@@ -43,11 +50,18 @@ def get_sampler(name: str):
     return SAMPLERS[name]
 
 
-def sample(name: str, denoise_fn, x_T, diffusion, steps: int, noise, callback=None, guidance=None, **options):
-    return get_sampler(name)(denoise_fn, x_T, diffusion, steps, noise, callback=callback, guidance=guidance, **options)
+def sample(name: str, denoise_fn, x_T, diffusion, steps: int, noise, callback=None, guidance=None, plan=None,
+           **options):
+    return get_sampler(name)(denoise_fn, x_T, diffusion, steps, noise, callback=callback, guidance=guidance,
+                             plan=plan, **options)
+
+
+def make_plan(name: str, diffusion, steps: int) -> SamplerPlan:
+    """The sampling plan of sampler `name` for `steps` steps: its official grid and tables (see the module doc)."""
+    get_sampler(name)
+    return _PLANS[name](diffusion, steps)
 
 
 def grid(name: str, diffusion, steps: int) -> list[float]:
     """The official model timesteps of sampler `name` for `steps` steps (see the module doc)."""
-    get_sampler(name)
-    return _GRIDS[name](diffusion, steps)
+    return list(make_plan(name, diffusion, steps).timesteps)

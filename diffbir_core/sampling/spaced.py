@@ -4,28 +4,31 @@ The grid is `schedule.space_timesteps(1000, steps)` (includes 999 and 0); the mo
 the ORIGINAL timestep while the coefficient tables are indexed by the respaced index
 (steps - 1 ... 0). Tables are float64 and cast to float32 as the official buffers are.
 One `noise.randn_like(x)` per step, the last one masked (index 0), as officially drawn.
+The grid and tables are the run's `plans.SamplerPlan` (`plan_spaced`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..schedule import DiffusionSchedule, predict_x0, space_timesteps, spaced_tables
+from ..schedule import DiffusionSchedule, predict_x0, spaced_tables
 from .options import split_options
+from .plans import SamplerPlan, plan_for
 
 _TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
            "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2")
 
 
-def grid(diffusion: DiffusionSchedule, steps: int) -> list[float]:
-    """The model timesteps the spaced sampler visits, noisiest first."""
-    return [float(t) for t in sorted(space_timesteps(len(diffusion.betas), int(steps)), reverse=True)]
+def plan_spaced(diffusion: DiffusionSchedule, steps: int) -> SamplerPlan:
+    """The respaced tables; the model timesteps the spaced sampler visits, noisiest first."""
+    tables = spaced_tables(diffusion.alphas_cumprod, int(steps))
+    return SamplerPlan("spaced", diffusion, int(steps), tuple(float(t) for t in tables.timesteps[::-1]), tables)
 
 
 def sample_spaced(denoise_fn, x_T: torch.Tensor, diffusion: DiffusionSchedule, steps: int, noise, callback=None,
-                  guidance=None, **options) -> torch.Tensor:
+                  guidance=None, plan: SamplerPlan | None = None, **options) -> torch.Tensor:
     split_options("spaced", options, ())
-    tables = spaced_tables(diffusion.alphas_cumprod, int(steps))
+    tables = plan_for("spaced", diffusion, steps, plan, plan_spaced).tables
     param = diffusion.parameterization
     if param == "eps" and diffusion.zero_terminal_snr:
         raise ValueError("spaced: eps-prediction is undefined on a zero-terminal-SNR schedule (x0 = inf at t=999); "
