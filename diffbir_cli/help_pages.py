@@ -97,30 +97,6 @@ def widget_type(spec):
         typ, f"`{typ}` socket")
 
 
-def page(node_id: str) -> str:
-    info = HOST.node_info(node_id)
-    lines = [f"# {info['display_name']}", "", info["description"], "", "## Inputs", ""]
-    for section in ("required", "optional"):
-        for name, spec in (info["input"].get(section) or {}).items():
-            opts = spec[1] if len(spec) > 1 else {}
-            bits = [widget_type(spec)]
-            if "default" in opts:
-                bits.append(f"default `{opts['default']}`")
-            if section == "optional":
-                bits.append("optional")
-            if opts.get("advanced"):
-                bits.append("advanced")
-            lines.append(f"- **`{name}`** ({', '.join(bits)}): {plain(opts.get('tooltip', ''))}")
-    lines += ["", "## Outputs", ""]
-    for name, typ, tip in zip(info["output_name"], info["output"], info.get("output_tooltips") or []):
-        lines.append(f"- **`{name}`** (`{typ}`): {plain(tip)}")
-    example, official = EXTRA[node_id]
-    lines += ["", "## Example", "", example, "", "## Official setting", "", official, "",
-              "More: the pack's README (Nodes, Workflows) and the shipped templates under Workflow > Browse Templates.",
-              ""]
-    return "\n".join(lines)
-
-
 def plain(text: str) -> str:
     """Text (a description, a tooltip) as Markdown that renders it as written: the marks of emphasis, code and
     links escaped (``diffbir_*`` and ``dpm++_m2`` would otherwise start an emphasis)."""

@@ -50,11 +50,15 @@ def test_archive_holds_what_runs(archive):
     assert len(workflows) >= 7
     for wf in workflows:
         assert wf[: -len(".json")] + ".jpg" in archive, f"{wf} ships without its template thumbnail"
+    # what the frontend reads from the pack: the blueprints (/global_subgraphs) and the help pages (WEB_DIRECTORY)
+    shipped = {f for f in _git("ls-files", "--cached") if f.startswith(("subgraphs/", "web/"))}
+    assert any(f.startswith("subgraphs/") for f in shipped) and any(f.startswith("web/docs/") for f in shipped)
+    assert shipped <= archive, sorted(shipped - archive)
 
 
 def test_archive_leaves_out_tests_weights_and_development_files(archive):
     tops = {f.split("/")[0] for f in archive}
-    assert tops <= set(TOP_LEVEL_FILES) | set(RUNTIME_DIRS) | {"workflows"}, sorted(tops)
+    assert tops <= set(TOP_LEVEL_FILES) | set(RUNTIME_DIRS) | {"workflows", "subgraphs", "web"}, sorted(tops)
     assert not [f for f in archive if Path(f).suffix in WEIGHT_SUFFIXES]
     assert not [f for f in archive if "__pycache__" in f or f.endswith(".pyc")]
 

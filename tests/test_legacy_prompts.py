@@ -1,0 +1,43 @@
+"""Saved workflows and API prompts of the previous release keep running on the V3 nodes (issue 29, item 1).
+
+tests/legacy/api_prompts_e0b0b14.json holds the API prompt of every shipped workflow as the last V1 release
+converted it (provenance in tests/legacy/README.md). Every node of the pack appears in them."""
+
+import json
+from pathlib import Path
+
+import pytest
+from test_nodes_registry import NODES
+from test_workflows import for_test, input_png, tiny_files  # noqa: F401 - fixtures
+
+REPO = Path(__file__).resolve().parent.parent
+LEGACY = json.loads((Path(__file__).parent / "legacy" / "api_prompts_e0b0b14.json").read_text(encoding="utf-8"))
+
+
+def test_the_legacy_prompts_use_every_node_of_the_pack():
+    used = {node["class_type"] for prompt in LEGACY.values() for node in prompt.values()}
+    assert set(NODES) <= used, sorted(set(NODES) - used)
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY))
+def test_a_saved_workflow_converts_to_the_prompt_the_previous_release_made(comfy_host, name):
+    """The UI graph (widget values by position) maps onto the V3 nodes' inputs exactly as onto the V1 ones: same
+    node ids, inputs, values and links."""
+    workflow = json.loads((REPO / "workflows" / name).read_text(encoding="utf-8"))
+    assert comfy_host.workflow_to_api(workflow) == LEGACY[name]
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY))
+def test_the_previous_releases_prompt_validates_and_runs(comfy_host, tiny_files, input_png, one_thread,  # noqa: F811
+                                                        monkeypatch, name):
+    """The old API prompt itself (file names swapped for the tests' tiny models) passes ComfyUI's validation of the
+    V3 nodes and runs."""
+    from tiny_models import face_node_module, one_face
+
+    prompt = for_test(json.loads(json.dumps(LEGACY[name])), input_png)
+    assert comfy_host.validate(prompt)[0], comfy_host.validate(prompt)
+    if name == "diffbir_v2.1_unaligned_face.json":
+        monkeypatch.setattr(face_node_module(), "detect_faces", one_face)
+    outputs = comfy_host.run(prompt, strict=True)
+    saved = [i for i, n in prompt.items() if n["class_type"] in ("SaveImage", "PreviewImage", "PreviewAny")]
+    assert saved and all(i in outputs for i in saved)
