@@ -138,16 +138,31 @@ def test_blueprint_runs_in_the_real_host(comfy_host, tiny_files, input_png, one_
     assert saved_images(comfy_host, f"blueprint_{parts(blueprint(name))[0]['id']}")
 
 
+def _route(host, path: str):
+    """The handler ComfyUI's SubgraphManager registers for GET `path` (the in-process server never starts, so the
+    routes are made here, by ComfyUI's own add_routes)."""
+    from aiohttp import web
+
+    routes = web.RouteTableDef()
+    host.server.subgraph_manager.add_routes(routes, host.loaded_modules.items())
+    for route in routes:
+        if route.method == "GET" and route.path == path:
+            return route.handler
+    raise AssertionError(f"this ComfyUI's SubgraphManager has no GET {path}")
+
+
 def test_blueprints_are_served_to_the_node_library(comfy_host):
-    """ComfyUI's /global_subgraphs lists each blueprint under this pack (what the frontend's node library shows)."""
-    manager = comfy_host.server.subgraph_manager
-    entries = comfy_host.loop.run_until_complete(
-        manager.get_custom_node_subgraphs(comfy_host.loaded_modules.items(), force_reload=True))
-    ours = {e["name"]: e for e in entries.values() if e["info"]["node_pack"].endswith(".comfyui-diffbir")}
+    """ComfyUI's /global_subgraphs lists each blueprint under this pack (what the frontend's node library shows), and
+    /global_subgraphs/{id} gives its graph (the server's own route handlers, called in-process)."""
+    from aiohttp.test_utils import make_mocked_request
+
+    def get(path, pattern, **match):
+        request = make_mocked_request("GET", path, match_info=match, app=comfy_host.server.app)
+        return json.loads(comfy_host.loop.run_until_complete(_route(comfy_host, pattern)(request)).body)
+
+    entries = get("/global_subgraphs", "/global_subgraphs")
+    ours = {e["name"]: i for i, e in entries.items() if e["info"]["node_pack"].endswith(".comfyui-diffbir")}
     assert sorted(ours) == sorted(BLUEPRINTS)
-    for entry_id, entry in entries.items():
-        if entry["name"] in BLUEPRINTS:
-            full = comfy_host.loop.run_until_complete(manager.get_custom_node_subgraph(entry_id,
-                                                                                        comfy_host.loaded_modules))
-            data = json.loads(full["data"])
-            assert parts(data)[1]["name"] == entry["name"]
+    for name, entry_id in ours.items():
+        full = get(f"/global_subgraphs/{entry_id}", "/global_subgraphs/{id}", id=entry_id)
+        assert parts(json.loads(full["data"]))[1]["name"] == name

@@ -24,7 +24,9 @@ def test_a_saved_workflow_converts_to_the_prompt_the_previous_release_made(comfy
     """The UI graph (widget values by position) maps onto the V3 nodes' inputs exactly as onto the V1 ones: same
     node ids, inputs, values and links."""
     workflow = json.loads((REPO / "workflows" / name).read_text(encoding="utf-8"))
-    assert comfy_host.workflow_to_api(workflow) == LEGACY[name]
+    # (the _meta titles of untitled nodes are the host's display names, which newer hosts reword)
+    now = {i: (n["class_type"], n["inputs"]) for i, n in comfy_host.workflow_to_api(workflow).items()}
+    assert now == {i: (n["class_type"], n["inputs"]) for i, n in LEGACY[name].items()}
 
 
 @pytest.mark.parametrize("name", sorted(LEGACY))
