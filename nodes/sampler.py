@@ -78,8 +78,8 @@ TILES = TiledStage(NODE, "diffusion")
 def noise_source(seed: int) -> NoiseSource:
     """The one noise stream of a DiffBIR Sampler run.
 
-    Testing seam: the tests replace this module function to replay recorded draws (golden parity); nothing else
-    should. A seeded CPU generator: same seed, same image on any device.
+    Replay seam: the golden replay (``python -m diffbir_cli golden``) and the tests replace this module function
+    to replay recorded draws (golden parity); nothing else should. A seeded CPU generator: same seed, same image on any device.
     """
     return GeneratorNoise(seed)
 
