@@ -10,8 +10,8 @@ the CPU in float32 like the recordings, one torch thread):
   file, v2 for an eps one) and loaded by **Load DiffBIR Models**;
 * the condition encoded by **LAControlNet Apply** (which, for v2.1, also gives the v + zsnr MODEL);
 * the run made by the **DiffBIR Sampler** node (ComfyUI's CFGGuider, model patcher, ControlNet machinery) with
-  the file's sampler, steps, cfg, control strength, start point, noise_aug, rescale_cfg, tiles, sampler settings
-  and restoration guidance, its noise being the file's recorded draws;
+  the file's sampler, steps, cfg, control strength, start point (v2.0.0's better_start too), noise_aug,
+  rescale_cfg, tiles, sampler settings and restoration guidance, its noise being the file's recorded draws;
 * the decode by **DiffBIR VAE Decode** and the colour fix by **DiffBIR Color Fix**.
 
 The nodes are called as ComfyUI's executor calls them (inside ``torch.inference_mode``). The text embeddings are
@@ -254,7 +254,9 @@ def _replay(host, g, nets: HostNets, run: Run, diffusion) -> list[Row]:
 
     kwargs = dict(run.settings or {})
     if run.guidance:
-        kwargs.update(vae=nets.vae(), **run.guidance)
+        kwargs.update(**run.guidance)
+    if run.guidance or run.start_point == "better_start":
+        kwargs["vae"] = nets.vae()
     windows: list = []
     with _recorded_noise(host, noise), _tile_windows(host, windows):
         samples = _node(host, "DiffBIRSampler").execute(
@@ -309,6 +311,8 @@ def _main_run(g) -> Run:
             raise Unsupported(f"{field} = true: the official v2.1 Tiled-VAE (GroupNorm sync) is not reproduced")
     if m.get("cond_fn"):
         raise Unsupported("cond_fn in a main-code file: the official main pipeline never applies guidance")
+    if m.get("start_point_type", "noise") not in ("noise", "cond"):  # the main code's --start_point_type
+        raise Unsupported(f"start_point_type {m['start_point_type']!r} (the main code has 'noise' and 'cond')")
     tiled = bool(m.get("cldm_tiled", False))
     return Run(steps=int(m["steps"]), cfg=float(m.get("cfg_scale", 1.0)), sampler=m["sampler"],
                strength=float(m.get("strength", 1.0)), rescale_cfg=bool(m.get("rescale_cfg", False)),
@@ -322,9 +326,6 @@ def _v2_run(g) -> Run:
     """A v2.0.0 `SpacedSampler.sample` file as a DiffBIR Sampler run (spaced, guidance style v2)."""
     m = g.meta
     core._check_fields(m, core._V2_FIELDS, "v2.0.0 sampling file")
-    if m.get("better_start"):
-        raise Unsupported("better_start: v2.0.0's start from the encoded low frequencies of the stage-1 image is not "
-                          "a DiffBIR Sampler option (its start_point 'cond' is the main code's start)")
     guidance = None
     if m.get("cond_fn"):
         cfn = m["cond_fn"]
@@ -340,7 +341,9 @@ def _v2_run(g) -> Run:
     tiled = bool(m.get("tiled", False))
     # v2.0.0 SpacedSampler.sample alone: the condition is the whole (unpadded) image's encode
     return Run(steps=int(m["steps"]), cfg=float(m.get("cfg_scale", 1.0)), sampler="spaced",
-               strength=float(m.get("strength", 1.0)), tile_size=int(m.get("tile_size", 0)) if tiled else 0,
+               strength=float(m.get("strength", 1.0)),
+               start_point="better_start" if m.get("better_start") else "noise",
+               tile_size=int(m.get("tile_size", 0)) if tiled else 0,
                tile_stride=int(m.get("tile_stride", 256)) if tiled else 256, guidance=guidance, condition_pad=1)
 
 

@@ -54,7 +54,7 @@ EXTRA = {
         "LAControlNet Apply's `model`, `positive`, `negative` -> **DiffBIR Sampler** (`seed` 231, `steps` 10, `cfg` "
         "6, `sampler_name` edm_dpm++_3m_sde) -> DiffBIR VAE Decode (Tiled) -> DiffBIR Color Fix.",
         "`inference.py` v2.1 defaults: `--sampler edm_dpm++_3m_sde --steps 10 --cfg_scale 6 --seed 231`; "
-        "`--start_point_type`, `--noise_aug`, `--rescale_cfg`, `--cldm_tiled --cldm_tile_size 512 "
+        "`--start_point_type` (and v2.0.0's `--better_start`: `start_point` better_start), `--noise_aug`, `--rescale_cfg`, `--cldm_tiled --cldm_tile_size 512 "
         "--cldm_tile_stride 256` (`tile_size` / `tile_stride`) and the v2 restoration guidance (README example "
         "`--guidance --g_loss w_mse --g_space rgb --g_scale 0.5`) are the inputs of the same names; the paper's "
         "v2 recipe is `spaced`, 50 steps, cfg 4."),

@@ -3,16 +3,13 @@ official OpenCLIP embedder encodes them (one 77-token window, ``host.prompts``).
 
 from __future__ import annotations
 
-import logging
-
 from comfy_api.latest import io
 
 from diffbir_core.prompts import V2_NEGATIVE, V21_NEGATIVE, V21_POSITIVE, join_caption
 
 from .host import schema
+from .host.progress import report
 from .host.prompts import encode, official_tokens
-
-log = logging.getLogger("comfyui-diffbir")
 NODE = "DiffBIR Prompt"
 
 
@@ -81,7 +78,7 @@ class DiffBIRPrompt(io.ComfyNode):
             tokens, truncation = official_tokens(clip, text)
             conditionings[name] = encode(clip, tokens)
             lines.append(_line(name, text, truncation))
-            if truncation.any_dropped:
-                log.info("%s: %s", NODE, lines[-1])
+            if truncation.any_dropped:  # console and the node's text in the UI
+                report(NODE, lines[-1])
         return io.NodeOutput(conditionings["positive"], conditionings["negative"], texts["positive"],
                              "\n".join(lines))

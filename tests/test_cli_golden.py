@@ -7,8 +7,8 @@ noise, DiffBIR VAE Decode and DiffBIR Color Fix.
   DIFFERS and why, and its comparable form PASSes.
 * A tampered golden FAILs, a field the nodes cannot honour is an ERROR.
 * The recorded files are all spaced, untiled, 128x128 runs. The other sampler families, tiled diffusion,
-  noise_aug, start point "cond", control strength, rescale_cfg and a padded image are checked on files derived
-  from them: inputs and draws of a recorded file, outputs of the reference engine (`diffbir_core.sampling.pipeline`,
+  noise_aug, start point "cond", v2.0.0's better_start, control strength, rescale_cfg and a padded image are
+  checked on files derived from them: inputs and draws of a recorded file, outputs of the reference engine (`diffbir_core.sampling.pipeline`,
   proven against the official code by `python -m diffbir_core.golden`), replayed through the nodes as above.
 """
 
@@ -196,6 +196,37 @@ def _derive(tmp_path, name, base, changes, size):
     return tmp_path / f"{name}.json"
 
 
+def _derive_v2(tmp_path, name, base, changes):
+    """A v2.0.0 file (SpacedSampler.sample alone, whole-image VAE calls) run by the reference's `sample_v2`."""
+    from diffbir_core.sampling.pipeline import sample_v2
+    from diffbir_core.sampling.tiled import vae_decode, vae_encode
+
+    g = golden.load_golden(GOLDEN / f"{base}.json")
+    meta = {**g.meta, **changes}
+    cond, pos, neg = g.t["in.cond_img01"], g.t["in.c_txt_pos"], g.t["in.c_txt_neg"]
+    nets = golden._stage2_nets(g)
+    noise = Recorder(seed=len(name))
+
+    def encode(x, **kw):
+        return vae_encode(nets.vae, x, scale=nets.latent_scale, **kw)
+
+    c_img = encode(cond * 2 - 1)
+    z, _ = sample_v2(nets, cond, c_img, pos, neg, golden._diffusion(meta), int(meta["steps"]), encode=encode,
+                     cfg_scale=float(meta["cfg_scale"]), better_start=bool(meta.get("better_start")), noise=noise,
+                     batch_cfg=False)
+    tensors = {"in.cond_img01": cond, "in.c_txt_pos": pos, "in.c_txt_neg": neg, "out.c_img": c_img, "out.z_final": z,
+               "out.decoded": vae_decode(nets.vae, z, scale=nets.latent_scale)}
+    tensors |= {f"noise.randn_{i:02d}": t for i, t in enumerate(noise.randn_draws)}
+    meta.update(n_randn_draws_saved=len(noise.randn_draws))
+    (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / f"{name}.safetensors"))
+    return tmp_path / f"{name}.json"
+
+
+# v2.0.0 files: (recorded file, changes)
+DERIVED_V2 = {"v2_better_start": ("v2_sample_spaced5_cfg4_neg", {"better_start": True})}
+
+
 @pytest.fixture(scope="module")
 def derived(tmp_path_factory):
     folder = tmp_path_factory.mktemp("derived_golden")
@@ -206,6 +237,7 @@ def derived(tmp_path_factory):
     try:
         with torch.no_grad():
             files = [_derive(folder, name, *spec) for name, spec in DERIVED.items()]
+            files += [_derive_v2(folder, name, *spec) for name, spec in DERIVED_V2.items()]
     finally:
         torch.set_num_threads(threads)
     # the derived files are sound: the reference engine replays them
@@ -214,7 +246,7 @@ def derived(tmp_path_factory):
     return (*run_cli(*files), folder)
 
 
-@pytest.mark.parametrize("name", [n for n in DERIVED if n != "padded_v21"])
+@pytest.mark.parametrize("name", [n for n in [*DERIVED, *DERIVED_V2] if n != "padded_v21"])
 def test_nodes_match_the_reference_engine(derived, name):
     proc, rows, _ = derived
     got = {o: r for (f, o), r in rows.items() if f == name}
@@ -231,6 +263,8 @@ def test_derived_files_exercise_what_they_claim(derived):
     assert meta["tiled_v21"]["tiles_latent"] == [[0, 16, 0, 16], [8, 24, 0, 16]]
     assert meta["options_v2"]["n_randn_draws_saved"] == 2 + 5  # x_T, the noise_aug draw, one per step
     assert meta["ddim_v2"]["diffusion_cfg"].get("parameterization", "eps") == "eps"
+    better = json.loads((folder / "v2_better_start.json").read_text())
+    assert better["better_start"] and better["n_randn_draws_saved"] == 2 + 5  # posterior sample, x_T, the steps
     assert meta["edm_euler_churn_v21"]["s_churn"] == 1.0 and meta["edm_lms_order3_v21"]["order"] == 3
 
 
