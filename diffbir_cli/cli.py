@@ -4,6 +4,7 @@
                                   [--set NODE.INPUT=VALUE ...] [--offline] [--models DIR] [--mirror URL]
     python -m diffbir_cli download (--workflow NAME ... | FILE ... | --all) [--models DIR] [--mirror URL]
     python -m diffbir_cli setup [--tests]  (set up ComfyUI, install what the main job needs, check it boots)
+    python -m diffbir_cli golden FILE...  (replay official sampling golden files through the nodes: ``golden.py``)
     python -m diffbir_cli --list
 
 ``restore`` loads a graph from workflows/, converts it to an API prompt, boots ComfyUI in this process
@@ -425,6 +426,34 @@ def cmd_setup(args) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------------------------- golden
+
+
+def cmd_golden(args) -> int:
+    """Replay official sampling golden files through the nodes in ComfyUI (``golden.py``): CPU, float32, one
+    thread (the small networks run 20-30x slower with two threads on a busy CPU), a temporary models folder."""
+    import torch
+
+    from . import golden
+    from . import host as host_mod
+
+    files = [pathlib.Path(f) for f in args.files]
+    missing = [str(f) for f in files if not f.with_suffix(".json").is_file()]
+    if missing:
+        raise CliError(f"no such golden file: {', '.join(missing)}", EXIT_USAGE)
+    path = _locate_comfyui()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="diffbir-golden-") as scratch:
+        scratch = pathlib.Path(scratch)
+        try:
+            host = host_mod.boot(scratch / "output", models_dir=scratch / "models", cpu=True, path=path)
+        except ImportError as err:
+            raise CliError(f"ComfyUI in {path} cannot start ({type(err).__name__}: {err}): {location.SETUP_HINT}",
+                           EXIT_NO_COMFYUI) from err
+        failed = golden.replay_files(host, files, out=_say)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------- main
 
 
@@ -446,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 done, 1 failure, 2 usage or input error, 3 weights missing with --offline, "
                "4 no usable ComfyUI")
     parser.add_argument("--list", action="store_true", help="list the workflows and exit")
-    sub = parser.add_subparsers(dest="command", metavar="{restore,download,setup}")
+    sub = parser.add_subparsers(dest="command", metavar="{restore,download,setup,golden}")
 
     # INPUT and --out are needed unless --list is given, which argparse cannot say: not required=True (that would
     # refuse `restore --list`), but the usage and the group title say it, and cmd_restore checks it (exit 2).
@@ -493,6 +522,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--tests", action="store_true", help="also install the test requirements (tests/requirements.txt)")
     st.add_argument("--no-install", action="store_true", help="install nothing: only set up ComfyUI and check it boots")
     st.set_defaults(func=cmd_setup)
+
+    gd = sub.add_parser("golden", parents=[common], help="replay official sampling golden files through the nodes",
+                        description="Replay official sampling golden files (tests/golden) through the product path: "
+                                    "ComfyUI's own UNet and VAE, Load DiffBIR Models, LAControlNet Apply, DiffBIR "
+                                    "Sampler with the recorded noise, DiffBIR VAE Decode and Color Fix; prints the "
+                                    "lines of python -m diffbir_core.golden with its tolerances (CPU, float32).")
+    gd.add_argument("files", nargs="+", metavar="FILE", help="golden .json files (the .safetensors beside them)")
+    gd.set_defaults(func=cmd_golden)
     return parser
 
 

@@ -34,6 +34,15 @@ EXTRA = {
         "`inference.py --task sr --upscale 4` (v2.1: SwinIR `realesrgan_s4_swinir_100k`), its "
         "resize of a short edge under 512 up to 512 (`min_short_edge`), the 64-pixel padding, and the tiled cleaner "
         "(`--cleaner_tiled --cleaner_tile_size 512 --cleaner_tile_stride 256`: `tile_size` / `tile_stride`)."),
+    "DiffBIRPrompt": (
+        "A captioner node's STRING output (or typed text) as `caption`, Load Checkpoint's `clip` -> **DiffBIR Prompt** "
+        "(`positive_prompt` and `negative_prompt` left at their defaults) -> `positive` and `negative` into "
+        "LAControlNet Apply.",
+        "v2.1 `inference.py`: the positive text is `\", \".join` of the non-empty caption (`--captioner llava` by "
+        "default) and `--pos_prompt` (default: the long quality prompt), the negative is `--neg_prompt`; "
+        "`FrozenOpenCLIPEmbedder` encodes each with `open_clip.tokenize`, one window of 77 tokens (the text's first "
+        "75 between start and end), so longer text is cut. The paper's v2 recipe: `--captioner none --pos_prompt '' "
+        "--neg_prompt 'low quality, blurry, low-resolution, noisy, unsharp, weird textures'`."),
     "DiffBIRLAControlNetApply": (
         "CLIP Text Encode (positive, negative) + Load DiffBIR Models' `control_net` + the stage-1 `image` + the "
         "checkpoint's `vae` and `model` -> **LAControlNet Apply** -> DiffBIR Sampler (its `model` output too for "
@@ -45,7 +54,7 @@ EXTRA = {
         "LAControlNet Apply's `model`, `positive`, `negative` -> **DiffBIR Sampler** (`seed` 231, `steps` 10, `cfg` "
         "6, `sampler_name` edm_dpm++_3m_sde) -> DiffBIR VAE Decode (Tiled) -> DiffBIR Color Fix.",
         "`inference.py` v2.1 defaults: `--sampler edm_dpm++_3m_sde --steps 10 --cfg_scale 6 --seed 231`; "
-        "`--start_point_type`, `--noise_aug`, `--rescale_cfg`, `--cldm_tiled --cldm_tile_size 512 "
+        "`--start_point_type` (and v2.0.0's `--better_start`: `start_point` better_start), `--noise_aug`, `--rescale_cfg`, `--cldm_tiled --cldm_tile_size 512 "
         "--cldm_tile_stride 256` (`tile_size` / `tile_stride`) and the v2 restoration guidance (README example "
         "`--guidance --g_loss w_mse --g_space rgb --g_scale 0.5`) are the inputs of the same names; the paper's "
         "v2 recipe is `spaced`, 50 steps, cfg 4."),

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import colorfix, compare, degrade, face, lacontrolnet, load_models, sampler, sampler_select, stage1, vae_decode
+from . import (colorfix, compare, degrade, face, lacontrolnet, load_models, prompt, sampler, sampler_select, stage1,
+               vae_decode)
 from .host.ksamplers import register_ksamplers_or_warn
 
 NODES: list[type[io.ComfyNode]] = [
     load_models.DiffBIRLoadModels,
     stage1.DiffBIRStage1Restore,
+    prompt.DiffBIRPrompt,
     lacontrolnet.DiffBIRLAControlNetApply,
     sampler.DiffBIRSampler,
     sampler_select.DiffBIRSamplerSelect,

@@ -8,12 +8,11 @@ negative share the same condition latent.
 DiffBIR v2.1 was trained on a zero-terminal-SNR v-prediction SD 2.1; v1/v2 on the eps SD 2.1-base. When a
 MODEL is connected, a v2.1 ControlNet returns it patched to v-prediction + zero-terminal SNR through
 ComfyUI's own ModelSamplingDiscrete node code, and a sampling type that does not match the ControlNet's
-version is logged as a warning naming the fix. Inputs are never modified (clones and copies only).
+version is reported as a warning naming the fix, on the console and as the node's text in the UI. Inputs are
+never modified (clones and copies only).
 """
 
 from __future__ import annotations
-
-import logging
 
 from comfy_api.latest import io
 
@@ -22,10 +21,10 @@ from .host.condition import encode_condition, padded_size
 from .host.control import DiffBIRControl
 from .host.images import rgb_image, widget_range_error
 from .host.model_sampling import model_sampling_kind, patch_v_zsnr
+from .host.progress import warn
 from .host.tiled_stage import TiledStage
 from .host.vae import check_sd_vae
 
-log = logging.getLogger("comfyui-diffbir")
 NODE = "LAControlNet Apply"
 TILES = TiledStage(NODE, "vae_encode", "vae_tile_size", "vae_tile_stride", "vae_tile_plan")
 
@@ -172,22 +171,22 @@ class DiffBIRLAControlNetApply(io.ComfyNode):
         if version == "v2.1":
             if prediction == "v" and zsnr:
                 return model
-            log.warning(
-                "DiffBIR: the v2.1 ControlNet '%s' needs a zero-terminal-SNR v-prediction SD 2.1, but the MODEL "
-                "samples with %s. LAControlNet Apply's MODEL output is switched to v-prediction + zero-terminal SNR: "
-                "connect that output to the sampler, and load sd2.1-base-zsnr-laionaes5.ckpt as the checkpoint (the "
-                "plain SD 2.1-base is eps-trained and gives poor results with v2.1).", control_net.name, have)
+            warn(NODE,
+                 f"DiffBIR: the v2.1 ControlNet '{control_net.name}' needs a zero-terminal-SNR v-prediction SD 2.1, but "
+                 f"the MODEL samples with {have}. LAControlNet Apply's MODEL output is switched to v-prediction + "
+                 "zero-terminal SNR: connect that output to the sampler, and load sd2.1-base-zsnr-laionaes5.ckpt as "
+                 "the checkpoint (the plain SD 2.1-base is eps-trained and gives poor results with v2.1).")
             return patch_v_zsnr(model)
         if version in ("v1", "v2"):
             if prediction != "eps" or zsnr:
-                log.warning(
-                    "DiffBIR: the %s ControlNet '%s' was trained with SD 2.1-base (eps-prediction), but the MODEL "
-                    "samples with %s. Load v2-1_512-ema-pruned.ckpt (and no ModelSamplingDiscrete v_prediction/zsnr "
-                    "patch) for this ControlNet; for the zsnr model use DiffBIR_v2.1.pt.", version, control_net.name,
-                    have)
+                warn(NODE,
+                     f"DiffBIR: the {version} ControlNet '{control_net.name}' was trained with SD 2.1-base "
+                     f"(eps-prediction), but the MODEL samples with {have}. Load v2-1_512-ema-pruned.ckpt (and no "
+                     "ModelSamplingDiscrete v_prediction/zsnr patch) for this ControlNet; for the zsnr model use "
+                     "DiffBIR_v2.1.pt.")
             return model
-        log.warning(
-            "DiffBIR: the DiffBIR version of ControlNet '%s' is unknown, so the MODEL (%s) is passed on unchecked. "
-            "Put v1/v2/v2.1 in the file name or convert it with `python -m diffbir_core.convert --version`.",
-            control_net.name, have)
+        warn(NODE,
+             f"DiffBIR: the DiffBIR version of ControlNet '{control_net.name}' is unknown, so the MODEL ({have}) is "
+             "passed on unchecked. Put v1/v2/v2.1 in the file name or convert it with `python -m diffbir_core.convert "
+             "--version`.")
         return model

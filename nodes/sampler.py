@@ -44,10 +44,11 @@ import torch
 from comfy_api.latest import io
 
 from diffbir_core.sampling import (
+    ALL_START_POINTS,
+    BETTER_START,
     LOSSES,
     OFFICIAL_DEFAULTS,
     SPACES,
-    START_POINTS,
     GeneratorNoise,
     NoiseSource,
     SamplerPlan,
@@ -59,7 +60,7 @@ from diffbir_core.sampling import (
 
 from .host import schema
 from .host.conditioning import find_control, replace_condition
-from .host.guidance import restoration_guidance
+from .host.guidance import posterior_encode, restoration_guidance, stage1_pixels
 from .host.model_function import HostModelFunction, OfficialRun, add_exact_timestep_wrapper
 from .host.model_sampling import host_sigmas, model_diffusion
 from .host.solver_inputs import SETTING_NAMES, check_sampler_name, sampler_name_input, setting_inputs
@@ -78,8 +79,8 @@ TILES = TiledStage(NODE, "diffusion")
 def noise_source(seed: int) -> NoiseSource:
     """The one noise stream of a DiffBIR Sampler run.
 
-    Testing seam: the tests replace this module function to replay recorded draws (golden parity); nothing else
-    should. A seeded CPU generator: same seed, same image on any device.
+    Replay seam: the golden replay (``python -m diffbir_cli golden``) and the tests replace this module function
+    to replay recorded draws (golden parity); nothing else should. A seeded CPU generator: same seed, same image on any device.
     """
     return GeneratorNoise(seed)
 
@@ -154,10 +155,13 @@ class DiffBIRSampler(io.ComfyNode):
                 io.Boolean.Input("rescale_cfg", default=False,
                                  tooltip="Official --rescale_cfg: the guidance scale ramps from 1 at the noisiest step "
                                          "to 1 + cfg at the end (only when cfg > 1).", **adv),
-                io.Combo.Input("start_point", options=list(START_POINTS), default="noise",
+                io.Combo.Input("start_point", options=list(ALL_START_POINTS), default="noise",
                                tooltip="noise: start from pure noise (official default). cond: start from the "
-                                       "condition latent diffused to t = 999 (v1/v2 'better start'; identical to "
-                                       "noise for v2.1's zero-terminal-SNR model).", **adv),
+                                       "condition latent diffused to t = 999 (the main code's --start_point_type "
+                                       "cond). better_start: v2.0.0's --better_start, the low frequencies of the "
+                                       "stage-1 image encoded (a posterior sample; needs the vae input) and "
+                                       "diffused to t = 999. Both are identical to noise for v2.1's "
+                                       "zero-terminal-SNR model.", **adv),
                 io.Int.Input("noise_aug", default=0, min=0, max=MAX_NOISE_AUG,
                              tooltip="Official --noise_aug: diffuse the condition latent to this timestep before "
                                      "sampling (0 = off, official default; v2.1 trained with 0..199). Higher values "
@@ -173,7 +177,7 @@ class DiffBIRSampler(io.ComfyNode):
                                         "(rounded up) and the batch that of the condition."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="The SD 2.1 VAE, needed for restoration guidance (it encodes the guidance "
-                                     "target, and decodes in rgb space)."),
+                                     "target, and decodes in rgb space) and for start_point better_start."),
                 io.Combo.Input("guidance", options=list(GUIDANCE_LOSSES), default="none", optional=True,
                                tooltip="Restoration guidance (v1/v2 feature): pull each step's x0 estimate towards "
                                        "the stage-1 image. mse, or w_mse (weighted: flat regions count, edges not; "
@@ -239,6 +243,10 @@ class DiffBIRSampler(io.ComfyNode):
         c_latent, (img_h, img_w) = control.condition()
         b, h, w = cls._latent_size(latent, c_latent, img_h, img_w)
         c_img = cls._condition_batch(c_latent[:, :, :h, :w].float(), b)
+        clean = encode = None
+        if start_point == BETTER_START:  # v2.0.0: the start latent comes from the stage-1 image
+            clean = stage1_pixels(control.condition_pixels(), b, h, w, "start_point better_start")
+            encode = posterior_encode(vae)
         restoration = None
         if guidance != "none":
             restoration = restoration_guidance(
@@ -253,7 +261,7 @@ class DiffBIRSampler(io.ComfyNode):
                                  "diffusion (as officially): set tile_size to 0 (tile_plan manual) or guidance to "
                                  "none.")
             noise = noise_source(seed)
-            x_T, c_aug = start_latent(diffusion, c_img, start_point, noise_aug, noise)
+            x_T, c_aug = start_latent(diffusion, c_img, start_point, noise_aug, noise, clean, encode)
             conds = replace_condition((positive, negative), c_aug) if noise_aug > 0 else (positive, negative)
             run = _Denoise(plan, cfg, rescale_cfg, tiles, noise, restoration, settings)
             guider = comfy.samplers.CFGGuider(model)
@@ -278,8 +286,12 @@ class DiffBIRSampler(io.ComfyNode):
         if not cfg >= 0:
             raise ValueError(f"{NODE}: cfg must be >= 0 (got {cfg}); official v2.1 uses 6, v2 uses 4.")
         check_sampler_name(NODE, sampler_name)
-        if start_point not in START_POINTS:
-            raise ValueError(f"{NODE}: start_point must be 'noise' or 'cond' (got {start_point!r}).")
+        if start_point not in ALL_START_POINTS:
+            raise ValueError(f"{NODE}: start_point must be one of {', '.join(ALL_START_POINTS)} (got "
+                             f"{start_point!r}).")
+        if start_point == BETTER_START and vae is None:
+            raise ValueError(f"{NODE}: start_point better_start encodes the stage-1 image: connect the 'vae' input "
+                             "(the VAE of your checkpoint), or pick start_point noise or cond.")
         if not 0 <= noise_aug <= MAX_NOISE_AUG:
             raise ValueError(f"{NODE}: noise_aug must be in 0..{MAX_NOISE_AUG} (got {noise_aug}).")
         if guidance not in GUIDANCE_LOSSES:

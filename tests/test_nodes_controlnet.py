@@ -315,6 +315,26 @@ def test_inputs_unchanged_and_v21_model_patched(comfy_host, model_files, caplog)
     assert "v2 ControlNet" in caplog.text and "v2-1_512-ema-pruned.ckpt" in caplog.text
 
 
+def test_a_mismatched_model_is_reported_in_the_nodes_ui_text(comfy_host, model_files, monkeypatch):
+    """A v2.1 ControlNet on the eps SD 2.1-base (and a v2 one on a v + zsnr MODEL) is shown as LAControlNet Apply's
+    text in the UI (PromptServer.send_progress_text to that node), not only written to the console."""
+    sent = []
+    server = comfy_host.server
+    monkeypatch.setattr(server, "send_progress_text", lambda text, node_id, *a, **k: sent.append((node_id, text)),
+                        raising=False)
+    graph = sampler_graph()
+    graph = {k: v for k, v in graph.items() if k in ("1", "2", "3", "p", "n", "4")}
+    graph["o"] = {"class_type": "PreviewAny", "inputs": {"source": ["4", 0]}}
+    comfy_host.run(graph)
+    texts = [text for node_id, text in sent if node_id == "4"]
+    assert len(texts) == 1 and "v2.1 ControlNet" in texts[0] and "sd2.1-base-zsnr-laionaes5.ckpt" in texts[0]
+
+    sent.clear()
+    graph["2"]["inputs"]["controlnet_name"] = TINY_CN["v2"]
+    comfy_host.run(graph)  # v2 ControlNet on the eps model: nothing to report
+    assert not [text for node_id, text in sent if node_id == "4"]
+
+
 # ------------------------------------------------------------------------------------------ precision, lowvram
 
 

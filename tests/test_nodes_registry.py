@@ -15,6 +15,7 @@ NODE_DIR = ROOT / "nodes"
 NODES = {
     "DiffBIRLoadModels": "Load DiffBIR Models",
     "DiffBIRStage1Restore": "Stage1 SwinIR Restore",
+    "DiffBIRPrompt": "DiffBIR Prompt",
     "DiffBIRLAControlNetApply": "LAControlNet Apply",
     "DiffBIRSampler": "DiffBIR Sampler",
     "DiffBIRSamplerSelect": "DiffBIR Sampler Select",

@@ -108,7 +108,8 @@ def test_nodes_registered_with_tooltips_and_official_defaults(comfy_host):
     assert req["steps"][1]["default"] == 10 and req["cfg"][1]["default"] == 6.0
     assert "spaced" in req["sampler_name"][1]["tooltip"] and "50" in req["steps"][1]["tooltip"]
     assert "4" in req["cfg"][1]["tooltip"]
-    assert req["noise_aug"][1]["max"] == 199 and combo_options(req["start_point"]) == ["noise", "cond"]
+    assert req["noise_aug"][1]["max"] == 199 and combo_options(req["start_point"]) == ["noise", "cond",
+                                                                                        "better_start"]
     assert {"latent", "vae", "guidance", "guidance_space", "guidance_scale", "guidance_t_start", "guidance_t_stop",
             "guidance_repeat", "guidance_style", "s_churn", "s_tmin", "s_tmax", "s_noise", "eta", "order",
             "tile_plan"} == set(opt)
@@ -374,6 +375,28 @@ def test_restoration_guidance_runs_with_a_vae(comfy_host, model_files, monkeypat
         assert torch.isfinite(guided).all() and not torch.allclose(guided, plain), space
         # one target encode, then (rgb) one decode with gradients per guided step
         assert calls == ([("encode", False)] if space == "latent" else [("decode", True)] * 2), calls
+
+
+def test_better_start_runs_through_the_executor_and_needs_the_vae(comfy_host, model_files, tiny, monkeypatch):
+    """v2.0.0's better_start (start point from the encoded stage-1 image, a posterior sample) inside the executor's
+    inference mode, on the v2 ControlNet and the eps model (with v2.1's zero-terminal SNR it is pure noise);
+    without the vae input it is refused naming it. (Parity with the reference: tests/test_cli_golden.py.)"""
+    host_vae = node_module(comfy_host, "host.guidance").HostVAE
+    calls = []
+    original = host_vae.encode
+    monkeypatch.setattr(host_vae, "encode", lambda self, x: calls.append(tuple(x.shape)) or original(self, x))
+    prompt = graph(sampler_name="spaced", steps=2)
+    prompt["2"]["inputs"]["controlnet_name"] = TINY_CONTROLNETS["v2"]
+    prompt["s"]["inputs"]["model"] = ["1", 0]  # the eps SD 2.1-base, as v2 needs
+    comfy_host.run(prompt)
+    plain = node_output(comfy_host, "s")["samples"].clone()
+    prompt["s"]["inputs"].update(start_point="better_start", vae=["1", 2])
+    comfy_host.run(prompt)
+    better = node_output(comfy_host, "s")["samples"]
+    assert calls == [(1, 3, 64, 64)]  # the stage-1 image at 8 x the latent size, encoded once
+    assert torch.isfinite(better).all() and not torch.allclose(better, plain)
+    with pytest.raises(ValueError, match=r"better_start encodes the stage-1 image: connect the 'vae' input"):
+        call_node(comfy_host, tiny, start_point="better_start")
 
 
 # ------------------------------------------------------------------------------------------ stock nodes, KSAMPLERs

@@ -25,11 +25,13 @@ from .k_solvers import SOLVERS
 from .ksampler import ksampler_function
 from .noise import GeneratorNoise, GlobalNoise, NoiseSource, RecordedNoise
 from .options import OFFICIAL_DEFAULTS
-from .pipeline import START_POINTS, start_latent
+from .pipeline import ALL_START_POINTS, BETTER_START, START_POINTS, start_latent
 from .plans import SamplerPlan
 from .registry import DDPM_FAMILY, EDM_FAMILY, SAMPLER_NAMES, SAMPLERS, get_sampler, grid, make_plan, sample
 
 __all__ = [
+    "ALL_START_POINTS",
+    "BETTER_START",
     "DDPM_FAMILY",
     "EDM_FAMILY",
     "LOSSES",

@@ -1,4 +1,5 @@
-"""Restoration guidance inside ComfyUI: the core's RestorationGuidance over the host's VAE.
+"""Restoration guidance inside ComfyUI: the core's RestorationGuidance over the host's VAE (and the stage-1 image
+and posterior encode that v2.0.0's better start shares with it).
 
 Two host facts shape this file: the VAE is ComfyUI's (loaded next to the models already in use, so the UNet
 stays loaded), and ComfyUI runs prompts in torch.inference_mode, whose tensors cannot be back-propagated
@@ -16,6 +17,7 @@ import torch
 from diffbir_core.arch.vae import DiagonalGaussianDistribution
 from diffbir_core.padding import pad_to_size
 from diffbir_core.sampling.guidance import RestorationGuidance
+from diffbir_core.sampling.tiled import vae_encode
 
 
 class HostVAE:
@@ -73,17 +75,35 @@ class GuidanceOutsideInferenceMode(RestorationGuidance):
             return super().__call__(x0.clone(), model_t, torch.as_tensor(c1).clone(), noise)
 
 
+def stage1_pixels(image: torch.Tensor | None, b: int, h: int, w: int, use: str) -> torch.Tensor:
+    """The stage-1 IMAGE (NHWC) as the (b, 3, 8h, 8w) image in [0, 1] that a (b, 4, h, w) latent decodes to:
+    zero-padded (or cropped) to 8 x the latent size, as the official code pads it; `use` names what needs it."""
+    if image is None:
+        raise ValueError(f"DiffBIR Sampler: {use} needs the stage-1 image, but the ControlNet carries only its "
+                         "latent: attach it with 'LAControlNet Apply'.")
+    pixels = pad_to_size(image[..., :3].movedim(-1, 1).float(), h * 8, w * 8)
+    if pixels.shape[0] == 1 and b > 1:
+        pixels = pixels.expand(b, -1, -1, -1)
+    return pixels
+
+
+def posterior_encode(vae):
+    """`encode(image, sample, noise)` -> scaled latent through the host's VAE, the core's formula
+    (``diffbir_core.sampling.tiled.vae_encode``: the posterior mode, or a sample drawing one `noise.randn_like`)."""
+    host_vae = HostVAE(vae)
+
+    def encode(image: torch.Tensor, sample: bool = False, noise=None) -> torch.Tensor:
+        return vae_encode(host_vae, image, sample=sample, noise=noise)
+
+    return encode
+
+
 def restoration_guidance(image: torch.Tensor | None, vae, b: int, h: int, w: int, loss: str, space: str,
                          scale: float, t_start: int, t_stop: int, repeat: int,
                          style: str) -> GuidanceOutsideInferenceMode:
     """The guidance of a run sampling a (b, 4, h, w) latent towards `image` (the stage-1 IMAGE, NHWC)."""
-    if image is None:
-        raise ValueError("DiffBIR Sampler: restoration guidance needs the stage-1 image, but the ControlNet "
-                         "carries only its latent: attach it with 'LAControlNet Apply'.")
-    # the target is the image the latent decodes to: zero-padded (or cropped) to 8 x the latent size
-    target = pad_to_size(image[..., :3].movedim(-1, 1).float(), h * 8, w * 8)
-    if target.shape[0] == 1 and b > 1:
-        target = target.expand(b, -1, -1, -1)
+    # the target is the image the latent decodes to
+    target = stage1_pixels(image, b, h, w, "restoration guidance")
     guide = GuidanceOutsideInferenceMode.official(
         HostVAE(vae), None, "v1" if style == "v1" else "v2", float(scale), loss=loss, space=space,
         t_start=int(t_start), t_stop=int(t_stop), repeat=int(repeat))

@@ -13,6 +13,17 @@ log = logging.getLogger("comfyui-diffbir")
 def report(node: str, text: str) -> None:
     """`text` in the console and as the running node's text in the UI."""
     log.info("%s: %s", node, text)
+    _show(text)
+
+
+def warn(node: str, text: str) -> None:
+    """`text` as a console warning and as the running node's text in the UI (a user who never reads the console
+    still sees it)."""
+    log.warning("%s", text)
+    _show(text)
+
+
+def _show(text: str) -> None:
     try:
         from comfy_execution.utils import get_executing_context
         from server import PromptServer
