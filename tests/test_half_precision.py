@@ -246,3 +246,47 @@ def test_auto_controlnet_follows_an_fp8_unet_command_line(comfy_host, tiny_files
     assert all(torch.isfinite(t).all() for t in tensors.values())
     (save,) = [i for i, n in api.items() if n["class_type"] == "SaveImage"]
     assert outputs[save]["images"]
+
+
+# ------------------------------------------------------------------------------------------------ other paths
+
+
+def _variant(api: dict, variant: str) -> dict:
+    """The v2.1 prompt with every stage tiled by hand (128-pixel tiles, stride 64), or with rgb-space restoration
+    guidance at the first of its two steps (a gradient through the VAE decoder in the mode's VAE dtype; guidance
+    needs untiled diffusion)."""
+    api = copy.deepcopy(api)
+    (sampler,) = by_class(api, "DiffBIRSampler")
+    if variant == "tiled":
+        (apply,) = by_class(api, "DiffBIRLAControlNetApply")
+        (decode,) = by_class(api, "DiffBIRVAEDecode")
+        sampler["inputs"].update(tile_size=128, tile_stride=64, tile_plan="manual")
+        apply["inputs"].update(vae_tile_size=128, vae_tile_stride=64, vae_tile_plan="manual")
+        decode["inputs"].update(tile_size=128, tile_stride=64, tile_plan="manual")
+    else:
+        (ckpt,) = [i for i, n in api.items() if n["class_type"] == "CheckpointLoaderSimple"]
+        sampler["inputs"].update(guidance="w_mse", guidance_space="rgb", guidance_t_stop=500, vae=[ckpt, 2])
+    return api
+
+
+@pytest.mark.parametrize("mode", hp.MODES)
+@pytest.mark.parametrize("variant", ["tiled", "guided"])
+def test_tiled_or_guided_restore_in_half_precision(comfy_host, tiny_files, input_png, monkeypatch, variant, mode):
+    """Tiled condition encode, diffusion and decode; rgb-space restoration guidance: each mode against float32."""
+    if reason := hp.cpu_lacks_kernels({hp.VAE_DTYPE}):
+        pytest.skip(reason)
+    api = _variant(_prompt(comfy_host, V21, input_png, monkeypatch), variant)
+    name = f"{variant} {V21.name}"
+    if name not in _FLOAT32:
+        comfy_host.run(api)
+        _FLOAT32[name] = hp.stage_tensors(comfy_host, api)
+    full = _FLOAT32[name]
+    with hp.gpu_dtype_policy(comfy_host, mode):
+        comfy_host.run(api)
+        half = hp.stage_tensors(comfy_host, api)
+    assert half.keys() == full.keys()
+    for key, tensor in half.items():
+        assert torch.isfinite(tensor).all(), f"{key}: not finite in {mode}"
+        stage = STAGE_OF[key.split()[1].split("[")[0]]
+        hp.within(f"{variant}: {key} ({stage}) in {mode}", tensor, full[key], BOUNDS[(stage, mode)],
+                  f"{variant} {V21.stem} {key}", (stage, mode))
