@@ -493,5 +493,10 @@ def test_v1_full_checkpoint_fills_both_slots_and_sd_outputs(comfy_host, model_fi
     cond = encode(clip, "a photo")[0][0]
     assert cond.shape == (1, 77, TINY_CLIP["width"]) and torch.isfinite(cond).all()
     assert "v1 full checkpoint" in info and info.count("version v1") == 2
+    # fp8: the ControlNet and the file's SD 2.1 UNet both stored in fp8, computed as ComfyUI casts them here
+    control, model = load_models_node(comfy_host, "tiny_full_v1.safetensors", dtype="fp8_e4m3fn")[1:3]
+    assert control.control_model.input_blocks[1][0].in_layers[2].weight.dtype == torch.float8_e4m3fn
+    assert model.model.diffusion_model.input_blocks[1][0].in_layers[2].weight.dtype == torch.float8_e4m3fn
+    assert control.dtype == model.model.manual_cast_dtype
     # Any other file leaves MODEL/CLIP/VAE empty.
     assert load_models_node(comfy_host, TINY_CN["v2"])[2:5] == (None, None, None)
