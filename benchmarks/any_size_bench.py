@@ -17,6 +17,11 @@ Time per output pixel of each size is compared with the 512 one in the same run 
 --threads 1 and --clock cpu, else wall seconds). It also prints the planner's fp16 plan of the largest size for a
 simulated 6 GB and 12 GB GPU.
 
+On CUDA (``--device cuda``) the memory measured is torch's allocation on the device (``max_memory_allocated``,
+reset per stage) above the allocation before the stage, times are wall seconds, and the planner gets the device's
+free memory with the networks loaded (``torch.cuda.mem_get_info``; no per-call limit), as the nodes' auto plan on
+a GPU; ``--free GB`` plans for that much instead (e.g. a simulated 8 GB card).
+
 Text conditioning is random (the CLIP text tower runs once per prompt and is left out). On this project's CPU a
 2048 restore with one step takes about 25 CPU minutes and a 4096 one about 100; see benchmarks/README.md.
 
@@ -44,22 +49,35 @@ def reset_peak() -> None:
 
 
 class StageMeter:
-    """Peak RSS and time of each stage; `enter(stage)` closes the running stage and opens the next."""
+    """Peak memory and time of each stage; `enter(stage)` closes the running stage and opens the next. On the CPU
+    the memory is the RSS (VmHWM), on CUDA torch's allocation on the device (``max_memory_allocated``, reset per
+    stage; the time is then wall time after a synchronize)."""
 
-    def __init__(self, clock: str):
-        self.clock = time.process_time if clock == "cpu" else time.perf_counter
+    def __init__(self, clock: str, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.clock = time.process_time if clock == "cpu" and not self.cuda else time.perf_counter
         self.current, self.before, self.peaks, self.times, self.start = None, {}, {}, {}, 0.0
+
+    def _now(self) -> float:
+        C.sync(self.device)
+        return self.clock()
 
     def enter(self, stage: str | None) -> None:
         if stage == self.current:
             return
         if self.current is not None:
-            self.peaks[self.current] = C.peak_rss_mb()
-            self.times[self.current] = self.clock() - self.start
+            self.times[self.current] = self._now() - self.start
+            self.peaks[self.current] = (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.cuda
+                                        else C.peak_rss_mb())
         if stage is not None:
-            reset_peak()
-            self.before[stage] = C.current_rss_mb()
-            self.start = self.clock()
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats(self.device)
+                self.before[stage] = torch.cuda.memory_allocated(self.device) / 2**20
+            else:
+                reset_peak()
+                self.before[stage] = C.current_rss_mb()
+            self.start = self._now()
         self.current = stage
 
     def hook(self, module: torch.nn.Module, stage: str) -> None:
@@ -68,8 +86,6 @@ class StageMeter:
 
 def child_restore(args, size: int) -> dict:
     device, dtype = C.setup(args)
-    if device.type != "cpu":
-        raise SystemExit("any_size_bench.py measures RSS: CPU only (--device cpu)")
     import psutil
 
     from diffbir_core import memory, stage1
@@ -81,21 +97,27 @@ def child_restore(args, size: int) -> dict:
     unet = C.our_network("unet", seed=0, device=device, dtype=dtype)
     cn = C.our_network("controlnet", seed=1, device=device, dtype=dtype)
     vae = C.our_network("vae", seed=2, device=device, dtype=dtype)
-    rss_built = C.current_rss_mb()
+    rss_built = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else C.current_rss_mb()
 
     lq_size, upscale = (512, 1) if size <= 512 else (size // 4, 4)
     g = torch.Generator().manual_seed(0)
-    lq = torch.rand(1, 3, lq_size, lq_size, generator=g)
-    pos = torch.randn(1, 77, 1024, generator=g).to(dtype)
-    neg = torch.randn(1, 77, 1024, generator=g).to(dtype)
+    lq = torch.rand(1, 3, lq_size, lq_size, generator=g).to(device)
+    pos = torch.randn(1, 77, 1024, generator=g).to(device, dtype)
+    neg = torch.randn(1, 77, 1024, generator=g).to(device, dtype)
 
-    # the planner's inputs, as the nodes pass them on the CPU: ComfyUI's get_free_memory there is psutil's
-    free = args.free * GB if args.free else psutil.virtual_memory().available
-    plans = memory.plan_restore(free, (size, size), (size, size), dtype, call_limit=memory.CPU_CALL_BYTES)
+    # the planner's inputs, as the nodes pass them: on the CPU ComfyUI's get_free_memory is psutil's and each
+    # call stays within CPU_CALL_BYTES; on CUDA it is the device's free memory (the weights already loaded)
+    if device.type == "cuda":
+        free = args.free * GB if args.free else torch.cuda.mem_get_info(device)[0]
+        call_limit = None
+    else:
+        free = args.free * GB if args.free else psutil.virtual_memory().available
+        call_limit = memory.CPU_CALL_BYTES
+    plans = memory.plan_restore(free, (size, size), (size, size), dtype, call_limit=call_limit)
     for plan in plans.values():
         C.log(f"restore {size}: {plan.describe()}")
 
-    meter = StageMeter(args.clock)
+    meter = StageMeter(args.clock, device)
     meter.hook(vae.encoder, "vae_encode")
     meter.hook(cn, "diffusion")
     meter.hook(vae.decoder, "vae_decode")
@@ -103,7 +125,7 @@ def child_restore(args, size: int) -> dict:
     p1 = plans["stage1"]
     with torch.no_grad():
         meter.enter("stage1")  # the bicubic upscale before the network belongs to stage 1 (until the encoder runs)
-        s1 = stage1.restore(lambda x: swinir(x.to(dtype)), lq, "swinir", upscale, "v2.1", scale=swinir.scale,
+        s1 = stage1.restore(lambda x: swinir(x.to(device, dtype)), lq, "swinir", upscale, "v2.1", scale=swinir.scale,
                             size_multiple=swinir.size_multiple, tile=p1.tile, stride=p1.stride)
         cond = s1.image.to(dtype)
         pe, pd, pdec = plans["vae_encode"], plans["diffusion"], plans["vae_decode"]
@@ -149,8 +171,13 @@ def main() -> int:
     from diffbir_core import memory
 
     device, dtype = C.setup(args)
+    cuda = device.type == "cuda"
+    mem = "peak VRAM (torch's max allocated)" if cuda else "peak RSS"
+    plan_kind = "GPU plan: the device's free memory" if cuda else "CPU plan"
+    if args.free:
+        plan_kind += f", planned for {args.free:g} GB free"
     header = C.machine_line(device, dtype) + (f"; {args.steps} step(s) {args.sampler}, cfg {args.cfg} (pair batched); "
-                                              "every tile from the planner (CPU plan)")
+                                              f"every tile from the planner ({plan_kind})")
     extra = [a for k, v in (("--steps", args.steps), ("--sampler", args.sampler), ("--cfg", args.cfg),
                             ("--free", args.free)) for a in (k, str(v))]
     results = {}
@@ -167,16 +194,17 @@ def main() -> int:
             ok = abs(pred / max(measured, 1.0) - 1) <= 0.25
             rows.append(C.row(f"{size}: {STAGE_NAMES[stage]} working memory, MiB: predicted / measured",
                               f"{pred:.0f}", f"{measured:.0f}", f"{pred / max(measured, 1.0):.2f}", "within 25 %", ok,
-                              note=f"{r['plans'][stage]}; planned with margin {r['planned_mb'][stage]:.0f} MiB; peak "
-                                   f"RSS {r['peaks_mb'][stage]:.0f} MiB"))
+                              note=f"{r['plans'][stage]}; planned with margin {r['planned_mb'][stage]:.0f} MiB; "
+                                   f"{mem} {r['peaks_mb'][stage]:.0f} MiB"))
         stage_times = ", ".join(f"{name} {r['times'][name]:.1f}" for name in list(memory.STAGES) + ["colour fix"])
         rows.append(C.row(f"{size}: restore time, s", f"{r['total_s']:.1f}", note=f"{args.clock} seconds: {stage_times}"))
         if size == 512:
             continue
         ratio = r["restore_peak_mb"] / base["restore_peak_mb"]
-        rows.append(C.row(f"{size}: restore peak RSS, MiB: {r['lq']} -> {size} auto / 512 -> 512 auto",
+        rows.append(C.row(f"{size}: restore {mem}, MiB: {r['lq']} -> {size} auto / 512 -> 512 auto",
                           f"{r['restore_peak_mb']:.0f}", f"{base['restore_peak_mb']:.0f}", f"{ratio:.3f}", "ratio <= 1.50",
-                          ratio <= 1.5, note=f"RSS with the networks built: {r['rss_built_mb']:.0f} / "
+                          ratio <= 1.5, note=f"{'VRAM' if cuda else 'RSS'} with the networks built: "
+                                             f"{r['rss_built_mb']:.0f} / "
                                              f"{base['rss_built_mb']:.0f} MiB; planned for {r['free_gb']:.1f} GB free"))
         per_pixel = (r["total_s"] / size**2) / (base["total_s"] / 512**2)
         rows.append(C.row(f"{size}: restore time per output pixel, {size} auto / 512 untiled",

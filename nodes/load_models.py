@@ -52,9 +52,14 @@ class DiffBIRLoadModels(io.ComfyNode):
                                        "ControlNet."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
                                tooltip="Precision of the ControlNet. auto = what ComfyUI picks for the UNet on this "
-                                       "device (fp16 on most GPUs, fp32 on CPU). fp16/bf16 follow DiffBIR's half "
-                                       "mode (time embedding and GroupNorms stay float32). Stage-1 restorers always "
-                                       "run in float32.", **schema.ADVANCED),
+                                       "device (fp16 on most GPUs, fp32 on CPU, fp8 when ComfyUI runs with "
+                                       "--fp8_e4m3fn-unet / --fp8_e5m2-unet). fp16/bf16 follow DiffBIR's half "
+                                       "mode (time embedding and GroupNorms stay float32). fp8_e4m3fn/fp8_e5m2 store "
+                                       "those weights in 8 bits (about half the memory of fp16) and compute in "
+                                       "fp16/bf16 as ComfyUI does for an fp8 UNet (float32 on a CPU); less "
+                                       "exact than fp16, e5m2 more so (README: Precision). A DiffBIR v1 full checkpoint's SD 2.1 UNet is loaded "
+                                       "in the same precision. Stage-1 restorers always run in float32.",
+                               **schema.ADVANCED),
             ],
             outputs=[
                 Stage1IO.Output("stage1", display_name="stage1",

@@ -63,6 +63,7 @@ from .host.conditioning import find_control, replace_condition
 from .host.guidance import posterior_encode, restoration_guidance, stage1_pixels
 from .host.model_function import HostModelFunction, OfficialRun, add_exact_timestep_wrapper
 from .host.model_sampling import host_sigmas, model_diffusion
+from .host.patching import inference_dtype
 from .host.solver_inputs import SETTING_NAMES, check_sampler_name, sampler_name_input, setting_inputs
 from .host.tiled_stage import TiledStage
 from .host.vae import latent_fits
@@ -275,7 +276,7 @@ class DiffBIRSampler(io.ComfyNode):
             samples = denoise(tile_size, tile_stride)
         else:
             samples = TILES.run(denoise, tile_plan, tile_size, tile_stride, h * 8, w * 8, model.load_device,
-                                model.model_dtype(), [model, *control.get_models()])
+                                inference_dtype(model), [model, *control.get_models()])
         return io.NodeOutput({"samples": samples.to(comfy.model_management.intermediate_device())})
 
     # -- checks and helpers --------------------------------------------------------------------------------

@@ -39,12 +39,28 @@ def comfy_models_dir(tmp_path_factory):
     return models
 
 
+DEVICE_ENV = "DIFFBIR_TEST_DEVICE"  # "cpu" (default: ComfyUI's --cpu) or "cuda": ComfyUI picks the GPU
+
+
 @pytest.fixture(scope="session")
 def comfy_host(tmp_path_factory, comfy_models_dir):
-    """The booted in-process ComfyUI (`comfy_host.Host`)."""
+    """The booted in-process ComfyUI (`comfy_host.Host`), on the CPU unless DIFFBIR_TEST_DEVICE=cuda (for the
+    half-precision tests on a GPU, benchmarks/gpu.sh half; the rest of the suite assumes the CPU)."""
+    import os
+
     import comfy_host as host_module  # tests/ is on sys.path (rootdir-relative conftest, no __init__.py)
 
-    return host_module.boot(tmp_path_factory.mktemp("comfy_output"), models_dir=comfy_models_dir)
+    device = os.environ.get(DEVICE_ENV, "cpu")
+    if device not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"{DEVICE_ENV}={device!r}: 'cpu' or 'cuda'")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(f"{DEVICE_ENV}=cuda but torch sees no CUDA device (torch.cuda.is_available() "
+                                    "is False)")
+    return host_module.boot(tmp_path_factory.mktemp("comfy_output"), models_dir=comfy_models_dir,
+                            cpu=device == "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -158,11 +174,17 @@ def real_bsrnet_file(tmp_path_factory):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The figures the real-weight tests measured (tests/real_models.py `measured`), printed even with -q."""
+    """The figures the real-weight tests measured (tests/real_models.py `measured`) and the half-precision tests
+    measured (tests/half_precision.py `MEASURED`), printed even with -q."""
     import sys
 
     module = sys.modules.get("real_models")
     if module is not None and module.MEASURED:
         terminalreporter.write_sep("-", "real weights on real photos: measured")
         for line in module.MEASURED:
+            terminalreporter.write_line(line)
+    module = sys.modules.get("half_precision")
+    if module is not None and module.MEASURED:
+        terminalreporter.write_sep("-", "half precision and fp8: difference from float32 (fp16 for fp8), measured")
+        for line in module.summary():
             terminalreporter.write_line(line)

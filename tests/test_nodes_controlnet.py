@@ -103,7 +103,8 @@ def test_loader_lists_folders_with_prefixes(comfy_host, model_files):
         assert cn_choices[0] == "none" and s1_choices[0] == "none"
         assert TINY_CN["v2.1"] in cn_choices and "controlnet/elsewhere.safetensors" in cn_choices
         assert "upscale_models/up.pth" in s1_choices and "controlnet/elsewhere.safetensors" not in s1_choices
-        assert combo_options(req["dtype"]) == ["auto", "fp32", "fp16", "bf16"]
+        # new choices are appended: a saved workflow stores the value, which must keep meaning the same
+        assert combo_options(req["dtype"]) == ["auto", "fp32", "fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2"]
 
         cls = comfy_host.node_classes["DiffBIRLoadModels"]
         key = cls.fingerprint_inputs("none", TINY_CN["v2"], "auto")
@@ -380,6 +381,47 @@ def test_controlnet_lowvram_cast_path_and_half_modes(comfy_host, model_files):
         assert err < 0.05 * g["out.control_12"].abs().max().item()
 
 
+@pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3fn", "e5m2"])
+def test_controlnet_fp8_storage_computes_in_the_cast_dtype(comfy_host, model_files, fp8):
+    """fp8 weights (the half blocks; time embedding and GroupNorms float32) cast per call to the compute dtype by
+    ComfyUI's ops: the controls come out in that dtype, close to the fp16 ones, and ComfyUI's partial (lowvram)
+    loading gives the same bits as the full load."""
+    from diffbir_core.loader import load_network
+
+    ctl_module = node_module(comfy_host, "host.patching")
+    path = model_files / "diffbir" / TINY_CN["v2.1"]
+    g, args = _golden_controlnet_inputs()
+    half = ctl_module.use_comfy_ops(ctl_module.cast_controlnet(load_network(path, ["controlnet"], "c").model,
+                                                               torch.float16))
+    model = ctl_module.use_comfy_ops(ctl_module.cast_controlnet(load_network(path, ["controlnet"], "c").model, fp8,
+                                                                torch.float16))
+    assert model.block_dtype == torch.float16 and model.input_blocks[1][0].in_layers[2].weight.dtype == fp8
+    assert model.time_embed[0].weight.dtype == torch.float32
+    assert all(m.weight.dtype == torch.float32 for m in model.modules() if type(m).__name__ == "ComfyGroupNorm32")
+    stored = {p.dtype for p in model.parameters()}
+    assert stored == {fp8, torch.float32}
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert size < 0.6 * sum(p.numel() * p.element_size() for p in half.parameters())
+    with torch.no_grad():
+        ref, full = half(*args), model(*args)
+        patcher = ctl_module.wrap_in_patcher(model)
+        patcher.load(torch.device("cpu"), lowvram_model_memory=1, full_load=False)  # everything "offloaded"
+        try:
+            partial = model(*args)
+        finally:
+            patcher.unpatch_model()
+    assert all(getattr(m, "comfy_cast_weights", True) for m in model.input_blocks.modules()
+               if hasattr(type(m), "comfy_cast_weights")), "unloading must keep the per-call cast"
+    for a, b in zip(partial, full):
+        assert torch.equal(a, b)
+    scale = g["out.control_12"].abs().max().item()
+    err = (full[-1].float() - ref[-1].float()).abs().max().item()
+    print(f"{fp8}: control 12 max abs difference from fp16 {err:.2e} (max |control| {scale:.2f})")
+    assert full[-1].dtype == torch.float16 and torch.isfinite(full[-1]).all()
+    # measured (torch 2.14.1, this project's CPU): 0.10 (e4m3fn) and 0.28 (e5m2) of max |control|; bound: twice that
+    assert err < {torch.float8_e4m3fn: 0.21, torch.float8_e5m2: 0.57}[fp8] * scale
+
+
 def test_stock_apply_controlnet_node_encodes_lazily(comfy_host, model_files):
     """Our CONTROL_NET also works with the stock 'Apply ControlNet (Advanced)' when its VAE is connected."""
     import nodes
@@ -471,5 +513,10 @@ def test_v1_full_checkpoint_fills_both_slots_and_sd_outputs(comfy_host, model_fi
     cond = encode(clip, "a photo")[0][0]
     assert cond.shape == (1, 77, TINY_CLIP["width"]) and torch.isfinite(cond).all()
     assert "v1 full checkpoint" in info and info.count("version v1") == 2
+    # fp8: the ControlNet and the file's SD 2.1 UNet both stored in fp8, computed as ComfyUI casts them here
+    control, model = load_models_node(comfy_host, "tiny_full_v1.safetensors", dtype="fp8_e4m3fn")[1:3]
+    assert control.control_model.input_blocks[1][0].in_layers[2].weight.dtype == torch.float8_e4m3fn
+    assert model.model.diffusion_model.input_blocks[1][0].in_layers[2].weight.dtype == torch.float8_e4m3fn
+    assert control.dtype == model.model.manual_cast_dtype
     # Any other file leaves MODEL/CLIP/VAE empty.
     assert load_models_node(comfy_host, TINY_CN["v2"])[2:5] == (None, None, None)

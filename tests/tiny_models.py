@@ -128,6 +128,7 @@ def write_tiny_sd21(path: Path, seed: int = 0) -> Path:
 
 
 TINY_SD21_NAME = "tiny_sd21.safetensors"
+TINY_UNET_NAME = "tiny_sd21_unet.safetensors"  # its UNet alone, for the stock UNETLoader (models/diffusion_models)
 # The golden small ControlNet fits the tiny SD 2.1's UNet; conftest.model_files writes one file per version.
 TINY_CONTROLNETS = {"v2.1": "tiny_controlnet_v2.1.safetensors", "v2": "tiny_controlnet_v2.safetensors"}
 
@@ -145,6 +146,21 @@ def tiny_sd21_checkpoint(models_dir: Path, name: str = TINY_SD21_NAME) -> str:
         tmp = path.with_name(path.name + ".partial")
         write_tiny_sd21(tmp)
         tmp.replace(path)  # never a half-written file under the listed name
+    return name
+
+
+def tiny_sd21_unet(models_dir: Path, name: str = TINY_UNET_NAME) -> str:
+    """The tiny SD 2.1's UNet alone (the same weights) in models_dir/diffusion_models, written once per session, as
+    the stock Load Diffusion Model (UNETLoader) reads it; returns its name."""
+    register_tiny_sd21()
+    path = Path(models_dir) / "diffusion_models" / name
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prefix = "model.diffusion_model."
+        unet = {k[len(prefix):]: v.contiguous() for k, v in tiny_sd21_state_dict().items() if k.startswith(prefix)}
+        tmp = path.with_name(path.name + ".partial")
+        save_file(unet, str(tmp))
+        tmp.replace(path)
     return name
 
 

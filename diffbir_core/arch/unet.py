@@ -170,7 +170,9 @@ class UNetEncoder(nn.Module):
     def block_dtype(self):
         # The blocks may run in half precision while the time embedding stays in float32
         # (DiffBIR's fp16 mode); inputs are cast to the blocks' dtype like the official forward.
-        return self.input_blocks[0][0].weight.dtype
+        # Blocks whose weights are stored in another dtype than they compute in (8-bit storage, cast per
+        # call by the host) say so in `compute_dtype`.
+        return getattr(self, "compute_dtype", None) or self.input_blocks[0][0].weight.dtype
 
 
 class UNetModel(UNetEncoder):

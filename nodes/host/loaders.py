@@ -20,8 +20,13 @@ from .model_files import FACE_FOLDER
 from .patching import cast_controlnet, use_comfy_ops, wrap_in_patcher
 from .types import Stage1Model
 
-DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+# The `dtype` choices of Load DiffBIR Models, in the order the widget lists them (new ones are appended, so saved
+# workflows keep their values). fp8: weights stored in 8 bits, computed in ComfyUI's manual-cast dtype.
+DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+          "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
+               torch.float8_e4m3fn: "float8_e4m3fn", torch.float8_e5m2: "float8_e5m2"}
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 DETECTORS = ("detection_Resnet50_Final.pth", "detection_mobilenet0.25_Final.pth")  # facexlib's; DiffBIR uses the first
 GET_DETECTOR = (f"Pick facexlib's {DETECTORS[0]} (or {DETECTORS[1]}): the node downloads it into "
@@ -29,19 +34,26 @@ GET_DETECTOR = (f"Pick facexlib's {DETECTORS[0]} (or {DETECTORS[1]}): the node d
                 f"v0.1.0, or run `python -m diffbir_cli download {DETECTORS[0]}` where there is a network).")
 
 
-def resolve_dtype(dtype_name: str, device: torch.device, params: int) -> torch.dtype:
-    """The ControlNet's storage and compute dtype for the loader's `dtype` input on `device`."""
+def resolve_dtype(dtype_name: str, device: torch.device, params: int) -> tuple[torch.dtype, torch.dtype]:
+    """(storage, compute) dtypes of the ControlNet's half-precision blocks for the loader's `dtype` input on `device`.
+
+    fp8 (chosen, or `auto` when ComfyUI stores UNets in fp8, e.g. `--fp8_e4m3fn-unet`) is stored as such and
+    computed in the dtype ComfyUI's manual cast gives an fp8 UNet on `device` (fp16 or bf16 on a GPU, float32 on a
+    CPU), exactly as the stock ControlNet loader does. Otherwise weights are stored in the compute dtype: a dtype
+    the device cannot compute in falls back to ComfyUI's choice for it (e.g. fp16 on a CPU runs as float32).
+    """
     requested = DTYPES[dtype_name]
     mm = comfy.model_management
     if requested is None:
         requested = mm.unet_dtype(device=device, model_params=params,
                                   supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
-    if requested not in DTYPE_NAMES:  # e.g. fp8 forced on the command line: not supported here
+    if requested not in DTYPE_NAMES:  # another 8-bit type forced on the command line (e8m0fnu): not supported here
         requested = torch.float16 if mm.should_use_fp16(device) else torch.float32
     cast = mm.unet_manual_cast(requested, device)
-    # Weights are stored in the compute dtype: a dtype the device cannot compute in falls back to ComfyUI's
-    # choice for it (e.g. fp16 on a CPU runs as float32).
-    return cast if cast is not None else requested
+    if requested in FP8:
+        return requested, cast if cast is not None else torch.float16
+    cast = cast if cast is not None else requested
+    return cast, cast
 
 
 def load_stage1(path: str) -> tuple[Stage1Model, bool, str]:
@@ -73,14 +85,20 @@ def load_controlnet(path: str, dtype_name: str) -> tuple[DiffBIRControl, bool, s
     net = load_network(path, ("controlnet",), "ControlNet")
     device = comfy.model_management.get_torch_device()
     params = sum(p.numel() for p in net.model.parameters())
-    dtype = resolve_dtype(dtype_name, device, params)
-    model = use_comfy_ops(cast_controlnet(net.model, dtype).eval())
-    control = DiffBIRControl(wrap_in_patcher(model), version=net.version, name=net.name, dtype=dtype)
+    dtype, compute = resolve_dtype(dtype_name, device, params)
+    model = use_comfy_ops(cast_controlnet(net.model, dtype, compute).eval())
+    control = DiffBIRControl(wrap_in_patcher(model), version=net.version, name=net.name, dtype=compute)
     needs = _NEEDS.get(net.version, "version unknown: name the file with v1/v2/v2.1 or convert it with "
                                     "`python -m diffbir_core.convert --version`")
     info = (f"ControlNet: {net.name} -> {net.detection.looks_like}; version {net.version or 'unknown'} ({needs}); "
-            f"{control.num_controls} controls, {params / 1e6:.1f} M parameters, {DTYPE_NAMES[dtype]} on {device}")
+            f"{control.num_controls} controls, {params / 1e6:.1f} M parameters, {_precision(dtype, compute)} on {device}")
     return control, "sd" in net.extras, info
+
+
+def _precision(storage: torch.dtype, compute: torch.dtype) -> str:
+    if storage == compute:
+        return DTYPE_NAMES[storage]
+    return f"{DTYPE_NAMES[storage]} weights computed in {DTYPE_NAMES[compute]}"
 
 
 def load_sd_parts(path: str, dtype_name: str):

@@ -87,16 +87,48 @@ def use_comfy_ops(model: torch.nn.Module) -> torch.nn.Module:
 _HALF_BLOCKS = ("input_blocks", "middle_block", "zero_convs", "middle_block_out")
 
 
-def cast_controlnet(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """float32 everywhere, then the official half-precision policy for fp16/bf16."""
+def cast_controlnet(model: torch.nn.Module, dtype: torch.dtype, compute: torch.dtype | None = None) -> torch.nn.Module:
+    """float32 everywhere, then the official half-precision policy for fp16/bf16.
+
+    An 8-bit `dtype` (float8_e4m3fn / float8_e5m2) stores those blocks in 8 bits and computes them in `compute`
+    (default fp16): ComfyUI's manual cast, as for an fp8 UNet. Their layers must be comfy.ops layers
+    (``use_comfy_ops``, before or after this call); each one casts its weights to its input's dtype per call.
+    """
     model.float()
-    if dtype in (torch.float16, torch.bfloat16):
+    half = dtype in (torch.float16, torch.bfloat16)
+    fp8 = dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    if half or fp8:
         for name in _HALF_BLOCKS:
             getattr(model, name).to(dtype)
         for module in model.modules():
             if isinstance(module, GroupNorm32):
                 module.float()
+    if fp8:
+        model.compute_dtype = compute or torch.float16  # UNetEncoder.block_dtype: what the blocks compute in
+        _cast_weights_per_call([getattr(model, name) for name in _HALF_BLOCKS])
     return model
+
+
+def _cast_weights_per_call(blocks: list[torch.nn.Module]) -> None:
+    """Make every layer of `blocks` cast its weights to its input's dtype at each call (ComfyUI's manual_cast ops
+    classes do it by a class attribute; an instance attribute survives ComfyUI's lowvram loading, which sets it
+    and puts the previous value back on unload)."""
+    swapped = _ops_classes()  # the classes use_comfy_ops swaps (exact types), or already swapped ones
+    for block in blocks:
+        for name, module in block.named_modules():
+            if type(module) in swapped or hasattr(module, "forward_comfy_cast_weights"):
+                module.comfy_cast_weights = True
+            elif any(p.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) for p in module.parameters(recurse=False)):
+                raise TypeError(f"DiffBIR: fp8 weights of {type(module).__name__} ({name}) cannot be cast per call")
+
+
+def inference_dtype(patcher) -> torch.dtype:
+    """The dtype a ComfyUI MODEL computes in: its manual-cast dtype when its weights are stored in another one
+    (fp8 weights, or fp16 weights on a device that computes float32), else its weights' (``model_dtype()``).
+    What the activations, and so the memory planner's working memory, are made of."""
+    model = patcher.model
+    cast = getattr(model, "manual_cast_dtype", None)
+    return cast if cast is not None else patcher.model_dtype()
 
 
 def wrap_in_patcher(model: torch.nn.Module, load_device=None):
