@@ -23,7 +23,6 @@ import re
 import subprocess
 import sys
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -36,7 +35,7 @@ from diffbir_weights import mirrors
 from diffbir_weights.catalogue import CATALOGUE, files_needed
 from diffbir_weights.fetch import OFFLINE_ENV
 from diffbir_weights.lockfile import LOCK_FILE_NAME
-from local_server import serving
+from local_server import FileServer, serving
 from sample_images import photo_bytes, png_declaring
 from tiny_models import TINY_SD21_NAME, write_tiny_controlnet, write_tiny_sd21
 
@@ -72,48 +71,7 @@ def error_line(proc: subprocess.CompletedProcess, code: int) -> str:
 # ------------------------------------------------------------------------------------------------ mirror
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        srv = self.server
-        rng = self.headers.get("Range")
-        srv.requests.append((self.path, rng))
-        body = srv.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        m = re.fullmatch(r"bytes=(\d+)-", rng or "")
-        start = int(m.group(1)) if m else 0
-        if start >= len(body) > 0 and m:
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{len(body)}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        if m:
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-            self.send_header("Content-Length", str(len(body) - start))
-        else:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body) + srv.extra_length.get(self.path, 0)))
-        self.end_headers()
-        payload = body[start:]
-        if self.path in srv.cut:  # drop the connection halfway, once
-            srv.cut.discard(self.path)
-            payload = payload[: len(payload) // 2]
-        self.wfile.write(payload)
-        self.wfile.flush()
-
-
-class _Mirror(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):  # a client that hung up is expected
-        pass
-
+class _Mirror(FileServer):
     def serve(self, name: str, body: bytes, *, cut: bool = False, extra_length: int = 0) -> str:
         """Serve ``body`` where the mirror of the official URL of ``name`` is; returns that path."""
         path = urllib.parse.urlsplit(CATALOGUE[name].url).path
@@ -127,8 +85,7 @@ class _Mirror(ThreadingHTTPServer):
 
 @pytest.fixture
 def mirror():
-    srv = _Mirror(("127.0.0.1", 0), _Handler)
-    srv.files, srv.requests, srv.cut, srv.extra_length = {}, [], set(), {}
+    srv = _Mirror()
     with serving(srv):
         yield srv
 

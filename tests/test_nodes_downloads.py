@@ -14,10 +14,7 @@ import inspect
 import io
 import json
 import logging
-import re
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import comfy_host as ch
@@ -28,7 +25,7 @@ from safetensors.torch import load_file
 from diffbir_weights import CATALOGUE, MIRROR_ENV, OFFLINE_ENV
 from diffbir_weights.download import part_path
 from diffbir_weights.lockfile import LOCK_FILE_NAME
-from local_server import serving
+from local_server import FileServer, serving
 from tiny_models import face_node_module, one_face, tiny_retinaface_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,40 +49,6 @@ def payloads():
             DETECTOR.name: _pickled(tiny_retinaface_state_dict("mobilenet0.25"))}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """GET of a served file, whole or from a 'bytes=N-' range; every request is recorded."""
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        srv = self.server
-        rng = self.headers.get("Range")
-        with srv.lock:
-            srv.requests.append((self.path, rng))
-        body = srv.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        m = re.fullmatch(r"bytes=(\d+)-", rng or "")
-        start = int(m.group(1)) if m else 0
-        if m:
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
-        self.end_headers()
-        self.wfile.write(body[start:])
-
-
-class _Mirror(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):  # a client that hung up (Cancel) is expected
-        pass
-
-
 def _url_path(entry) -> str:
     return urllib.parse.urlsplit(entry.url).path
 
@@ -93,8 +56,7 @@ def _url_path(entry) -> str:
 @pytest.fixture
 def mirror(payloads, monkeypatch):
     """The local mirror, serving the payloads at their official URL paths, set as DIFFBIR_WEIGHTS_MIRROR."""
-    srv = _Mirror(("127.0.0.1", 0), _Handler)
-    srv.lock, srv.requests = threading.Lock(), []
+    srv = FileServer()
     srv.files = {_url_path(CATALOGUE[name]): body for name, body in payloads.items()}
     monkeypatch.delenv(OFFLINE_ENV, raising=False)
     with serving(srv):
