@@ -134,11 +134,7 @@ class DiffBIRFaceDetectAlign(io.ComfyNode):
     def fingerprint_inputs(cls, detector_name, **kwargs):
         # Re-run when the detector file is replaced on disk under the same name, or arrives (other inputs are in the
         # cache key).
-        try:
-            path = DETECTOR_FILE.installed(detector_name)
-            return repr(model_cache.file_key(path)) if path else detector_name
-        except OSError:
-            return detector_name
+        return repr(DETECTOR_FILE.fingerprint(detector_name))
 
     @classmethod
     def execute(cls, image, detector_name, upscale, score_threshold, min_eye_distance, order, max_faces,

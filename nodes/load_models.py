@@ -92,14 +92,7 @@ class DiffBIRLoadModels(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, stage1_name, controlnet_name, dtype="auto"):
         # Re-run when a file is replaced on disk under the same name (or arrives: a download, a copy by hand).
-        keys = []
-        for file, name in ((STAGE1_FILE, stage1_name), (CONTROLNET_FILE, controlnet_name)):
-            try:
-                path = file.installed(name)
-                keys.append(model_cache.file_key(path) if path else name)
-            except OSError:
-                keys.append(name)
-        return repr((keys, dtype))
+        return repr(([STAGE1_FILE.fingerprint(stage1_name), CONTROLNET_FILE.fingerprint(controlnet_name)], dtype))
 
     @classmethod
     def execute(cls, stage1_name, controlnet_name, dtype="auto") -> io.NodeOutput:

@@ -47,7 +47,6 @@ from diffbir_core.sampling import (
     ALL_START_POINTS,
     BETTER_START,
     LOSSES,
-    OFFICIAL_DEFAULTS,
     SPACES,
     GeneratorNoise,
     NoiseSource,
@@ -64,7 +63,7 @@ from .host.guidance import posterior_encode, restoration_guidance, stage1_pixels
 from .host.model_function import HostModelFunction, OfficialRun, add_exact_timestep_wrapper
 from .host.model_sampling import host_sigmas, model_diffusion
 from .host.patching import inference_dtype
-from .host.solver_inputs import SETTING_NAMES, check_sampler_name, sampler_name_input, setting_inputs
+from .host.solver_inputs import check_sampler_name, sampler_name_input, setting_inputs, solver_settings
 from .host.tiled_stage import TiledStage
 from .host.vae import latent_fits
 
@@ -220,18 +219,14 @@ class DiffBIRSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, seed, steps, cfg, sampler_name, rescale_cfg, start_point, noise_aug,
                 tile_size, tile_stride, latent=None, vae=None, guidance="none", guidance_space="latent",
                 guidance_scale=0.5, guidance_t_start=1001, guidance_t_stop=-1, guidance_repeat=1, guidance_style="v2",
-                tile_plan="manual", **solver_settings) -> io.NodeOutput:
+                tile_plan="manual", **solver_values) -> io.NodeOutput:
         # 1. check inputs
         steps, noise_aug, tile_size, tile_stride = int(steps), int(noise_aug), int(tile_size), int(tile_stride)
         cls._check_settings(steps, cfg, sampler_name, start_point, noise_aug, guidance, vae)
         if not TILES.is_auto(tile_plan):
             TILES.check(tile_size, tile_stride)
         control = cls._control(positive, negative, cfg)
-        unknown = set(solver_settings) - set(SETTING_NAMES)
-        if unknown:
-            raise TypeError(f"{NODE}: unknown input(s) {sorted(unknown)}")
-        settings = {**OFFICIAL_DEFAULTS, **solver_settings}
-        settings["order"] = int(settings["order"])
+        settings = solver_settings(NODE, solver_values)
 
         # 2. prepare: the sampling plan (the official grid and tables, once), the run's size and condition, the
         # guidance target

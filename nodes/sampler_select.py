@@ -6,7 +6,8 @@ from comfy_api.latest import io
 
 from .host import schema
 from .host.ksamplers import official_ksampler
-from .host.solver_inputs import check_sampler_name, sampler_name_input, setting_inputs, settings_for
+from .host.solver_inputs import (check_sampler_name, sampler_name_input, setting_inputs, settings_for,
+                                 solver_settings)
 
 NODE = "DiffBIR Sampler Select"
 
@@ -33,6 +34,6 @@ class DiffBIRSamplerSelect(io.ComfyNode):
     @classmethod
     def execute(cls, sampler_name, s_churn, s_tmin, s_tmax, s_noise, eta, order) -> io.NodeOutput:
         check_sampler_name(NODE, sampler_name)
-        settings = settings_for(sampler_name, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, eta=eta,
-                                order=order)
+        settings = settings_for(sampler_name, solver_settings(NODE, {
+            "s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise, "eta": eta, "order": order}))
         return io.NodeOutput(official_ksampler(sampler_name, **settings))

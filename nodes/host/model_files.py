@@ -21,6 +21,8 @@ import folder_paths
 from diffbir_core.detect import STAGE1_KINDS
 from diffbir_weights import CATALOGUE, WeightFile, lookup
 
+from . import model_cache
+
 FOLDER = "diffbir"
 FACE_FOLDER = "facedetection"
 STAGE1_EXTRA_FOLDER = "upscale_models"
@@ -122,8 +124,9 @@ class FileInput:
         if not value or value == NONE:
             return None
         path = full_path(self.folder, value)
-        if path is None and value.startswith(self.prefixed + "/"):
-            path = full_path(self.prefixed, value[len(self.prefixed) + 1:])
+        folder, name = self.split(value)
+        if path is None and folder != self.folder:
+            path = full_path(folder, name)
         entry = self.official(value)
         if path is None and entry is not None:
             for folder in (entry.folder, *entry.alt_folders):
@@ -136,17 +139,20 @@ class FileInput:
 
         ComfyUI 0.3.75 does not check V3 combo values itself (newer hosts do, but skip inputs that validate_inputs
         names), so the loaders check their file inputs here, on every host, with the stock wording and the fix."""
-        if value is None or self.official(value) is not None:
+        if value is None or self.official(value) is not None or value in self.choices():
             return None
-        return unlisted_error(self.input_name, value, self.choices(), self.folders)
+        return (f"Value not in list: {self.input_name}: '{value}' is not in {self.folders}: put the file there and "
+                "refresh the node list (press R), or pick a listed file")
 
-
-def unlisted_error(input_name: str, value, options: list[str], folders: str) -> str | None:
-    """Why a file widget's value cannot be used (not among `options`), or None, in ComfyUI's stock wording."""
-    if value is None or value in options:
-        return None
-    return (f"Value not in list: {input_name}: '{value}' is not in {folders}: put the file there and refresh the "
-            "node list (press R), or pick a listed file")
+    def fingerprint(self, value):
+        """What identifies the file a value names, for the loader's fingerprint_inputs: (real path, mtime, size) of
+        the file there, so that a file replaced under the same name (or arriving: a download, a copy by hand) runs
+        the node again; the value itself while no file is there."""
+        try:
+            path = self.installed(value)
+            return model_cache.file_key(path) if path else value
+        except OSError:
+            return value
 
 
 STAGE1_FILE = FileInput("stage1_name", FOLDER, STAGE1_EXTRA_FOLDER, (*STAGE1_KINDS, "diffbir_v1_full"), none=True)

@@ -46,11 +46,20 @@ def check_sampler_name(node: str, sampler_name: str) -> None:
         raise ValueError(f"{node}: unknown sampler_name {sampler_name!r}; choose one of {', '.join(SAMPLER_NAMES)}.")
 
 
-def settings_for(sampler_name: str, **given) -> dict:
-    """The settings `sampler_name` reads, from `given` (the node's values of SETTING_NAMES); `order` as an int."""
+def solver_settings(node: str, given: dict) -> dict:
+    """All six official settings from a node's values of SETTING_NAMES: the official default for any not given,
+    `order` as an int; a name that is not a setting is refused (TypeError naming the node)."""
+    unknown = set(given) - set(SETTING_NAMES)
+    if unknown:
+        raise TypeError(f"{node}: unknown input(s) {sorted(unknown)}")
+    values = {**OFFICIAL_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+    values["order"] = int(values["order"])
+    return values
+
+
+def settings_for(sampler_name: str, settings: dict) -> dict:
+    """The subset of `settings` (see `solver_settings`) that `sampler_name` reads (edm_* only)."""
     if sampler_name not in EDM_FAMILY:
         return {}
     reads = SOLVERS[sampler_name[len("edm_"):]][1]
-    values = {**OFFICIAL_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
-    values["order"] = int(values["order"])
-    return {k: values[k] for k in SETTING_NAMES if k in reads}
+    return {k: settings[k] for k in SETTING_NAMES if k in reads}
