@@ -219,11 +219,8 @@ def _version(diffusion) -> str:
 
 
 def _conditioning(g, cfg_scale: float):
-    pos = g.t["in.c_txt_pos"]
-    neg = g.t.get("in.c_txt_neg")
+    pos, neg = core._contexts(g, cfg_scale)  # the core runner's text contexts and its cfg check
     if neg is None:
-        if cfg_scale != 1.0:
-            raise ValueError("cfg_scale != 1 needs in.c_txt_neg")
         neg = torch.zeros_like(pos)  # never used: with cfg 1 ComfyUI makes no unconditional call
     return [[pos, {}]], [[neg, {}]]
 

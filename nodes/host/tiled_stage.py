@@ -112,11 +112,14 @@ class TiledStage:
                 return error
         if size is None or stride is None:
             return None
+        return self._rule_error(size, stride)
+
+    def _rule_error(self, size, stride) -> str | None:
         return tile_settings_error(int(size), int(stride), tile_name=self.size_name, stride_name=self.stride_name)
 
     def check(self, size: int, stride: int) -> None:
         """The same rule at run time (a direct call skips validate_inputs): ValueError naming the node."""
-        error = tile_settings_error(int(size), int(stride), tile_name=self.size_name, stride_name=self.stride_name)
+        error = self._rule_error(size, stride)
         if error:
             raise ValueError(f"{self.node}: {error}")
 
