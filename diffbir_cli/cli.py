@@ -380,7 +380,9 @@ def cmd_restore(args) -> int:
     outputs += [out_dir / f"{stem}{clips.OUTPUT_SUFFIX}" for stem in _output_stems(list(videos))]
     for output in outputs:
         if output.resolve() in sources:
-            raise CliError(f"the output {output} would overwrite an input: give another --out folder", EXIT_USAGE)
+            kind = "clip" if output.suffix == clips.OUTPUT_SUFFIX else "image"
+            raise CliError(f"the output {output} would overwrite an input {kind}: give another --out folder",
+                           EXIT_USAGE)
 
     from diffbir_weights.catalogue import files_needed
     from diffbir_weights.fetch import fetch_weights
@@ -509,8 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "downloaded first. A clip's every frame is restored and written as <stem>.mp4 "
                                    "with its frame rate and audio.")
     needed = r.add_argument_group("required (except with --list)")
-    needed.add_argument("inputs", nargs="*", metavar="INPUT",
-                        help="image files, video clips (" + " ".join(clips.CLIP_SUFFIXES) + ") or folders of them")
+    needed.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, video clips or folders of them")
     needed.add_argument("-o", "--out", metavar="DIR",
                         help="folder for the restored images (<stem>.png) and clips (<stem>.mp4)")
     r.add_argument("-w", "--workflow", default="v2.1-sr", metavar="NAME",
