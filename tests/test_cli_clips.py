@@ -2,8 +2,8 @@
 
 * ``probe`` / ``plan_chunks``: a 5-frame 64 x 48 clip at 12 fps with audio, its chunks of 2; a clip that does not
   decode (cut off, empty, not a video) is refused before ComfyUI runs, naming the file (exit 2);
-* ``restore`` of a folder holding an image and a clip (the default v2.1 workflow): the image as ``<stem>.png``,
-  the clip as ``<stem>.mp4`` with the input's frame count, frame rate and audio duration;
+* ``restore`` of a folder holding an image and two clips (the default v2.1 workflow): the image as ``<stem>.png``,
+  each clip as ``<stem>.mp4`` with the input's frame count, frame rate and audio duration (or no audio);
 * the units of work: the clip in chunks of 2 through the video workflow (in its image form) gives the same
   frames whether the chunks run in order or in reverse (what a scale-out over workers does), and the frames
   reach the workflow exactly as ComfyUI's own Get Video Components decodes them.
@@ -84,28 +84,30 @@ def test_a_clip_that_does_not_decode_is_refused_naming_it(tmp_path, clip, capsys
     assert not (tmp_path / "out").exists()
 
 
-def test_restore_a_folder_of_an_image_and_a_clip(tmp_path, comfy_host, tiny, clip, capsys):
-    """`restore FOLDER` with the default workflow: the image as PNG, the clip as MP4 keeping its frame count, rate
-    and audio; --upscale 2 on both."""
+def test_restore_a_folder_of_an_image_and_clips(tmp_path, comfy_host, tiny, clip, capsys):
+    """`restore FOLDER` with the default workflow: the image as PNG, each clip as MP4 keeping its frame count, rate
+    and audio (or none); --upscale 2 on all."""
     from PIL import Image
 
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
     (folder / clip.name).write_bytes(clip.read_bytes())
     Image.effect_noise((40, 32), 60).convert("RGB").save(folder / "photo.png")
+    write_clip(folder / "silent.mov", 2, (32, 24), 25, audio=False)
     argv = ["restore", str(folder), "--out", str(out), "--steps", "1", "--upscale", "2", "--offline",
             "--models", str(comfy_host.models_dir), "--chunk-frames", "3"]
     for key, value in tiny.items():
         argv += ["--set", f"{key}={value}"]
     assert cli_mod.main(argv) == 0, capsys.readouterr().err
     said = capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["photo.png", "street.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == ["photo.png", "silent.mp4", "street.mp4"]
     with Image.open(out / "photo.png") as img:
         assert img.size == (80, 64)
     restored, source = clip_facts(out / "street.mp4"), clip_facts(clip)
     assert (restored["frames"], restored["fps"]) == (source["frames"], source["fps"]) == (FRAMES, FPS)
     assert restored["size"] == (SIZE[0] * 2, SIZE[1] * 2)
     assert abs(restored["audio_seconds"] - source["audio_seconds"]) <= AAC_FRAME, (restored, source)
+    assert clip_facts(out / "silent.mp4") == {"frames": 2, "fps": 25, "size": (64, 48), "audio_seconds": None}
     assert "frames 0-2 (1/2)" in said and "frames 3-4 (2/2)" in said, said
     assert f"{folder / clip.name} -> {out / 'street.mp4'}" in said
 
