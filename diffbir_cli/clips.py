@@ -13,7 +13,8 @@ A clip is restored as independent *units of work*, one chunk of consecutive fram
   as an MP4, written by ComfyUI's own video type (``VideoFromComponents.save_to``, what Save Video calls).
 
 How a chunk enters the workflow: its frames are decoded here (PyAV, ``rgb24`` as ComfyUI's ``VideoFromFile``
-decodes them) and staged as one multi-page TIFF for the workflow's stock Load Image, which loads the pages of a
+decodes them; seeking to the key frame before the chunk, by the frame timestamps of the one complete decode that
+``probe`` makes, cached per file, so a long clip is not decoded from its start for every chunk) and staged as one multi-page TIFF for the workflow's stock Load Image, which loads the pages of a
 file as one batch. Not Load Video -> Get Video Components -> ImageFromBatch: that decodes the whole clip into
 float32 for every chunk (memory and time grow with the clip, on every worker), where the TIFF holds only the
 chunk's frames, losslessly, and every image workflow takes it unchanged. A video workflow (Load Video ... Save
@@ -26,6 +27,7 @@ whole-clip batch, whatever the chunk size.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import time
 import uuid
@@ -66,34 +68,61 @@ def _undecodable(path, err: Exception) -> CliError:
                     EXIT_USAGE)
 
 
-def probe(path) -> ClipInfo:
-    """The clip's frame count (every frame decoded: the count Get Video Components gives, and proof that it
-    decodes), frame rate, size and audio; CliError(2) naming the file when it does not decode."""
+@dataclass(frozen=True)
+class _Scan:
+    """One complete decode of a clip's video stream: its facts and every frame's presentation timestamp."""
+    fps: Fraction
+    declared: int
+    width: int
+    height: int
+    has_audio: bool
+    pts: tuple  # of each decoded frame, in order (None where the container gives none)
+
+
+@functools.lru_cache(maxsize=32)
+def _scan(path: str, mtime_ns: int, size: int) -> _Scan:
+    """Decode every frame once (cached per file version): the frame count Get Video Components sees, and the
+    timestamps that let ``read_frames`` seek to a chunk instead of decoding the clip from its start each time."""
+    import av
+
+    with av.open(path, mode="r") as container:
+        video = next((s for s in container.streams if s.type == "video"), None)
+        if video is None:
+            raise CliError(f"{path} holds no video stream: {_GIVE_CLIPS}", EXIT_USAGE)
+        # ComfyUI's rule (VideoFromFile.get_frame_rate, get_components): the average rate, else 1
+        fps = Fraction(video.average_rate) if video.average_rate else Fraction(1)
+        has_audio = any(s.type == "audio" for s in container.streams)
+        pts = tuple(frame.pts for frame in container.decode(video=0))
+        return _Scan(fps, video.frames, video.width, video.height, has_audio, pts)
+
+
+def _scanned(path) -> _Scan:
     import av
 
     path = pathlib.Path(path)
-    if path.stat().st_size == 0:
+    stat = path.stat()
+    if stat.st_size == 0:
         raise CliError(f"{path} is empty (0 bytes), not a video clip: {_GIVE_CLIPS}", EXIT_USAGE)
     try:
-        with av.open(str(path), mode="r") as container:
-            video = next((s for s in container.streams if s.type == "video"), None)
-            if video is None:
-                raise CliError(f"{path} holds no video stream: {_GIVE_CLIPS}", EXIT_USAGE)
-            # ComfyUI's rule (VideoFromFile.get_frame_rate, get_components): the average rate, else 1
-            fps = Fraction(video.average_rate) if video.average_rate else Fraction(1)
-            declared, width, height = video.frames, video.width, video.height
-            has_audio = any(s.type == "audio" for s in container.streams)
-            frames = sum(1 for _ in container.decode(video=0))
+        return _scan(str(path), stat.st_mtime_ns, stat.st_size)
     except CliError:
         raise
     except (av.FFmpegError, OSError, ValueError) as err:
         raise _undecodable(path, err) from None
+
+
+def probe(path) -> ClipInfo:
+    """The clip's frame count (every frame decoded: the count Get Video Components gives, and proof that it
+    decodes), frame rate, size and audio; CliError(2) naming the file when it does not decode."""
+    path = pathlib.Path(path)
+    scan = _scanned(path)
+    frames = len(scan.pts)
     if frames == 0:
         raise CliError(f"{path} has a video stream without a frame that decodes: {_GIVE_CLIPS}", EXIT_USAGE)
-    if declared and frames < declared:  # a cut-off copy often still opens and decodes up to the cut
-        raise CliError(f"{path} is truncated or damaged: {frames} of the {declared} frames its header declares "
+    if scan.declared and frames < scan.declared:  # a cut-off copy often still opens and decodes up to the cut
+        raise CliError(f"{path} is truncated or damaged: {frames} of the {scan.declared} frames its header declares "
                        f"decode; copy or download it again, or {_GIVE_CLIPS}", EXIT_USAGE)
-    return ClipInfo(path, frames, fps, width, height, has_audio)
+    return ClipInfo(path, frames, scan.fps, scan.width, scan.height, scan.has_audio)
 
 
 def check_chunk_frames(chunk_frames: int) -> None:
@@ -108,24 +137,55 @@ def plan_chunks(info: ClipInfo, chunk_frames: int) -> list[tuple[int, int]]:
 
 
 def read_frames(path, start: int, count: int) -> list:
-    """Frames [start, start + count) as HxWx3 uint8 arrays, decoded from the first frame on (exact frame
-    numbers whatever the codec's key frames; decoding is cheap next to restoring a frame)."""
+    """Frames [start, start + count) as HxWx3 uint8 arrays, the pixels ComfyUI's VideoFromFile decodes.
+
+    Frame numbers are exact whatever the codec's key frames: the decoder seeks to the key frame before the
+    chunk's first timestamp (from ``_scan``) and every frame taken must carry the timestamp of its number; when
+    that cannot hold (no or repeated timestamps, a container that seeks elsewhere) the clip is decoded from its
+    first frame instead (the same frames, only slower)."""
+    import av
+
+    pts = _scanned(path).pts
+    if start < 0 or count < 1 or start + count > len(pts):
+        raise CliError(f"{path}: frames {start} to {start + count - 1} are not in the clip's {len(pts)} frames",
+                       EXIT_USAGE)
+    wanted = list(pts[start:start + count])
+    seekable = start > 0 and None not in pts and len(set(pts)) == len(pts)
+    try:
+        if seekable:
+            frames = _decode_from(path, wanted, seek=True)
+            if frames is not None:
+                return frames
+        return _decode_from(path, wanted, seek=False, first=start)
+    except (av.FFmpegError, OSError, ValueError) as err:
+        raise _undecodable(path, err) from None
+
+
+def _decode_from(path, wanted: list, seek: bool, first: int = 0):
+    """Decode the frames with timestamps ``wanted`` after seeking to the key frame before the first (None when
+    the frames found there do not match), or without seeking, taking ``len(wanted)`` frames from number ``first``
+    on (a CliError when there are fewer)."""
     import av
 
     frames = []
-    try:
-        with av.open(str(path), mode="r") as container:
-            for index, frame in enumerate(container.decode(video=0)):
-                if index >= start:
-                    frames.append(frame.to_ndarray(format="rgb24"))  # as ComfyUI's VideoFromFile decodes
-                    if len(frames) == count:
-                        break
-    except (av.FFmpegError, OSError, ValueError) as err:
-        raise _undecodable(path, err) from None
-    if len(frames) != count:
-        raise CliError(f"{path}: frames {start} to {start + count - 1} do not all decode (got {len(frames)}); the "
-                       f"file changed since it was checked? {_GIVE_CLIPS}", EXIT_USAGE)
-    return frames
+    with av.open(str(path), mode="r") as container:
+        video = container.streams.video[0]
+        if seek:
+            container.seek(wanted[0], stream=video, backward=True, any_frame=False)
+        for index, frame in enumerate(container.decode(video)):
+            if seek and frame.pts is not None and frame.pts < wanted[0]:
+                continue  # from the key frame up to the chunk
+            if not seek and index < first:
+                continue
+            if seek and frame.pts != wanted[len(frames)]:
+                return None  # not where the timestamps said: decode from the start instead
+            frames.append(frame.to_ndarray(format="rgb24"))  # as ComfyUI's VideoFromFile decodes
+            if len(frames) == len(wanted):
+                return frames
+    if seek:
+        return None
+    raise CliError(f"{path}: frames {first} to {first + len(wanted) - 1} do not all decode (got {len(frames)}); the "
+                   f"file changed since it was checked? {_GIVE_CLIPS}", EXIT_USAGE)
 
 
 # --------------------------------------------------------------------------------------------- prompts

@@ -59,15 +59,17 @@ def png_declaring(width: int, height: int) -> bytes:
 
 
 def write_clip(path, frames: int = 5, size: tuple[int, int] = (64, 48), fps: int = 12, audio: bool = True,
-               seed: int = 0) -> None:
+               seed: int = 0, key_every: int | None = None) -> None:
     """A short H.264 clip (width, height) of smooth random frames at `fps`, with a 440 Hz sine as AAC audio of the
-    clip's duration (16 kHz, the encoder's stereo) when `audio`, written with PyAV (ComfyUI's video library)."""
+    clip's duration (16 kHz, the encoder's stereo) when `audio`, written with PyAV (ComfyUI's video library).
+    `key_every`: a key frame every so many frames (x264 then places B-frames between), else x264's choice."""
     import av
 
     w, h = size
     rate = 16000
     with av.open(str(path), mode="w") as out:
-        video = out.add_stream("h264", rate=fps)
+        options = {"g": str(key_every), "keyint_min": str(key_every), "sc_threshold": "0"} if key_every else {}
+        video = out.add_stream("h264", rate=fps, options=options)
         video.width, video.height, video.pix_fmt = w, h, "yuv420p"
         sound = out.add_stream("aac", rate=rate) if audio else None  # every stream before the first packet
         for i in range(frames):

@@ -2,6 +2,8 @@
 
 * ``probe`` / ``plan_chunks``: a 5-frame 64 x 48 clip at 12 fps with audio, its chunks of 2; a clip that does not
   decode (cut off, empty, not a video) is refused before ComfyUI runs, naming the file (exit 2);
+* ``read_frames``: any chunk of a clip with key frames every 3 frames is ComfyUI's own decode of those frames,
+  read by seeking to the key frame before it;
 * ``restore`` of a folder holding an image and two clips (the default v2.1 workflow): the image as ``<stem>.png``,
   each clip as ``<stem>.mp4`` with the input's frame count, frame rate and audio duration (or no audio);
 * the units of work: the clip in chunks of 2 through the video workflow (in its image form) gives the same
@@ -58,6 +60,30 @@ def test_probe_and_plan_chunks(clip):
         clips.plan_chunks(info, 0)
     assert err.value.code == EXIT_USAGE
     assert [clips.is_clip(n) for n in ("a.MP4", "b.mkv", "c.png", "d")] == [True, True, False, False]
+
+
+def test_a_chunk_reads_the_frames_comfyui_decodes_seeking_to_its_key_frame(tmp_path, comfy_host, monkeypatch):
+    """Every (start, count) of a clip with a key frame every 3 frames and B-frames between gives the pixels of
+    ComfyUI's own decode (VideoFromFile.get_components) for those frame numbers; after the first chunk the
+    decoder seeks (the clip is not decoded from its start for each chunk)."""
+    from comfy_api.latest import InputImpl
+
+    path = tmp_path / "gop3.mp4"
+    write_clip(path, 10, SIZE, FPS, audio=False, key_every=3)
+    decoded = (InputImpl.VideoFromFile(str(path)).get_components().images * 255).round().byte().numpy()
+    decodes = []
+    decode_from = clips._decode_from
+
+    def watched(path, wanted, seek, first=0):
+        decodes.append(seek)
+        return decode_from(path, wanted, seek, first)
+
+    monkeypatch.setattr(clips, "_decode_from", watched)
+    for start in range(10):
+        for count in range(1, 11 - start):
+            got = np.stack(clips.read_frames(path, start, count))
+            assert np.array_equal(got, decoded[start:start + count]), (start, count)
+    assert decodes.count(False) == 10 and decodes.count(True) == 45  # from the start only for start 0
 
 
 def test_a_chunk_samples_with_the_seed_moved_by_its_start():
