@@ -64,15 +64,14 @@ class ClipInfo:
 
 
 def _undecodable(path, err: Exception) -> CliError:
-    return CliError(f"{path} is not a video clip that decodes ({type(err).__name__}: {err}): {_GIVE_CLIPS}",
-                    EXIT_USAGE)
+    return CliError(f"{path} is not a video clip that decodes completely: it is truncated, damaged or not a video "
+                    f"({type(err).__name__}: {err}); copy or download it again, or {_GIVE_CLIPS}", EXIT_USAGE)
 
 
 @dataclass(frozen=True)
 class _Scan:
     """One complete decode of a clip's video stream: its facts and every frame's presentation timestamp."""
     fps: Fraction
-    declared: int
     width: int
     height: int
     has_audio: bool
@@ -93,7 +92,7 @@ def _scan(path: str, mtime_ns: int, size: int) -> _Scan:
         fps = Fraction(video.average_rate) if video.average_rate else Fraction(1)
         has_audio = any(s.type == "audio" for s in container.streams)
         pts = tuple(frame.pts for frame in container.decode(video=0))
-        return _Scan(fps, video.frames, video.width, video.height, has_audio, pts)
+        return _Scan(fps, video.width, video.height, has_audio, pts)
 
 
 def _scanned(path) -> _Scan:
@@ -119,9 +118,8 @@ def probe(path) -> ClipInfo:
     frames = len(scan.pts)
     if frames == 0:
         raise CliError(f"{path} has a video stream without a frame that decodes: {_GIVE_CLIPS}", EXIT_USAGE)
-    if scan.declared and frames < scan.declared:  # a cut-off copy often still opens and decodes up to the cut
-        raise CliError(f"{path} is truncated or damaged: {frames} of the {scan.declared} frames its header declares "
-                       f"decode; copy or download it again, or {_GIVE_CLIPS}", EXIT_USAGE)
+    # No check against the header's frame count: an edit list (a clip trimmed without re-encoding) declares
+    # frames that are never shown; a cut-off copy fails in the decode above (FFmpeg's partial last packet).
     return ClipInfo(path, frames, scan.fps, scan.width, scan.height, scan.has_audio)
 
 
