@@ -230,13 +230,19 @@ def frames_prompt(api: dict) -> dict:
     return out
 
 
+SHARED_NOISE = "shared"  # a sampler noise_mode giving every frame of a batch the same noise: no shift
+
+
 def _shift_seeds(prompt: dict, start: int, seed: int | None) -> None:
-    """Every sampler seed (wfl.SEED_INPUTS) becomes (seed, or the prompt's own value) + start."""
+    """Every sampler seed (wfl.SEED_INPUTS) becomes (seed, or the prompt's own value) + start, so that the chunk's
+    frame i draws what clip frame start + i draws in one whole-clip batch with per-frame noise; with
+    noise_mode "shared" (one noise for all frames) the seed stays (the clip's noise does not move either)."""
     for node in prompt.values():
         name = wfl.SEED_INPUTS.get(node["class_type"])
         if name is not None and isinstance(node["inputs"].get(name, 0), int):
             base = node["inputs"].get(name, 0) if seed is None else seed
-            node["inputs"][name] = (int(base) + start) % _SEED_RANGE
+            shift = 0 if node["inputs"].get("noise_mode") == SHARED_NOISE else start
+            node["inputs"][name] = (int(base) + shift) % _SEED_RANGE
 
 
 def _stage_tiff(frames: list, dest: pathlib.Path) -> None:

@@ -95,6 +95,9 @@ def test_a_chunk_samples_with_the_seed_moved_by_its_start():
     clips._shift_seeds(prompt, 2, 7)
     assert (prompt["10"]["inputs"]["seed"], prompt["11"]["inputs"]["noise_seed"]) == (9, 9)
     assert prompt["12"]["inputs"] == {"text": "x"}
+    shared = {"10": {"class_type": "DiffBIRSampler", "inputs": {"seed": 231, "noise_mode": clips.SHARED_NOISE}}}
+    clips._shift_seeds(shared, 4, None)
+    assert shared["10"]["inputs"]["seed"] == 231  # one noise for every frame: the same for every chunk
 
 
 def test_a_clip_that_does_not_decode_is_refused_naming_it(tmp_path, clip, capsys):
