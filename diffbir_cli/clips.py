@@ -13,16 +13,17 @@ A clip is restored as independent *units of work*, one chunk of consecutive fram
   as an MP4, written by ComfyUI's own video type (``VideoFromComponents.save_to``, what Save Video calls).
 
 How a chunk enters the workflow: its frames are decoded here (PyAV, ``rgb24`` as ComfyUI's ``VideoFromFile``
-decodes them; seeking to the key frame before the chunk, by the frame timestamps of the one complete decode that
-``probe`` makes, cached per file, so a long clip is not decoded from its start for every chunk) and staged as one multi-page TIFF for the workflow's stock Load Image, which loads the pages of a
-file as one batch. Not Load Video -> Get Video Components -> ImageFromBatch: that decodes the whole clip into
+decodes them; seeking to the key frame before the chunk by the frame timestamps of the one complete decode that
+``probe`` makes, cached per file, so a long clip is not decoded from its start for every chunk) and staged as one
+multi-page TIFF for the workflow's stock Load Image, which loads the pages of a file as one batch. Not Load Video -> Get Video Components -> ImageFromBatch: that decodes the whole clip into
 float32 for every chunk (memory and time grow with the clip, on every worker), where the TIFF holds only the
 chunk's frames, losslessly, and every image workflow takes it unchanged. A video workflow (Load Video ... Save
 Video, e.g. ``diffbir_v2.1_video.json``) is first turned into its image form by ``frames_prompt``.
 
 Seeds: the batch's noise is drawn from the seed; a chunk starting at clip frame k runs with seed + k, so that
 with per-frame noise (frame i of a batch drawn from seed + i) every frame gets the noise it would get in one
-whole-clip batch, whatever the chunk size.
+whole-clip batch, whatever the chunk size. Today's DiffBIR Sampler draws one noise for the whole batch, so the
+frames depend on the chunk size (not on the order or the process the chunks run in).
 """
 
 from __future__ import annotations
@@ -309,6 +310,12 @@ def source_audio(clip_path):
         return {"waveform": waveform, "sample_rate": int(stream.sample_rate or 1)}
 
 
+def _check_even(width: int, height: int, clip) -> None:
+    if width % 2 or height % 2:
+        raise CliError(f"the restored frames of {clip} are {width} x {height} pixels; H.264 in MP4 needs an even "
+                       "width and height: choose an --upscale that makes both even", EXIT_USAGE)
+
+
 def assemble(out_path, frame_files: list, source_clip, fps: Fraction | None = None) -> pathlib.Path:
     """Write the restored frames as ``out_path`` (MP4, H.264) with the frame rate and audio of ``source_clip``,
     through ComfyUI's VideoFromComponents.save_to (what Create Video + Save Video do). The whole clip is held in
@@ -321,15 +328,20 @@ def assemble(out_path, frame_files: list, source_clip, fps: Fraction | None = No
     out_path = pathlib.Path(out_path)
     if fps is None:
         fps = probe(source_clip).fps
-    frames = []
-    for file in frame_files:
+    images = None
+    for index, file in enumerate(frame_files):
         with Image.open(file) as img:
-            frames.append(torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0))
-    images = torch.stack(frames)
-    h, w = images.shape[1:3]
-    if h % 2 or w % 2:
-        raise CliError(f"the restored frames of {source_clip} are {w} x {h} pixels; H.264 in MP4 needs an even width "
-                       "and height: choose an --upscale that makes both even", EXIT_USAGE)
+            frame = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
+        if images is None:  # filled in place: one copy of the clip in memory, not a list and its stack
+            images = torch.empty((len(frame_files), *frame.shape), dtype=torch.float32)
+        if frame.shape != images.shape[1:]:
+            raise CliError(f"the restored frame {file} of {source_clip} is {frame.shape[1]} x {frame.shape[0]} "
+                           f"pixels, the first {images.shape[2]} x {images.shape[1]}: a clip's frames must share "
+                           "one size")
+        images[index] = frame
+    if images is None:
+        raise CliError(f"no restored frames to write for {source_clip}", EXIT_USAGE)
+    _check_even(images.shape[2], images.shape[1], source_clip)
     video = InputImpl.VideoFromComponents(Types.VideoComponents(images=images, audio=source_audio(source_clip),
                                                                 frame_rate=Fraction(fps)))
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -346,6 +358,11 @@ def restore_clip(host, api: dict, info: ClipInfo, out_path, chunk_frames: int = 
         for n, (start, count) in enumerate(chunks, 1):
             began = time.monotonic()
             files += restore_chunk(host, api, info.path, start, count, seed)
+            if n == 1:  # an output size H.264 cannot take fails now, not after the last chunk
+                from PIL import Image
+
+                with Image.open(files[0]) as img:
+                    _check_even(*img.size, info.path)
             say(f"    frames {start}-{start + count - 1} ({n}/{len(chunks)}) in {time.monotonic() - began:.1f} s")
         return assemble(out_path, files, info.path, info.fps)
     finally:

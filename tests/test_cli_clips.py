@@ -175,3 +175,19 @@ def test_chunks_give_the_same_frames_in_any_order(comfy_host, tiny, clip):
     assert [f.shape for f in forward] == [(SIZE[1], SIZE[0], 3)] * FRAMES
     for i, (a, b) in enumerate(zip(forward, backward, strict=True)):
         assert np.array_equal(a, b), f"frame {i} differs between the chunk orders"
+
+
+def test_assemble_refuses_frames_h264_cannot_take(tmp_path, comfy_host, clip):
+    """An odd width (H.264 in MP4 needs even sizes) and frames of two sizes: errors naming the clip, no file."""
+    from PIL import Image
+
+    odd, mixed = [tmp_path / f"odd{i}.png" for i in range(2)], [tmp_path / f"mixed{i}.png" for i in range(2)]
+    for path in odd:
+        Image.new("RGB", (33, 24)).save(path)
+    Image.new("RGB", (32, 24)).save(mixed[0])
+    Image.new("RGB", (34, 24)).save(mixed[1])
+    with pytest.raises(CliError, match=rf"{clip} are 33 x 24 pixels; H.264 in MP4 needs an even width and height"):
+        clips.assemble(tmp_path / "odd.mp4", odd, clip)
+    with pytest.raises(CliError, match=r"is 34 x 24 pixels, the first 32 x 24: a clip's frames must share one size"):
+        clips.assemble(tmp_path / "mixed.mp4", mixed, clip)
+    assert not list(tmp_path.glob("*.mp4"))
