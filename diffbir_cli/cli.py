@@ -1,7 +1,8 @@
-"""``python -m diffbir_cli``: restore images with the shipped workflows, download their weights.
+"""``python -m diffbir_cli``: restore images and video clips with the shipped workflows, download their weights.
 
     python -m diffbir_cli restore INPUT... --out DIR [--workflow NAME] [--upscale F] [--steps N] [--seed S]
-                                  [--set NODE.INPUT=VALUE ...] [--offline] [--models DIR] [--mirror URL]
+                                  [--set NODE.INPUT=VALUE ...] [--chunk-frames N] [--offline] [--models DIR]
+                                  [--mirror URL]
     python -m diffbir_cli download (--workflow NAME ... | FILE ... | --all) [--models DIR] [--mirror URL]
     python -m diffbir_cli setup [--tests]  (set up ComfyUI, install what the main job needs, check it boots)
     python -m diffbir_cli golden FILE...  (replay official sampling golden files through the nodes: ``golden.py``)
@@ -10,10 +11,13 @@
 ``restore`` loads a graph from workflows/, converts it to an API prompt, boots ComfyUI in this process
 (``COMFYUI_PATH`` or the embedded 0.3.75, see ``location.py``), fetches missing official weights
 (``diffbir_weights.fetch``), then runs one prompt per input image (models stay loaded between them) and writes
-``<stem>.png`` files to ``--out``. ``setup`` is ``install.py``.
+``<stem>.png`` files to ``--out``. A video clip (``clips.CLIP_SUFFIXES``) runs one prompt per chunk of
+``--chunk-frames`` frames and becomes ``<stem>.mp4`` with the source's frame rate and audio (``clips.py``). A
+video workflow (Load Video ... Save Video) runs in its image form (``clips.frames_prompt``). ``setup`` is
+``install.py``.
 
 Exit status (``errors.py``): 0 done; 2 usage or input error (unknown workflow, an input that is not an image or
-does not decode completely, bad --set, a value out of range); 3 weights missing with --offline (or
+clip that decodes completely, bad --set, a value out of range); 3 weights missing with --offline (or
 DIFFBIR_OFFLINE=1); 4 no usable ComfyUI (run setup); 1 anything else. Errors are one sentence on stderr
 (``--debug``: traceback).
 """
@@ -36,14 +40,14 @@ import warnings
 from diffbir_weights.fetch import OFFLINE_ENV
 from diffbir_weights.mirrors import MIRROR_ENV, MirrorError, mirror_map
 
-from . import install, location
+from . import clips, install, location
 from . import workflow as wfl
 from .errors import EXIT_FAILURE, EXIT_MISSING_WEIGHTS, EXIT_NO_COMFYUI, EXIT_OK, EXIT_USAGE, CliError
 
 # The restore usage line of --help, the module docstring and the README: INPUT and --out are required.
 RESTORE_USAGE = ("%(prog)s INPUT... --out DIR [--workflow NAME] [--upscale F] [--steps N] [--seed S]\n"
-                 "       [--set NODE.INPUT=VALUE ...] [--offline] [--cpu] [--max-memory SIZE] [--models DIR] "
-                 "[--mirror URL] [-v] [--debug]")
+                 "       [--set NODE.INPUT=VALUE ...] [--chunk-frames N] [--offline] [--cpu] [--max-memory SIZE]\n"
+                 "       [--models DIR] [--mirror URL] [-v] [--debug]")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 PRELOAD_ENV = "DIFFBIR_CLI_PRELOAD"
 
@@ -126,22 +130,25 @@ def _declared_size(path: pathlib.Path) -> str:
 
 
 def collect_inputs(items: list[str]) -> list[pathlib.Path]:
-    """The input images: files as given, folders' image files (by suffix, sorted, not recursive)."""
+    """The inputs: files as given, folders' image and clip files (by suffix, sorted, not recursive). Images are
+    checked here; clips (``clips.is_clip``) by ``clips.probe``."""
     images: list[pathlib.Path] = []
     for item in items:
         path = pathlib.Path(item).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            suffixes = IMAGE_SUFFIXES + clips.CLIP_SUFFIXES
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
             if not found:
-                raise CliError(f"the folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}): give image files "
-                               "or a folder of them", EXIT_USAGE)
+                raise CliError(f"the folder {path} holds no images or clips ({', '.join(suffixes)}): give image "
+                               "or video files, or a folder of them", EXIT_USAGE)
             images += found
         elif path.is_file():
             images.append(path)
         else:
             raise CliError(f"the input {path} does not exist: give image files or folders of images", EXIT_USAGE)
     for path in images:
-        _check_image(path)
+        if not clips.is_clip(path):
+            _check_image(path)
     return images
 
 
@@ -317,6 +324,16 @@ def _run_images(host, api: dict, images: list[pathlib.Path], out_dir: pathlib.Pa
                 _say(f"    {label}: " + str(text).replace("\n", "\n    "))
 
 
+def _run_clips(host, api: dict, videos: dict, out_dir: pathlib.Path, chunk_frames: int) -> None:
+    """Each clip through ``clips.restore_clip`` (chunks of frames, then the clip with its frame rate and audio)."""
+    for index, (info, stem) in enumerate(zip(videos.values(), _output_stems(list(videos)), strict=True), 1):
+        _say(f"[{index}/{len(videos)}] {info.path}: {info.frames} frames {info.width} x {info.height} at "
+             f"{float(info.fps):g} fps, {'with' if info.has_audio else 'no'} audio")
+        start = time.monotonic()
+        dest = clips.restore_clip(host, api, info, out_dir / f"{stem}{clips.OUTPUT_SUFFIX}", chunk_frames, say=_say)
+        _say(f"[{index}/{len(videos)}] {info.path} -> {dest} ({time.monotonic() - start:.1f} s)")
+
+
 @contextlib.contextmanager
 def _output_folder(out_dir: pathlib.Path):
     """Remove the output folder again if this run created it and a failure left it empty."""
@@ -351,15 +368,21 @@ def cmd_restore(args) -> int:
         except ValueError as err:
             raise CliError(f"--max-memory: {err}", EXIT_USAGE) from None
         os.environ["DIFFBIR_MAX_MEMORY"] = args.max_memory  # the nodes' tile_plan auto plans within it
-    images = collect_inputs(args.inputs)
+    inputs = collect_inputs(args.inputs)
+    clips.check_chunk_frames(args.chunk_frames)  # before the slow start
+    videos = {p: clips.probe(p) for p in inputs if clips.is_clip(p)}
+    images = [p for p in inputs if p not in videos]
     out_dir = pathlib.Path(args.out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise CliError(f"--out {out_dir} is a file, not a folder: give a folder for the restored images", EXIT_USAGE)
-    sources = {p.resolve() for p in images}
-    for stem in _output_stems(images):
-        if (out_dir / f"{stem}.png").resolve() in sources:
-            raise CliError(f"the output {out_dir / (stem + '.png')} would overwrite an input image: give another "
-                           "--out folder", EXIT_USAGE)
+    sources = {p.resolve() for p in inputs}
+    outputs = [out_dir / f"{stem}.png" for stem in _output_stems(images)]
+    outputs += [out_dir / f"{stem}{clips.OUTPUT_SUFFIX}" for stem in _output_stems(list(videos))]
+    for output in outputs:
+        if output.resolve() in sources:
+            kind = "clip" if output.suffix == clips.OUTPUT_SUFFIX else "image"
+            raise CliError(f"the output {output} would overwrite an input {kind}: give another --out folder",
+                           EXIT_USAGE)
 
     from diffbir_weights.catalogue import files_needed
     from diffbir_weights.fetch import fetch_weights
@@ -376,11 +399,13 @@ def cmd_restore(args) -> int:
             except wfl.WorkflowConversionError as err:
                 raise CliError(f"the workflow {wf.path.name} does not fit the nodes of this ComfyUI ({err}): update "
                                "ComfyUI or this extension", EXIT_USAGE) from err
+        api = clips.frames_prompt(api)  # a video workflow in image form: images and clip chunks alike
         given = _apply_options(api, args, host.node_info)
         fetch_weights(files_needed(wfl.string_values(api)), models, found=_files_in_host(host),
                       offline=args.offline or None, mirrors=mirrors)
         try:
             _run_images(host, api, images, out_dir, args.verbose)
+            _run_clips(host, api, videos, out_dir, args.chunk_frames)
         except host_mod.PromptValidationError as err:
             worded = _rejected_option(err, given)
             if worded is None:
@@ -479,13 +504,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     # INPUT and --out are needed unless --list is given, which argparse cannot say: not required=True (that would
     # refuse `restore --list`), but the usage and the group title say it, and cmd_restore checks it (exit 2).
-    r = sub.add_parser("restore", parents=[common], help="restore images with a workflow",
+    r = sub.add_parser("restore", parents=[common], help="restore images and video clips with a workflow",
                        usage=f"{RESTORE_USAGE}\n       %(prog)s --list",
-                       description="Restore images with a workflow from workflows/; one prompt per image, models "
-                                   "loaded once; missing official weights are downloaded first.")
+                       description="Restore images and video clips with a workflow from workflows/; one prompt per "
+                                   "image or chunk of frames, models loaded once; missing official weights are "
+                                   "downloaded first. A clip's every frame is restored and written as <stem>.mp4 "
+                                   "with its frame rate and audio.")
     needed = r.add_argument_group("required (except with --list)")
-    needed.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders of images")
-    needed.add_argument("-o", "--out", metavar="DIR", help="folder for the restored images (<stem>.png)")
+    needed.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, video clips or folders of them")
+    needed.add_argument("-o", "--out", metavar="DIR",
+                        help="folder for the restored images (<stem>.png) and clips (<stem>.mp4)")
     r.add_argument("-w", "--workflow", default="v2.1-sr", metavar="NAME",
                    help="workflow alias, file stem or .json path (default v2.1-sr; see --list)")
     r.add_argument("--upscale", type=float, metavar="F",
@@ -495,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, metavar="S", help="sampling seed (KSampler / DiffBIR Sampler)")
     r.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
                    help="set any widget: NODE is a node id, title or type (repeatable)")
+    r.add_argument("--chunk-frames", type=int, default=clips.DEFAULT_CHUNK_FRAMES, metavar="N",
+                   help=f"frames of a clip restored together as one batch (default {clips.DEFAULT_CHUNK_FRAMES}); "
+                        "more use more memory")
     r.add_argument("--offline", action="store_true",
                    help="never use the network; say which weight files to put where when some are missing "
                         f"(also when ${OFFLINE_ENV} is 1)")

@@ -47,6 +47,7 @@ ALIASES = {
     "diffbir_lacontrolnet_stock_ksampler": "lacontrolnet-ksampler",
     "diffbir_degrade_restore_compare": "degrade-compare",
     "diffbir_v2.1_unaligned_face": "v2.1-unaligned-face",
+    "diffbir_v2.1_video": "v2.1-video",
 }
 
 

@@ -56,3 +56,50 @@ def png_declaring(width: int, height: int) -> bytes:
 
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def write_clip(path, frames: int = 5, size: tuple[int, int] = (64, 48), fps: int = 12, audio: bool = True,
+               seed: int = 0, key_every: int | None = None) -> None:
+    """A short H.264 clip (width, height) of smooth random frames at `fps`, with a 440 Hz sine as AAC audio of the
+    clip's duration (16 kHz, the encoder's stereo) when `audio`, written with PyAV (ComfyUI's video library).
+    `key_every`: a key frame every so many frames (x264 then places B-frames between), else x264's choice."""
+    import av
+
+    w, h = size
+    rate = 16000
+    with av.open(str(path), mode="w") as out:
+        options = {"g": str(key_every), "keyint_min": str(key_every), "sc_threshold": "0"} if key_every else {}
+        video = out.add_stream("h264", rate=fps, options=options)
+        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        sound = out.add_stream("aac", rate=rate) if audio else None  # every stream before the first packet
+        for i in range(frames):
+            rgb = (smooth_image(h, w, seed + i).numpy() * 255).round().astype(np.uint8)
+            out.mux(video.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(video.encode(None))
+        if sound is not None:
+            t = np.arange(round(rate * frames / fps)) / rate
+            wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+            frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, 0
+            out.mux(sound.encode(frame))
+            out.mux(sound.encode(None))
+
+
+def clip_facts(path) -> dict:
+    """What a clip holds, decoded with PyAV: frames (count), fps, size (w, h), audio_seconds (None without)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = Fraction(stream.average_rate)
+        size = (stream.width, stream.height)
+        frames = sum(1 for _ in container.decode(video=0))
+    with av.open(str(path)) as container:
+        audio = container.streams.audio[0] if container.streams.audio else None
+        seconds = None
+        if audio is not None:
+            samples = sum(f.samples for p in container.demux(audio) for f in p.decode())
+            seconds = samples / audio.sample_rate
+    return {"frames": frames, "fps": fps, "size": size, "audio_seconds": seconds}

@@ -35,8 +35,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # Which stage a node's outputs belong to. Stage 1 (with everything before it) and the sampling schedule are
 # float32 in every mode.
 STAGES = {
-    "stage 1": ("LoadImage", "DiffBIRStage1Restore", "DiffBIRDegrade", "DiffBIRFaceDetectAlign", "BasicScheduler",
-                "EmptyLatentImage"),
+    "stage 1": ("LoadImage", "GetVideoComponents", "DiffBIRStage1Restore", "DiffBIRDegrade", "DiffBIRFaceDetectAlign",
+                "BasicScheduler", "EmptyLatentImage"),
     "condition latent": ("DiffBIRLAControlNetApply", "VAEEncode"),
     "diffusion": ("DiffBIRSampler", "KSampler", "SamplerCustomAdvanced"),
     "decode and after": ("DiffBIRVAEDecode", "VAEDecode", "DiffBIRColorFix", "ImageScale", "DiffBIRFacePasteBack",

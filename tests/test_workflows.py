@@ -11,7 +11,9 @@
 * Execution: every workflow runs end to end with the official file names replaced by small random-weight
   models (the tiny SD 2.1 shape-alike through the stock checkpoint loader, tiny ControlNets and stage-1
   networks), sampler steps (DiffBIR Sampler, KSampler, BasicScheduler) reduced to 2 and Stage1's minimum short edge lowered from 512 to 64 (CPU time:
-  the stock SD VAE is full size); every saved or previewed image has the size the pipeline gives it.
+  the stock SD VAE is full size); every saved or previewed image has the size the pipeline gives it. The video
+  workflow runs on a short clip (``CLIP_FRAMES`` frames with audio): its saved clip has the clip's frame count,
+  frame rate and audio duration.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from diffbir_core import stage1 as stage1_core
 from diffbir_weights import catalogue as weights
 from diffbir_weights.catalogue import LOADERS
+from sample_images import clip_facts, write_clip
 from tiny_models import (TINY_SD21_NAME, face_node_module, one_face, tiny_sd21_checkpoint, write_tiny_controlnet,
                          write_tiny_retinaface, write_tiny_stage1)
 
@@ -51,6 +54,7 @@ TINY_CHECKPOINT = TINY_SD21_NAME
 STAGE1_SCALE = {"swinir": 1, "bsrnet": 4, "scunet": 1}
 TEST_STEPS, TEST_MIN_SHORT_EDGE = 2, 64
 INPUT_W, INPUT_H = 48, 40
+CLIP_FRAMES, CLIP_FPS = 3, 12  # the video workflow's input clip (input_png's name with .mp4)
 
 V21_POS = ("Cinematic, High Contrast, highly detailed, taken using a Canon EOS R camera, hyper detailed photo - "
            "realistic maximum detail, 32k, Color Grading, ultra HD, extreme meticulous detailing, skin pore detailing, "
@@ -67,6 +71,7 @@ V21 = {"files": ("realesrgan_s4_swinir_100k.pth", "DiffBIR_v2.1.pt", "sd2.1-base
 V2 = {"node": "DiffBIRSampler", "steps": 50, "cfg": 4.0, "sampler": "spaced", "prompts": ("", V2_NEG)}
 OFFICIAL = {
     "diffbir_v2.1_sr_x4.json": {**V21, "stage1": (4.0, "v2.1")},
+    "diffbir_v2.1_video.json": {**V21, "stage1": (4.0, "v2.1")},  # the v2.1 x4 restore over every frame
     "diffbir_v2_sr_bsrnet.json": {**V2, "files": ("BSRNet.pth", "v2.pth", "v2-1_512-ema-pruned.ckpt"),
                                   "stage1": (4.0, "v2")},
     "diffbir_v2_face_aligned.json": {**V2, "files": ("face_swinir_v1.ckpt", "v2.pth", "v2-1_512-ema-pruned.ckpt"),
@@ -485,16 +490,22 @@ def input_png(comfy_host):
     path = Path(folder_paths.get_input_directory()) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr, "RGB").save(path)
+    clip = path.with_suffix(".mp4")  # what Load Video loads (for_test)
+    write_clip(clip, CLIP_FRAMES, (INPUT_W, INPUT_H), CLIP_FPS)
     yield name
     path.unlink(missing_ok=True)
+    clip.unlink(missing_ok=True)
 
 
 def for_test(api: dict, png: str) -> dict:
-    """The workflow's prompt with tiny models, the test image, 2 steps and a 64-pixel minimum short edge."""
+    """The workflow's prompt with tiny models, the test image (or clip), 2 steps and a 64-pixel minimum short
+    edge."""
     for node in api.values():
         inputs, kind = node["inputs"], node["class_type"]
         if kind == "LoadImage":
             inputs["image"] = png
+        elif kind == "LoadVideo":
+            inputs["file"] = str(Path(png).with_suffix(".mp4"))
         elif kind == "CheckpointLoaderSimple":
             assert inputs["ckpt_name"] in CHECKPOINT_FILES
             inputs["ckpt_name"] = TINY_CHECKPOINT
@@ -526,7 +537,7 @@ class Sizes:
     def output(self, node_id, slot=0):
         node = self.api[node_id]
         kind, inputs = node["class_type"], node["inputs"]
-        if kind == "LoadImage":
+        if kind in ("LoadImage", "GetVideoComponents"):
             return (INPUT_W, INPUT_H)
         if kind == "DiffBIRDegrade":
             return self.value(inputs["image"])
@@ -579,6 +590,7 @@ def test_workflow_runs_with_tiny_models(comfy_host, tiny_files, input_png, one_t
         monkeypatch.setattr(face_node_module(), "detect_faces", one_face)
     outputs = comfy_host.run(api)
     sizes = Sizes(api, original)
+    load_video = next((i for i, n in api.items() if n["class_type"] == "LoadVideo"), None)
     checked = 0
     for node_id, node in api.items():
         if node["class_type"] in ("SaveImage", "PreviewImage"):
@@ -592,6 +604,14 @@ def test_workflow_runs_with_tiny_models(comfy_host, tiny_files, input_png, one_t
                 if source["class_type"] == "DiffBIRFacePasteBack" and node["inputs"]["images"][1] == 1:
                     assert np.asarray(img).max() > 0, "faces_only is black: no face was pasted"
             checked += 1
+        elif node["class_type"] == "SaveVideo":  # the restored clip: the source's frames, rate and audio
+            (video,) = outputs[node_id]["images"]
+            clip = clip_facts(Path(folder_paths.get_output_directory()) / video["subfolder"] / video["filename"])
+            source = clip_facts(Path(folder_paths.get_input_directory()) / api[load_video]["inputs"]["file"])
+            assert (clip["frames"], clip["fps"]) == (source["frames"], source["fps"]) == (CLIP_FRAMES, CLIP_FPS)
+            assert clip["size"] == sizes.value(api[node["inputs"]["video"][0]]["inputs"]["images"])
+            assert abs(clip["audio_seconds"] - source["audio_seconds"]) <= 1024 / 16000, "audio: not the source's"
+            checked += 1
         elif node["class_type"] == "PreviewAny":
             text = "".join(outputs[node_id]["text"])
             for word in OFFICIAL[path.name].get("report", ("PSNR", "SSIM")):
@@ -599,6 +619,6 @@ def test_workflow_runs_with_tiny_models(comfy_host, tiny_files, input_png, one_t
     assert checked >= 1
     if OFFICIAL[path.name]["stage1"] is not None:  # the final image has the official size: input x upscale
         upscale, version = OFFICIAL[path.name]["stage1"]  # the whole photo's Stage1 (pinned above)
-        (save,) = by_class(api, "SaveImage")
+        (save,) = by_class(api, "SaveImage") or by_class(api, "CreateVideo")
         rnd = math.ceil if version == "v1" else int
         assert sizes.value(save["inputs"]["images"]) == (rnd(INPUT_W * upscale), rnd(INPUT_H * upscale))
