@@ -90,7 +90,7 @@ def child_restore(args, size: int) -> dict:
 
     from diffbir_core import memory, stage1
     from diffbir_core.colorfix import color_fix_decoded
-    from diffbir_core.sampling.pipeline import StageTwoNets, apply_cldm
+    from diffbir_core.reference.pipeline import StageTwoNets, apply_cldm
     from diffbir_core.schedule import DiffusionSchedule
 
     swinir = C.our_network("swinir", seed=3, device=device, dtype=dtype)

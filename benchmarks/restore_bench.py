@@ -38,7 +38,7 @@ def child_restore(args, mode: str) -> dict:
     device, dtype = C.setup(args)
     from diffbir_core import stage1
     from diffbir_core.colorfix import color_fix_decoded
-    from diffbir_core.sampling.pipeline import StageTwoNets, apply_cldm
+    from diffbir_core.reference.pipeline import StageTwoNets, apply_cldm
     from diffbir_core.schedule import DiffusionSchedule
 
     t0 = time.perf_counter()

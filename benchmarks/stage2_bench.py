@@ -71,7 +71,7 @@ def _step_fns(args, size, device, dtype):
                 control = ctl.get_control(x2, sigma2, {"c_crossattn": ctx}, 2, {})
                 return base.apply_model(x2, sigma2, c_crossattn=ctx, control=control, transformer_options={})
     else:
-        from diffbir_core.sampling.denoiser import CLDMDenoiser, Condition
+        from diffbir_core.reference.denoiser import CLDMDenoiser, Condition
 
         x_vp = ms.calculate_input(sigma, x1)
         t = ms.timestep(sigma).float()

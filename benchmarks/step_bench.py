@@ -112,7 +112,7 @@ def _inputs(size: int, context_dim: int, device, seed: int = 0):
 
 
 def _core_steps(args, size, device, dtype):
-    from diffbir_core.sampling.denoiser import CLDMDenoiser, Condition
+    from diffbir_core.reference.denoiser import CLDMDenoiser, Condition
 
     cn_cfg, unet_cfg, head = _configs(args.config)
     cn = C.our_network("controlnet", seed=1, config=cn_cfg, device=device, dtype=dtype)

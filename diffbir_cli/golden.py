@@ -1,7 +1,7 @@
 """``python -m diffbir_cli golden FILE...``: replay the official sampling golden files through the product path.
 
-``python -m diffbir_core.golden`` proves the core's reference engine (its own UNet, VAE and ControlNet and the
-reference pipeline). This command proves what users run, in a ComfyUI booted in this process (``host.boot``, on
+``python -m diffbir_core.reference.golden`` proves the core's reference engine (its own UNet, VAE and ControlNet
+and the reference pipeline). This command proves what users run, in a ComfyUI booted in this process (``host.boot``, on
 the CPU in float32 like the recordings, one torch thread):
 
 * the file's small SD 2.1 weights in **ComfyUI's own** UNet (``comfy.supported_models.SD20``, a ModelPatcher)
@@ -18,11 +18,11 @@ The nodes are called as ComfyUI's executor calls them (inside ``torch.inference_
 the file's ``in.c_txt_*`` (no CLIP runs). One seam: the DiffBIR Sampler module's ``noise_source`` gives the
 recorded draws during a run (the seam the tests use too), and every recorded draw must be used.
 
-Output: the lines of ``python -m diffbir_core.golden`` (``diffbir_core.golden.result_line``), with the same
-tolerances and documented bounds; exit status 1 if any line FAILs or a file cannot be replayed (ERROR). Where
+Output: the lines of ``python -m diffbir_core.reference.golden`` (``diffbir_core.reference.golden.result_line``),
+with the same tolerances and documented bounds; exit status 1 if any line FAILs or a file cannot be replayed (ERROR). Where
 the product differs from the official code by design (``DIFFERENCES``), the line says DIFFERS (printing the
 error all the same) and a ``note:`` line says why; such lines do not fail the run. Files that are not sampling
-runs are named and left to ``python -m diffbir_core.golden``.
+runs are named and left to ``python -m diffbir_core.reference.golden``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diffbir_core import golden as core
+from diffbir_core.reference import golden as core
 
 # How the product path differs from the official code where a golden file can show it (README "Proof of
 # correctness"). Printed as `note:` lines; the key names the difference.
@@ -397,7 +397,7 @@ def replay_files(host, files, out=print) -> int:
                 out(f"{path.stem}: weights only, no outputs to check")
             else:
                 out(f"{path.stem}: not a sampling run (single forwards or tables): replay it with python -m "
-                    "diffbir_core.golden")
+                    "diffbir_core.reference.golden")
             continue
         for row in rows:
             for line in row.lines(path.stem):
