@@ -302,12 +302,7 @@ def _main_run(g) -> Run:
     from diffbir_core.sampling.options import OFFICIAL_DEFAULTS
 
     m = g.meta
-    core._check_fields(m, core._MAIN_FIELDS, "main sampling file")
-    for field in ("vae_encoder_tiled", "vae_decoder_tiled"):
-        if m.get(field):
-            raise Unsupported(f"{field} = true: the official v2.1 Tiled-VAE (GroupNorm sync) is not reproduced")
-    if m.get("cond_fn"):
-        raise Unsupported("cond_fn in a main-code file: the official main pipeline never applies guidance")
+    core.check_main_file(m)  # the reference runner's refusals, the same for the product path
     if m.get("start_point_type", "noise") not in ("noise", "cond"):  # the main code's --start_point_type
         raise Unsupported(f"start_point_type {m['start_point_type']!r} (the main code has 'noise' and 'cond')")
     tiled = bool(m.get("cldm_tiled", False))

@@ -368,6 +368,14 @@ def _contexts(g: Golden, cfg_scale: float):
     return g.t["in.c_txt_pos"], neg
 
 
+def _sampling_inputs(g: Golden):
+    """(diffusion, nets, recorded noise, cfg scale, (positive, negative) contexts, condition image) of a sampling
+    file, each checked against the file."""
+    cfg_scale = float(g.meta.get("cfg_scale", 1.0))
+    return (_diffusion(g.meta), _stage2_nets(g), _recorded_noise(g), cfg_scale, _contexts(g, cfg_scale),
+            g.t["in.cond_img01"])
+
+
 def _sampling_checks(g: Golden, res, cond_img01: torch.Tensor) -> list[Check]:
 
     outs = {"out.c_img": res.c_img, "out.z_final": res.z_final, "out.decoded": res.decoded}
@@ -385,23 +393,24 @@ def _is_main_sampling(g: Golden) -> bool:
     return "sampler" in g.meta and "in.cond_img01" in g.t
 
 
-def _run_main_sampling(g: Golden) -> list[Check]:
-    from ..sampling.options import OFFICIAL_DEFAULTS
-    from .pipeline import apply_cldm
-
-    m = g.meta
+def check_main_file(m: dict) -> None:
+    """Refuse a main-code sampling file that asks for what neither engine reproduces (the v2.1 Tiled-VAE) or what
+    the official main pipeline never does (guidance)."""
     _check_fields(m, _MAIN_FIELDS, "main sampling file")
     for field in ("vae_encoder_tiled", "vae_decoder_tiled"):
         if m.get(field):
             raise UnsupportedField(f"{field} = true: the official v2.1 Tiled-VAE (GroupNorm sync) is not reproduced")
     if m.get("cond_fn"):
         raise UnsupportedField("cond_fn in a main-code file: the official main pipeline never applies guidance")
-    diffusion = _diffusion(m)
-    nets = _stage2_nets(g)
-    noise = _recorded_noise(g)
-    cfg_scale = float(m.get("cfg_scale", 1.0))
-    pos, neg = _contexts(g, cfg_scale)
-    cond = g.t["in.cond_img01"]
+
+
+def _run_main_sampling(g: Golden) -> list[Check]:
+    from ..sampling.options import OFFICIAL_DEFAULTS
+    from .pipeline import apply_cldm
+
+    m = g.meta
+    check_main_file(m)
+    diffusion, nets, noise, cfg_scale, (pos, neg), cond = _sampling_inputs(g)
     res = apply_cldm(
         nets, cond, pos, neg, diffusion, int(m["steps"]),
         sampler=m["sampler"], strength=float(m.get("strength", 1.0)), cfg_scale=cfg_scale,
@@ -439,12 +448,7 @@ def _run_v2_sampling(g: Golden) -> list[Check]:
 
     m = g.meta
     _check_fields(m, _V2_FIELDS, "v2.0.0 sampling file")
-    diffusion = _diffusion(m)
-    nets = _stage2_nets(g)
-    noise = _recorded_noise(g)
-    cfg_scale = float(m.get("cfg_scale", 1.0))
-    pos, neg = _contexts(g, cfg_scale)
-    cond = g.t["in.cond_img01"]
+    diffusion, nets, noise, cfg_scale, (pos, neg), cond = _sampling_inputs(g)
     guidance = _v2_guidance(m["cond_fn"], nets.vae) if m.get("cond_fn") else None
     tiles = v2_tiles(cond.shape[-2:], int(m.get("tile_size", 0)), int(m.get("tile_stride", 0)), guidance) \
         if m.get("tiled") else None
