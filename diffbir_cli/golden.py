@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from diffbir_core import padding
 from diffbir_core.reference import golden as core
 
 # How the product path differs from the official code where a golden file can show it (README "Proof of
@@ -204,7 +205,7 @@ class Run:
     tile_stride: int = 256
     settings: dict | None = None
     guidance: dict | None = None
-    condition_pad: int = 64  # what the official code pads the condition image to before encoding
+    condition_pad: int = padding.CONDITION_PAD  # what the official code pads the condition image to before encoding
 
 
 def _version(diffusion) -> str:
@@ -242,7 +243,9 @@ def _replay(host, g, nets: HostNets, run: Run, diffusion) -> list[Row]:
     control = _host_module(host, "conditioning").find_control(pos)
     ref_c = g.t["out.c_img"]
     c_img = control.condition()[0][..., :ref_c.shape[-2], :ref_c.shape[-1]]
-    known = ("condition_pad",) if (h0 % 64 or w0 % 64) and run.condition_pad != 64 else ()
+    # the nodes always pad to CONDITION_PAD: a file padded otherwise differs where that pad is not a no-op
+    pad = padding.CONDITION_PAD
+    known = ("condition_pad",) if (h0 % pad or w0 % pad) and run.condition_pad != pad else ()
     rows = [_row(g, "out.c_img", c_img, ref_c, known)]
     if tuple(g.t["out.z_final"].shape[-2:]) != (math.ceil(h0 / 8), math.ceil(w0 / 8)):
         rows += [Row(name, None, "DIFFERS", notes=(DIFFERENCES["latent_size"],))
@@ -311,7 +314,7 @@ def _main_run(g) -> Run:
                start_point=m.get("start_point_type", "noise"), noise_aug=int(m.get("noise_aug", 0)),
                tile_size=int(m.get("cldm_tile_size", 0)) if tiled else 0,
                tile_stride=int(m.get("cldm_tile_stride", 256)) if tiled else 256,
-               settings={k: m[k] for k in OFFICIAL_DEFAULTS if k in m}, condition_pad=8 if tiled else 64)
+               settings={k: m[k] for k in OFFICIAL_DEFAULTS if k in m}, condition_pad=padding.condition_pad(tiled))
 
 
 def _v2_run(g) -> Run:

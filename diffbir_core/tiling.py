@@ -54,6 +54,13 @@ def check_tile_settings(tile_size: int, tile_stride: int, **names) -> None:
         raise ValueError(error)
 
 
+def holds_a_tile(h: int, w: int, tile: int) -> bool:
+    """Whether an image (or latent) of h x w holds at least one whole tile of side `tile` (same units): the
+    official main code tiles only then ("the input size is tiny and unnecessary to tile") and runs a smaller one
+    whole. The reference pipeline and the DiffBIR Sampler's manual tiles follow it."""
+    return min(h, w) >= tile
+
+
 def _starts(size: int, tile: int, stride: int) -> list[int]:
     starts = list(range(0, size - tile + 1, stride))
     if (size - tile) % stride != 0:

@@ -57,6 +57,7 @@ from diffbir_core.sampling import (
     rescales_any_cfg,
     start_latent,
 )
+from diffbir_core.tiling import holds_a_tile
 
 from .host import schema
 from .host.conditioning import find_control, replace_condition
@@ -327,7 +328,7 @@ class DiffBIRSampler(io.ComfyNode):
         if tile_size <= 0:
             return None
         tile, stride = tile_size // 8, tile_stride // 8
-        if clamp or (h >= tile and w >= tile):
+        if clamp or holds_a_tile(h, w, tile):
             return tile, stride
         log.info("%s: the image (%dx%d) is smaller than a tile (%d px): sampled whole, as officially.",
                  NODE, w * 8, h * 8, tile_size)

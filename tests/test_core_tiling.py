@@ -79,3 +79,11 @@ def test_one_tile_rule(size, stride, message):
         assert error is None
     else:
         assert error is not None and __import__("re").search(message, error), error
+
+
+def test_holds_a_tile_is_the_official_tiny_input_rule():
+    """The official main code tiles only an input of at least one tile in both sides; both engines ask this."""
+    from diffbir_core.tiling import holds_a_tile
+
+    assert holds_a_tile(64, 64, 64) and holds_a_tile(80, 64, 64)
+    assert not holds_a_tile(63, 128, 64) and not holds_a_tile(128, 56, 64)

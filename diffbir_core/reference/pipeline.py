@@ -44,7 +44,7 @@ from ..sampling.noise import GeneratorNoise, NoiseSource
 from ..sampling.registry import get_sampler
 from ..sampling.start import better_start_latent, check_start, start_latent
 from ..schedule import LATENT_SCALE, DiffusionSchedule
-from ..tiling import check_tile_settings, sliding_windows
+from ..tiling import check_tile_settings, holds_a_tile, sliding_windows
 from .denoiser import CLDMDenoiser, Condition
 from .vae import vae_decode, vae_decode_tiled, vae_encode, vae_encode_tiled
 
@@ -82,8 +82,8 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
 
     # 1. pad the condition image
     cond_img01 = pad_to_multiple(cond_img01, condition_pad(vae_encoder_tiled or cldm_tiled))
-    if vae_encoder_tiled and min(cond_img01.shape[-2:]) < vae_encoder_tile_size:
-        vae_encoder_tiled = False  # "the input size is tiny and unnecessary to tile"
+    if vae_encoder_tiled and not holds_a_tile(*cond_img01.shape[-2:], vae_encoder_tile_size):
+        vae_encoder_tiled = False
     # 2. condition latent
     if vae_encoder_tiled:
         stride = vae_encoder_tile_stride or vae_encoder_tile_size // 2
@@ -94,7 +94,7 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
         c_img = vae_encode(vae, cond_img01 * 2 - 1, scale=scale)
     c_img_recorded = c_img
     h1, w1 = c_img.shape[-2:]
-    if cldm_tiled and (h1 < cldm_tile_size // 8 or w1 < cldm_tile_size // 8):
+    if cldm_tiled and not holds_a_tile(h1, w1, cldm_tile_size // 8):
         cldm_tiled = False
     if cldm_tiled:
         check_tile_settings(cldm_tile_size, cldm_tile_stride, tile_name="cldm_tile_size",
@@ -119,7 +119,7 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
         z = sample_fn(denoiser, x_T, diffusion, steps, noise, callback=callback, guidance=guidance, **sampler_options)
     z = z[..., :h1, :w1]
     # 6. decode
-    if vae_decoder_tiled and (h1 < vae_decoder_tile_size // 8 or w1 < vae_decoder_tile_size // 8):
+    if vae_decoder_tiled and not holds_a_tile(h1, w1, vae_decoder_tile_size // 8):
         vae_decoder_tiled = False
     with torch.no_grad():
         if vae_decoder_tiled:
@@ -167,7 +167,7 @@ def v2_tiles(size: tuple[int, int], tile_size: int, tile_stride: int, guidance=N
     if tile_size <= 0:
         raise ValueError(f"tiled sampling needs a positive tile_size, got {tile_size}")
     check_tile_settings(tile_size, tile_stride)
-    if min(size) < tile_size:
+    if not holds_a_tile(*size, tile_size):
         h, w = size
         raise ValueError(f"v2.0.0 tiled sampling needs an image of at least one tile ({tile_size}), got {h}x{w}")
     check_untiled(guidance, True)
