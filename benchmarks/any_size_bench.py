@@ -5,7 +5,7 @@ random weights (SwinIR stage 1, our SD 2.1 UNet, the IRControlNet, the VAE; as a
 asks the memory planner (`diffbir_core.memory.plan_restore`, CPU plan: the free RAM, each call within
 CPU_CALL_BYTES, the fitting grid of least predicted time) for every stage's tiles, exactly as the nodes' tile_plan
 auto does on the CPU, and restores one random image end to end with diffbir_core: ``stage1.restore`` ->
-``sampling.pipeline.apply_cldm`` (condition latent, sampling with the cfg pair batched, decode) -> wavelet colour
+``reference.pipeline.apply_cldm`` (condition latent, sampling with the cfg pair batched, decode) -> wavelet colour
 fix. Sizes: 512 is a 512 LQ at upscale 1, every larger size an LQ of a quarter of it at upscale 4 (4096: a 1024
 input).
 

@@ -3,7 +3,7 @@
 Each restore runs in its own child process, which builds every network first (SwinIR stage 1, the SD 2.1 UNet,
 the IRControlNet and the VAE, all at their official configs with random weights, as a ComfyUI session holds
 them) and then restores one image end to end with diffbir_core:
-``stage1.restore`` (SwinIR pipeline) -> ``sampling.pipeline.apply_cldm`` (condition latent, sampling with the
+``stage1.restore`` (SwinIR pipeline) -> ``reference.pipeline.apply_cldm`` (condition latent, sampling with the
 cfg pair batched, decode) -> wavelet colour fix.
 
 * baseline: a 512 x 512 LQ restored at upscale 1 (512 -> 512), nothing tiled;
