@@ -400,6 +400,26 @@ def host_base_model(device: torch.device, dtype: torch.dtype, seed: int = 0):
     return base.eval().requires_grad_(False)
 
 
+def host_controlled_model(base, cn, c_img: torch.Tensor, size: int, dtype: torch.dtype):
+    """``call(x, sigma, ctx, transformer_options[, batched_number]) -> denoised``: what ComfyUI's ``calc_cond_batch`` runs for a batch
+    carrying our control (``DiffBIRControl.get_control`` then ``BaseModel.apply_model`` with the controls), over the
+    host's `base` model and our ControlNet `cn` with the condition latent `c_img` of a `size` px image. Call
+    `import_host` first."""
+    control_mod = extension_module("nodes.host.control")
+    patching = extension_module("nodes.host.patching")
+    patching.cast_controlnet(cn, dtype)
+    ctl = control_mod.DiffBIRControl(patching.wrap_in_patcher(cn), version="v2.1", name="random", dtype=dtype)
+    ctl.set_condition(c_img, (size, size), 1.0, (0.0, 1.0))
+    ms = base.model_sampling
+    ctl.pre_run(base, lambda p: ms.percent_to_sigma(p))
+
+    def call(x, sigma, ctx, transformer_options, batched_number=2):  # 2: the cfg pair (cond, uncond) as one batch
+        control = ctl.get_control(x, sigma, {"c_crossattn": ctx}, batched_number, transformer_options)
+        return base.apply_model(x, sigma, c_crossattn=ctx, control=control, transformer_options=transformer_options)
+
+    return call
+
+
 class HostUNet(torch.nn.Module):
     """The host's UNet behind our UNet's signature (``unet(x, t, context, control=[13 tensors], control_scales)``),
     so diffbir_core's denoiser and pipeline drive it. Controls go in ComfyUI's layout (what

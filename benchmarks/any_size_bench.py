@@ -5,7 +5,7 @@ random weights (SwinIR stage 1, our SD 2.1 UNet, the IRControlNet, the VAE; as a
 asks the memory planner (`diffbir_core.memory.plan_restore`, CPU plan: the free RAM, each call within
 CPU_CALL_BYTES, the fitting grid of least predicted time) for every stage's tiles, exactly as the nodes' tile_plan
 auto does on the CPU, and restores one random image end to end with diffbir_core: ``stage1.restore`` ->
-``sampling.pipeline.apply_cldm`` (condition latent, sampling with the cfg pair batched, decode) -> wavelet colour
+``reference.pipeline.apply_cldm`` (condition latent, sampling with the cfg pair batched, decode) -> wavelet colour
 fix. Sizes: 512 is a 512 LQ at upscale 1, every larger size an LQ of a quarter of it at upscale 4 (4096: a 1024
 input).
 
@@ -90,7 +90,7 @@ def child_restore(args, size: int) -> dict:
 
     from diffbir_core import memory, stage1
     from diffbir_core.colorfix import color_fix_decoded
-    from diffbir_core.sampling.pipeline import StageTwoNets, apply_cldm
+    from diffbir_core.reference.pipeline import StageTwoNets, apply_cldm
     from diffbir_core.schedule import DiffusionSchedule
 
     swinir = C.our_network("swinir", seed=3, device=device, dtype=dtype)

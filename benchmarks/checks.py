@@ -7,7 +7,7 @@
    are listed for reference, not checked.
 2. CFG batching: counts of ControlNet and UNet forwards (forward pre-hooks) and their batch sizes per model
    evaluation, at real SD 2.1 shapes with the host's UNet:
-   * our sampler path (``diffbir_core.sampling.pipeline.apply_cldm`` -> ``CLDMDenoiser``), cfg 4: target one
+   * our sampler path (``diffbir_core.reference.pipeline.apply_cldm`` -> ``CLDMDenoiser``), cfg 4: target one
      ControlNet and one UNet forward of batch 2 per step; the same with ``batch_cfg=False`` shows what an
      unbatched pair looks like (two of batch 1);
    * the ComfyUI path (stock ``comfy.samplers`` with our ``DiffBIRControl`` on cond and uncond, one euler step):
@@ -114,7 +114,7 @@ def _per_step(cn_batches, unet_batches, steps) -> str:
 
 
 def cfg_rows(base, device, dtype, size: int) -> list[dict]:
-    from diffbir_core.sampling.pipeline import StageTwoNets, apply_cldm
+    from diffbir_core.reference.pipeline import StageTwoNets, apply_cldm
     from diffbir_core.schedule import DiffusionSchedule
 
     rows = []

@@ -1,8 +1,12 @@
 """Re-measure the memory planner's cost table (`diffbir_core.memory.COSTS`): working memory per tile pixel.
 
 For each stage (stage 1 SwinIR, VAE encode, diffusion = IRControlNet + UNet on the cfg pair, VAE decode) and
-each square size, one fresh child process builds our network at its official (real-size) configuration with
-seeded random weights, then measures one call:
+each square size, one fresh child process builds the network at its official (real-size) configuration with
+seeded random weights, then measures one call. The diffusion is what users run (``--diffusion host``, default):
+ComfyUI's SD 2.1 UNet as Load Checkpoint builds it with our IRControlNet through ``DiffBIRControl``, one batched
+cfg-pair call as ComfyUI's ``calc_cond_batch`` makes it, with the attention the DiffBIR Sampler gives the UNet
+(``nodes/host/model_function.use_sdpa_on_cpu``: PyTorch SDPA on the CPU); ``--diffusion reference`` measures the
+reference engine's own UNet (``diffbir_core.reference``) instead.
 
 * CPU: the kernel's peak RSS of the process is reset (``/proc/self/clear_refs`` = 5) after the weights are
   built, and the working memory is the peak RSS during the call minus the RSS just before it;
@@ -33,8 +37,9 @@ STAGES = ("stage1", "vae_encode", "diffusion", "vae_decode")
 CONTEXT_TOKENS, CONTEXT_DIM = 77, 1024  # OpenCLIP ViT-H text context of SD 2.1
 
 
-def _call(stage: str, size: int, device, dtype):
-    """(the measured call, the networks kept alive) for one stage at one size."""
+def _call(stage: str, size: int, device, dtype, engine: str = "host"):
+    """(the measured call, the networks kept alive) for one stage at one size; `engine` picks the diffusion's
+    networks (see the module doc)."""
     g = torch.Generator().manual_seed(0)
     if stage == "stage1":
         net = C.our_network("swinir", seed=1, device=device, dtype=dtype)
@@ -47,23 +52,39 @@ def _call(stage: str, size: int, device, dtype):
             return (lambda: vae.encode(x).mode()), vae
         z = torch.randn(1, 4, size // 8, size // 8, generator=g).to(device, dtype)
         return (lambda: vae.decode(z)), vae
-    from diffbir_core.sampling.denoiser import CLDMDenoiser, Condition
+    if engine == "reference":
+        from diffbir_core.reference.denoiser import CLDMDenoiser, Condition
 
-    unet = C.our_network("unet", seed=0, device=device, dtype=dtype)
+        unet = C.our_network("unet", seed=0, device=device, dtype=dtype)
+        cn = C.our_network("controlnet", seed=1, device=device, dtype=dtype)
+        ctx = torch.randn(2, CONTEXT_TOKENS, CONTEXT_DIM, generator=g).to(device, dtype)
+        c_img = torch.randn(1, 4, size // 8, size // 8, generator=g).to(device, dtype)
+        x = torch.randn(1, 4, size // 8, size // 8, generator=g).to(device, dtype)
+        den = CLDMDenoiser(cn, unet, Condition(ctx[:1], c_img), Condition(ctx[1:], c_img), cfg_scale=4.0)
+        t = torch.full((1,), 500, dtype=torch.long, device=device)
+        return (lambda: den(x, t)), (unet, cn)
+    # host: ComfyUI's SD 2.1 UNet (as Load Checkpoint builds it) with our ControlNet through DiffBIRControl, one
+    # batched cfg-pair call as calc_cond_batch makes it, with the attention the DiffBIR Sampler picks on this device
+    C.import_host(device)
+    model_function = C.extension_module("nodes.host.model_function")
+    base = C.host_base_model(device, dtype, seed=0)
     cn = C.our_network("controlnet", seed=1, device=device, dtype=dtype)
     ctx = torch.randn(2, CONTEXT_TOKENS, CONTEXT_DIM, generator=g).to(device, dtype)
-    c_img = torch.randn(1, 4, size // 8, size // 8, generator=g).to(device, dtype)
-    x = torch.randn(1, 4, size // 8, size // 8, generator=g).to(device, dtype)
-    den = CLDMDenoiser(cn, unet, Condition(ctx[:1], c_img), Condition(ctx[1:], c_img), cfg_scale=4.0)
-    t = torch.full((1,), 500, dtype=torch.long, device=device)
-    return (lambda: den(x, t)), (unet, cn)
+    c_img = torch.randn(1, 4, size // 8, size // 8, generator=g).to(device)
+    call = C.host_controlled_model(base, cn, c_img, size, dtype)
+    sigma = base.model_sampling.sigma(torch.tensor([500.0])).to(device)
+    x = (torch.randn(1, 4, size // 8, size // 8, generator=g) * (sigma.cpu() ** 2 + 1).sqrt()).to(device)
+    options = {}
+    model_function.use_sdpa_on_cpu(options, device)
+    x2, sigma2 = torch.cat([x, x]), torch.cat([sigma, sigma])
+    return (lambda: call(x2, sigma2, ctx, options)), (base, cn)
 
 
 def child(args) -> None:
     device, dtype = C.setup(args)
     stage, size = args.child.split(":")
     size = int(size)
-    fn, keep = _call(stage, size, device, dtype)
+    fn, keep = _call(stage, size, device, dtype, args.diffusion)
     with torch.no_grad():
         if device.type == "cuda":
             C.sync(device)
@@ -102,6 +123,9 @@ def main() -> None:
     ap.add_argument("--stages", default="stage1,vae_encode,vae_decode", help=f"comma list of {', '.join(STAGES)}")
     ap.add_argument("--sizes", default="256,512", help="two square sizes in pixels (multiples of 64)")
     ap.add_argument("--check", type=int, default=0, help="also measure this size and compare with the fit")
+    ap.add_argument("--diffusion", default="host", choices=["host", "reference"],
+                    help="host: ComfyUI's UNet + our ControlNet, what the DiffBIR Sampler runs (default); reference: "
+                         "the reference engine's own UNet (diffbir_core.reference)")
     args = ap.parse_args()
     if args.child:
         child(args)
@@ -119,7 +143,7 @@ def main() -> None:
         points = {}
         for size in sizes + ([args.check] if args.check else []):
             C.log(f"{stage} at {size} px")
-            res = C.run_child(__file__, C.child_argv(args, f"{stage}:{size}"))
+            res = C.run_child(__file__, C.child_argv(args, f"{stage}:{size}", ["--diffusion", args.diffusion]))
             points[size * size] = res["work_bytes"]
             rows.append(C.row(f"{stage} {size}x{size}: working memory, MiB", f"{res['work_bytes'] / 2**20:.0f}",
                               note=f"{res['work_bytes'] / (size * size):.0f} bytes/pixel; process peak RSS "

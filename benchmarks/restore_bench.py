@@ -3,7 +3,7 @@
 Each restore runs in its own child process, which builds every network first (SwinIR stage 1, the SD 2.1 UNet,
 the IRControlNet and the VAE, all at their official configs with random weights, as a ComfyUI session holds
 them) and then restores one image end to end with diffbir_core:
-``stage1.restore`` (SwinIR pipeline) -> ``sampling.pipeline.apply_cldm`` (condition latent, sampling with the
+``stage1.restore`` (SwinIR pipeline) -> ``reference.pipeline.apply_cldm`` (condition latent, sampling with the
 cfg pair batched, decode) -> wavelet colour fix.
 
 * baseline: a 512 x 512 LQ restored at upscale 1 (512 -> 512), nothing tiled;
@@ -38,7 +38,7 @@ def child_restore(args, mode: str) -> dict:
     device, dtype = C.setup(args)
     from diffbir_core import stage1
     from diffbir_core.colorfix import color_fix_decoded
-    from diffbir_core.sampling.pipeline import StageTwoNets, apply_cldm
+    from diffbir_core.reference.pipeline import StageTwoNets, apply_cldm
     from diffbir_core.schedule import DiffusionSchedule
 
     t0 = time.perf_counter()

@@ -55,23 +55,16 @@ def _step_fns(args, size, device, dtype):
     note = ""
     if path == "comfy":
         try:
-            control_mod = C.extension_module("nodes.host.control")
-            patching = C.extension_module("nodes.host.patching")
+            controlled = C.host_controlled_model(base, cn, cond_latent, size, dtype)
         except Exception as err:  # noqa: BLE001 - e.g. a half-written node module: measure the core path instead, and say so
             note = f"nodes.host.control failed to import ({err}); measured the core path"
             path = "core"
     if path == "comfy":
-        patching.cast_controlnet(cn, dtype)
-        ctl = control_mod.DiffBIRControl(patching.wrap_in_patcher(cn), version="v2.1", name="random", dtype=dtype)
-        ctl.set_condition(cond_latent, (size, size), 1.0, (0.0, 1.0))
-        ctl.pre_run(base, lambda p: ms.percent_to_sigma(p))
-
         def with_control():
             with torch.no_grad():
-                control = ctl.get_control(x2, sigma2, {"c_crossattn": ctx}, 2, {})
-                return base.apply_model(x2, sigma2, c_crossattn=ctx, control=control, transformer_options={})
+                return controlled(x2, sigma2, ctx, {})
     else:
-        from diffbir_core.sampling.denoiser import CLDMDenoiser, Condition
+        from diffbir_core.reference.denoiser import CLDMDenoiser, Condition
 
         x_vp = ms.calculate_input(sigma, x1)
         t = ms.timestep(sigma).float()

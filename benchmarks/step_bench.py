@@ -112,7 +112,7 @@ def _inputs(size: int, context_dim: int, device, seed: int = 0):
 
 
 def _core_steps(args, size, device, dtype):
-    from diffbir_core.sampling.denoiser import CLDMDenoiser, Condition
+    from diffbir_core.reference.denoiser import CLDMDenoiser, Condition
 
     cn_cfg, unet_cfg, head = _configs(args.config)
     cn = C.our_network("controlnet", seed=1, config=cn_cfg, device=device, dtype=dtype)
@@ -159,8 +159,6 @@ def _compile(ours, device) -> tuple[float, int]:
 
 def _host_steps(args, size, device, dtype):
     C.import_host(device, args.host_attention)
-    control_mod = C.extension_module("nodes.host.control")
-    patching = C.extension_module("nodes.host.patching")
     if args.config != "full":
         raise SystemExit("--path host builds ComfyUI's SD 2.1 UNet at its real size: use --config full")
     base = C.host_base_model(device, dtype, seed=0)
@@ -172,16 +170,12 @@ def _host_steps(args, size, device, dtype):
     sigma = ms.sigma(torch.tensor([float(args.timestep)])).to(device)
     x_ve = x_vp * (sigma**2 + 1).sqrt()  # ComfyUI's sampler-space latent of the same x_t
     t = ms.timestep(sigma).round().long()
-    patching.cast_controlnet(cn, dtype)
-    ctl = control_mod.DiffBIRControl(patching.wrap_in_patcher(cn), version="v2.1", name="random", dtype=dtype)
-    ctl.set_condition(c_img, (size, size), 1.0, (0.0, 1.0))
-    ctl.pre_run(base, lambda p: ms.percent_to_sigma(p))
+    controlled = C.host_controlled_model(base, cn, c_img, size, dtype)
     x2, sigma2, ctx = torch.cat([x_ve, x_ve]), torch.cat([sigma, sigma]), torch.cat([pos, neg]).to(dtype)
 
     def ours():  # what calc_cond_batch runs for a batched cfg pair carrying our control, then CFG
         with torch.no_grad():
-            control = ctl.get_control(x2, sigma2, {"c_crossattn": ctx}, 2, {})
-            out = base.apply_model(x2, sigma2, c_crossattn=ctx, control=control, transformer_options={})
+            out = controlled(x2, sigma2, ctx, {})
             cond, uncond = out.chunk(2)
             return uncond + args.cfg * (cond - uncond)
 

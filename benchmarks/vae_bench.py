@@ -1,6 +1,6 @@
 """VAE encode and decode (SD 2.1 KL autoencoder, official config, random weights): ours vs the host's.
 
-* ours: ``diffbir_core`` (``arch/vae.py`` through ``sampling/tiled.py``: ``vae_encode`` = posterior mode x 0.18215,
+* ours: ``diffbir_core`` (``arch/vae.py`` through ``reference/vae.py``: ``vae_encode`` = posterior mode x 0.18215,
   ``vae_decode``), untiled; with ``--tiled`` also the v2.0.0-style tiled encode/decode that the pipeline uses for
   large images (pixel tiles ``--tile`` with stride tile/2), on the same image;
 * baseline: ComfyUI's stock ``comfy.sd.VAE`` (what VAE Encode / VAE Decode run) built from the same state dict.
@@ -31,7 +31,7 @@ def _inputs(size, device, dtype):
 
 
 def _ours(vae, image01, z, tile: int):
-    from diffbir_core.sampling.tiled import (
+    from diffbir_core.reference.vae import (
         vae_decode,
         vae_decode_tiled,
         vae_encode,

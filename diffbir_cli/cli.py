@@ -558,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Replay official sampling golden files (tests/golden) through the product path: "
                                     "ComfyUI's own UNet and VAE, Load DiffBIR Models, LAControlNet Apply, DiffBIR "
                                     "Sampler with the recorded noise, DiffBIR VAE Decode and Color Fix; prints the "
-                                    "lines of python -m diffbir_core.golden with its tolerances (CPU, float32).")
+                                    "lines of python -m diffbir_core.reference.golden with its tolerances (CPU, float32).")
     gd.add_argument("files", nargs="+", metavar="FILE", help="golden .json files (the .safetensors beside them)")
     gd.set_defaults(func=cmd_golden)
     return parser

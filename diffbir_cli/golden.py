@@ -1,7 +1,7 @@
 """``python -m diffbir_cli golden FILE...``: replay the official sampling golden files through the product path.
 
-``python -m diffbir_core.golden`` proves the core's reference engine (its own UNet, VAE and ControlNet and the
-reference pipeline). This command proves what users run, in a ComfyUI booted in this process (``host.boot``, on
+``python -m diffbir_core.reference.golden`` proves the core's reference engine (its own UNet, VAE and ControlNet
+and the reference pipeline). This command proves what users run, in a ComfyUI booted in this process (``host.boot``, on
 the CPU in float32 like the recordings, one torch thread):
 
 * the file's small SD 2.1 weights in **ComfyUI's own** UNet (``comfy.supported_models.SD20``, a ModelPatcher)
@@ -18,11 +18,11 @@ The nodes are called as ComfyUI's executor calls them (inside ``torch.inference_
 the file's ``in.c_txt_*`` (no CLIP runs). One seam: the DiffBIR Sampler module's ``noise_source`` gives the
 recorded draws during a run (the seam the tests use too), and every recorded draw must be used.
 
-Output: the lines of ``python -m diffbir_core.golden`` (``diffbir_core.golden.result_line``), with the same
-tolerances and documented bounds; exit status 1 if any line FAILs or a file cannot be replayed (ERROR). Where
+Output: the lines of ``python -m diffbir_core.reference.golden`` (``diffbir_core.reference.golden.result_line``),
+with the same tolerances and documented bounds; exit status 1 if any line FAILs or a file cannot be replayed (ERROR). Where
 the product differs from the official code by design (``DIFFERENCES``), the line says DIFFERS (printing the
 error all the same) and a ``note:`` line says why; such lines do not fail the run. Files that are not sampling
-runs are named and left to ``python -m diffbir_core.golden``.
+runs are named and left to ``python -m diffbir_core.reference.golden``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
-from diffbir_core import golden as core
+from diffbir_core import padding
+from diffbir_core.reference import golden as core
 
 # How the product path differs from the official code where a golden file can show it (README "Proof of
 # correctness"). Printed as `note:` lines; the key names the difference.
@@ -204,7 +205,7 @@ class Run:
     tile_stride: int = 256
     settings: dict | None = None
     guidance: dict | None = None
-    condition_pad: int = 64  # what the official code pads the condition image to before encoding
+    condition_pad: int = padding.CONDITION_PAD  # what the official code pads the condition image to before encoding
 
 
 def _version(diffusion) -> str:
@@ -242,7 +243,9 @@ def _replay(host, g, nets: HostNets, run: Run, diffusion) -> list[Row]:
     control = _host_module(host, "conditioning").find_control(pos)
     ref_c = g.t["out.c_img"]
     c_img = control.condition()[0][..., :ref_c.shape[-2], :ref_c.shape[-1]]
-    known = ("condition_pad",) if (h0 % 64 or w0 % 64) and run.condition_pad != 64 else ()
+    # the nodes always pad to CONDITION_PAD: a file padded otherwise differs where that pad is not a no-op
+    pad = padding.CONDITION_PAD
+    known = ("condition_pad",) if (h0 % pad or w0 % pad) and run.condition_pad != pad else ()
     rows = [_row(g, "out.c_img", c_img, ref_c, known)]
     if tuple(g.t["out.z_final"].shape[-2:]) != (math.ceil(h0 / 8), math.ceil(w0 / 8)):
         rows += [Row(name, None, "DIFFERS", notes=(DIFFERENCES["latent_size"],))
@@ -302,12 +305,7 @@ def _main_run(g) -> Run:
     from diffbir_core.sampling.options import OFFICIAL_DEFAULTS
 
     m = g.meta
-    core._check_fields(m, core._MAIN_FIELDS, "main sampling file")
-    for field in ("vae_encoder_tiled", "vae_decoder_tiled"):
-        if m.get(field):
-            raise Unsupported(f"{field} = true: the official v2.1 Tiled-VAE (GroupNorm sync) is not reproduced")
-    if m.get("cond_fn"):
-        raise Unsupported("cond_fn in a main-code file: the official main pipeline never applies guidance")
+    core.check_main_file(m)  # the reference runner's refusals, the same for the product path
     if m.get("start_point_type", "noise") not in ("noise", "cond"):  # the main code's --start_point_type
         raise Unsupported(f"start_point_type {m['start_point_type']!r} (the main code has 'noise' and 'cond')")
     tiled = bool(m.get("cldm_tiled", False))
@@ -316,7 +314,7 @@ def _main_run(g) -> Run:
                start_point=m.get("start_point_type", "noise"), noise_aug=int(m.get("noise_aug", 0)),
                tile_size=int(m.get("cldm_tile_size", 0)) if tiled else 0,
                tile_stride=int(m.get("cldm_tile_stride", 256)) if tiled else 256,
-               settings={k: m[k] for k in OFFICIAL_DEFAULTS if k in m}, condition_pad=8 if tiled else 64)
+               settings={k: m[k] for k in OFFICIAL_DEFAULTS if k in m}, condition_pad=padding.condition_pad(tiled))
 
 
 def _v2_run(g) -> Run:
@@ -397,7 +395,7 @@ def replay_files(host, files, out=print) -> int:
                 out(f"{path.stem}: weights only, no outputs to check")
             else:
                 out(f"{path.stem}: not a sampling run (single forwards or tables): replay it with python -m "
-                    "diffbir_core.golden")
+                    "diffbir_core.reference.golden")
             continue
         for row in rows:
             for line in row.lines(path.stem):

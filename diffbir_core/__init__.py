@@ -6,12 +6,15 @@ Modules, one concept each:
   loader      build + strictly load a network from a file
   convert     `python -m diffbir_core.convert` official file -> safetensors
   schedule    betas, zero-terminal SNR, timestep grids of the official samplers
-  tiling      tile grids and gaussian blending weights
+  tiling      tile grids, gaussian blending weights, the one tile loop (stage 1, VAE, tiled model calls)
+  padding     bottom/right padding and the condition image's pad rule
   colorfix    wavelet / AdaIN colour correction
   stage1      the official stage-1 pre/post-processing per pipeline, tiled runner
-  sampling/   the official samplers over a denoiser, CFG, tiled diffusion and VAE, guidance, apply_cldm
+  sampling/   the official samplers over a model function, CFG scale, eps/v <-> x0 conversion, start point,
+              guidance: shared by the DiffBIR Sampler node and the reference engine
+  reference/  the reference engine: the official stage 2 over our own UNet/ControlNet/VAE (apply_cldm) and
+              `python -m diffbir_core.reference.golden`, the replay of official golden files
   degrade/    the official training degradations (CodeFormer, Real-ESRGAN), PSNR/SSIM
-  golden      `python -m diffbir_core.golden` replay of official golden files
   arch/       the networks: stage 1 (SwinIR, BSRNet, SCUNet) and stage 2 (UNet, ControlNet, VAE, CLIP text)
 """
 

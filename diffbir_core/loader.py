@@ -157,22 +157,3 @@ def load_network(path: str | os.PathLike, expected: Iterable[str], slot: str, co
             sd = {k[len("control_model.") :]: v for k, v in sd.items() if k.startswith("control_model.")}
     model, config = build_network(kind, sd, path.name, config, metadata)
     return LoadedNetwork(kind, det.version, model, config, path.name, det, extras)
-
-
-# The parts of an SD checkpoint our own networks run (the host runs its own in ComfyUI).
-SD_PART_PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "clip_text": "cond_stage_model."}
-
-
-def load_sd_parts(sd: dict[str, torch.Tensor], name: str = "SD checkpoint") -> dict[str, torch.nn.Module]:
-    """UNet, VAE and CLIP text encoder of an SD 2.1 (or v1 full) state dict, each loaded strictly.
-
-    Keys outside the three prefixes (EMA copies, schedule buffers) are ignored, as the
-    official `load_pretrained_sd` ignores them.
-    """
-    parts = {}
-    for kind, prefix in SD_PART_PREFIXES.items():
-        sub = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-        if not sub:
-            raise WrongCheckpointError(f"'{name}' has no '{prefix}*' weights, so it is not a complete SD 2.1 checkpoint.")
-        parts[kind], _ = build_network(kind, sub, f"{name} [{prefix}*]")
-    return parts

@@ -30,10 +30,11 @@ working memory is the process's peak resident set size during the call minus its
 weights already loaded); the fit is exact through the two sizes: quadratic through the origin where the cost
 per pixel grows with the size (attention over the whole tile), else linear with a fixed part.
 `benchmarks/memory_costs.py` re-measures the table (`--device cuda` measures with torch.cuda.max_memory_allocated
-instead) and prints it in this form. The diffusion row is our
-UNet with PyTorch SDPA attention, which ComfyUI also uses on NVIDIA GPUs and the DiffBIR Sampler hands its UNet
-on the CPU; ComfyUI's own sub-quadratic CPU attention (the stock KSampler's there) sizes its chunks to the free
-memory and takes more (benchmarks/README.md: ~1.7 GB at 512 px), which the out-of-memory fallback absorbs.
+instead) and prints it in this form. The diffusion row is what users run: ComfyUI's SD 2.1 UNet with our
+ControlNet (`DiffBIRControl`), one batched cfg-pair call as ComfyUI's `calc_cond_batch` makes it, with the PyTorch
+SDPA attention that ComfyUI uses on NVIDIA GPUs and the DiffBIR Sampler hands its UNet on the CPU; ComfyUI's own
+sub-quadratic CPU attention (the stock KSampler's there) sizes its chunks to the free memory and takes more
+(benchmarks/README.md: ~1.7 GB at 512 px), which the out-of-memory fallback absorbs.
 
 Plain torch/python: the caller passes the free memory (ComfyUI's ``get_free_memory``, or a user budget such as
 ``--max-memory 6GB``) and the sizes of the weights it still has to load.
@@ -67,8 +68,9 @@ class StageCost:
         return (self.fixed + self.per_pixel * pixels + self.per_pixel2 * pixels * pixels) * dtype_bytes / 4
 
 
-# Measured with benchmarks/memory_costs.py on 2026-12-02 (CPU, 1 thread, float32, torch 2.14.1; see the module
-# doc and benchmarks/README.md, which also lists the 384 px check of each fit: within 12 %).
+# Measured with benchmarks/memory_costs.py on 2026-12-02 (stage 1, VAE) and 2026-12-07 (diffusion), CPU, 1 thread,
+# float32, torch 2.14.1; see the module doc and benchmarks/README.md, which also lists the 384 px check of each fit
+# (stage 1 and VAE within 12 %, diffusion within 22 %).
 COSTS = {
     "stage1": StageCost(
         fixed=18.9e6, per_pixel=608.0, per_pixel2=0.0,
@@ -76,10 +78,16 @@ COSTS = {
     "vae_encode": StageCost(
         fixed=8.4e6, per_pixel=2560.0, per_pixel2=0.0,
         measured="SD 2.1 VAE encoder (posterior mode) at 256 and 512 px, CPU fp32 (RSS)"),
+    # Re-measured on the host (what the DiffBIR Sampler runs) on 2026-12-07: `python benchmarks/memory_costs.py
+    # --stages diffusion --sizes 256,512 --check 384 --threads 1` (default --diffusion host), three runs: 254 / 278 /
+    # 280 MiB at 256 px, 484 / 597 / 562 MiB at 512 px, 330 / 325 / 322 MiB at 384 px; the row is the fit through
+    # the medians (278 and 562 MiB), which predicts 396 MiB at 384 px (1.22x the measured, the safe side). The
+    # reference engine's UNet measured 242 / 543 / 377 MiB the same day (`--diffusion reference`); the earlier
+    # row from it was 191.2 MB + 1228.9 B/px. See benchmarks/README.md, "Memory planner".
     "diffusion": StageCost(
-        fixed=191.2e6, per_pixel=1228.9, per_pixel2=0.0,
-        measured="SD 2.1 UNet + IRControlNet (ours, SDPA attention), one model call of batch 2 (the cfg pair) at "
-                 "256 and 512 px (latent 32 and 64), CPU fp32 (RSS)"),
+        fixed=192.2e6, per_pixel=1514.7, per_pixel2=0.0,
+        measured="ComfyUI's SD 2.1 UNet + our IRControlNet (DiffBIRControl, SDPA attention), one model call of batch "
+                 "2 (the cfg pair) at 256 and 512 px (latent 32 and 64), CPU fp32 (RSS), median of 3 runs"),
     "vae_decode": StageCost(
         fixed=66.4e6, per_pixel=3978.7, per_pixel2=0.0,
         measured="SD 2.1 VAE decoder at 256 and 512 px, CPU fp32 (RSS)"),

@@ -10,6 +10,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# Stage 2: the official code pads the stage-1 image with zeros (bottom/right) to a multiple of 64 before the VAE
+# encode (main `Pipeline.apply_cldm` untiled, v2.0.0 `run_stage2` always), to a multiple of 8 when the main code
+# tiles the encoder or the diffusion. The VAE's mid-block attention sees the whole padded latent, so the pad size
+# changes every latent pixel slightly: the nodes keep 64 for every run (also tiled ones, see nodes/sampler.py).
+CONDITION_PAD = 64
+TILED_CONDITION_PAD = 8
+
+
+def condition_pad(tiled: bool = False) -> int:
+    """The multiple the stage-1 image is padded to before the condition latent is encoded (see CONDITION_PAD)."""
+    return TILED_CONDITION_PAD if tiled else CONDITION_PAD
+
+
+def padded_size(height: int, width: int, multiple: int = CONDITION_PAD) -> tuple[int, int]:
+    """(height, width) padded up to multiples of `multiple`: the size `pad_to_multiple` returns."""
+    return tuple(side + (-side) % multiple for side in (height, width))
+
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "constant") -> torch.Tensor:
     """Pad bottom/right so both sides are multiples of `multiple` (zeros unless `mode` says otherwise).
@@ -18,8 +35,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "constant") -> t
     """
     if multiple <= 1:
         return x
-    h, w = x.shape[-2:]
-    return pad_to_size(x, h + (-h) % multiple, w + (-w) % multiple, mode)
+    return pad_to_size(x, *padded_size(*x.shape[-2:], multiple), mode)
 
 
 def pad_to_size(x: torch.Tensor, h: int, w: int, mode: str = "constant") -> torch.Tensor:

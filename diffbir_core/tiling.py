@@ -1,5 +1,9 @@
 """Tile grids, blending weights and the one tile loop shared by every tiled stage (stage 1, VAE, diffusion).
 
+Both stage-2 engines tile through here: the model calls of tiled diffusion (`tiled_model_call`, used by the DiffBIR
+Sampler's host model function and by the reference denoiser) and the VAE's pixel/latent tiles (`encode_tiles`,
+`decode_tiles`, used by the nodes' VAE and the reference VAE calls).
+
 Grid and weights follow the official code (reference spec B.7, H.10): the grid always ends
 with a tile flush with the border, and the gaussian weight keeps the official asymmetric
 midpoints ((W-1)/2 in x but H/2 in y), inherited from mixture-of-diffusers. `blend_tiles`
@@ -48,6 +52,13 @@ def check_tile_settings(tile_size: int, tile_stride: int, **names) -> None:
     error = tile_settings_error(tile_size, tile_stride, **names)
     if error:
         raise ValueError(error)
+
+
+def holds_a_tile(h: int, w: int, tile: int) -> bool:
+    """Whether an image (or latent) of h x w holds at least one whole tile of side `tile` (same units): the
+    official main code tiles only then ("the input size is tiny and unnecessary to tile") and runs a smaller one
+    whole. The reference pipeline and the DiffBIR Sampler's manual tiles follow it."""
+    return min(h, w) >= tile
 
 
 def _starts(size: int, tile: int, stride: int) -> list[int]:
@@ -113,3 +124,49 @@ def blend_tiles(windows: list[tuple[int, int, int, int]], call: Callable[[int, i
         out[region] += res * weights
         count[region] += weights
     return out / count
+
+
+def tiled_model_call(call: Callable[[torch.Tensor, tuple[int, int, int, int]], torch.Tensor], x: torch.Tensor,
+                     tile: int, stride: int) -> torch.Tensor:
+    """One model call of tiled diffusion: `call(x_tile, window) -> output tile` over latent tiles of x (tile and
+    stride in latent pixels), gaussian-blended into an output of x's shape and dtype, as the official
+    `make_tiled_fn` (v2.1) tiles every model call. `window` is the tile's (y0, y1, x0, x1) latent window: the
+    caller crops what else the model sees (the condition latent) to it."""
+    c, h, w = x.shape[1:]
+
+    def one(y0, y1, x0, x1):
+        res = call(x[..., y0:y1, x0:x1], (y0, y1, x0, x1))
+        if res.shape[1] != c:
+            raise ValueError(f"tiled model call returned {res.shape[1]} channels, expected {c}")
+        return res
+
+    return blend_tiles(sliding_windows(h, w, tile, stride), one, (h, w), dtype=x.dtype)
+
+
+def encode_tiles(encode: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tile_size: int,
+                 tile_stride: int, on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """`encode(pixel_tile) -> latent_tile` over pixel tiles of tile_size (stride tile_stride), gaussian-blended.
+
+    The grid is laid out in latent pixels (tile_size // 8, tile_stride // 8) as the official v2.0.0 code does, so
+    the image sides must be multiples of 8. `on_tile(i, n)` as in `blend_tiles` (nothing is returned when it raises).
+    """
+    h, w = image.shape[-2:]
+    if h % TILE_MULTIPLE or w % TILE_MULTIPLE:
+        raise ValueError(f"tiled VAE encode needs sides that are multiples of {TILE_MULTIPLE}, got {h}x{w}")
+    m = TILE_MULTIPLE
+    windows = sliding_windows(h // m, w // m, max(tile_size // m, 1), max(tile_stride // m, 1))
+    return blend_tiles(windows, lambda y0, y1, x0, x1: encode(image[:, :, y0 * m : y1 * m, x0 * m : x1 * m]),
+                       (h // m, w // m), on_tile=on_tile)
+
+
+def decode_tiles(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, tile: int, stride: int,
+                 on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """`decode(latent_tile) -> pixel_tile` over latent tiles of `tile` (stride `stride`), pixel gaussian blend.
+
+    Only one tile's decoder activations exist at a time; the blended output and its weight sum are the only
+    whole-image buffers. `on_tile(i, n)` as in `blend_tiles`.
+    """
+    h, w = z.shape[-2:]
+    m = TILE_MULTIPLE
+    return blend_tiles(sliding_windows(h, w, tile, stride), lambda y0, y1, x0, x1: decode(z[..., y0:y1, x0:x1]),
+                       (h * m, w * m), scale=m, on_tile=on_tile)

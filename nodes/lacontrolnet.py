@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from diffbir_core.padding import padded_size
+
 from .host import schema
-from .host.condition import encode_condition, padded_size
+from .host.condition import encode_condition
 from .host.control import DiffBIRControl
 from .host.images import rgb_image, widget_range_error
 from .host.model_sampling import model_sampling_kind, patch_v_zsnr

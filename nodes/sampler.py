@@ -51,11 +51,13 @@ from diffbir_core.sampling import (
     GeneratorNoise,
     NoiseSource,
     SamplerPlan,
+    check_untiled,
     get_sampler,
     make_plan,
     rescales_any_cfg,
     start_latent,
 )
+from diffbir_core.tiling import holds_a_tile
 
 from .host import schema
 from .host.conditioning import find_control, replace_condition
@@ -252,10 +254,8 @@ class DiffBIRSampler(io.ComfyNode):
         # 3. denoise: everything from the first noise draw, so that an out-of-memory retry replays it
         def denoise(tile: int, stride: int) -> torch.Tensor:
             tiles = cls._tiles(tile, stride, h, w, clamp=tile_plan == "auto")
-            if tiles is not None and restoration is not None:
-                raise ValueError(f"{NODE}: restoration guidance needs the whole image and does not work with tiled "
-                                 "diffusion (as officially): set tile_size to 0 (tile_plan manual) or guidance to "
-                                 "none.")
+            check_untiled(restoration, tiles is not None, f"{NODE}: ",
+                          ": set tile_size to 0 (tile_plan manual) or guidance to none.")
             noise = noise_source(seed)
             x_T, c_aug = start_latent(diffusion, c_img, start_point, noise_aug, noise, clean, encode)
             conds = replace_condition((positive, negative), c_aug) if noise_aug > 0 else (positive, negative)
@@ -328,7 +328,7 @@ class DiffBIRSampler(io.ComfyNode):
         if tile_size <= 0:
             return None
         tile, stride = tile_size // 8, tile_stride // 8
-        if clamp or (h >= tile and w >= tile):
+        if clamp or holds_a_tile(h, w, tile):
             return tile, stride
         log.info("%s: the image (%dx%d) is smaller than a tile (%d px): sampled whole, as officially.",
                  NODE, w * 8, h * 8, tile_size)

@@ -8,8 +8,8 @@ noise, DiffBIR VAE Decode and DiffBIR Color Fix.
 * A tampered golden FAILs, a field the nodes cannot honour is an ERROR.
 * The recorded files are all spaced, untiled, 128x128 runs. The other sampler families, tiled diffusion,
   noise_aug, start point "cond", v2.0.0's better_start, control strength, rescale_cfg and a padded image are
-  checked on files derived from them: inputs and draws of a recorded file, outputs of the reference engine (`diffbir_core.sampling.pipeline`,
-  proven against the official code by `python -m diffbir_core.golden`), replayed through the nodes as above.
+  checked on files derived from them: inputs and draws of a recorded file, outputs of the reference engine (`diffbir_core.reference.pipeline`,
+  proven against the official code by `python -m diffbir_core.reference.golden`), replayed through the nodes as above.
 """
 
 import json
@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffbir_core import golden
+from diffbir_core.reference import golden
 from diffbir_core.sampling.noise import GeneratorNoise
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +167,7 @@ DERIVED = {
 
 def _derive(tmp_path, name, base, changes, size):
     from diffbir_core.sampling.options import OFFICIAL_DEFAULTS
-    from diffbir_core.sampling.pipeline import apply_cldm
+    from diffbir_core.reference.pipeline import apply_cldm
 
     g = golden.load_golden(GOLDEN / f"{base}.json")
     meta = {**g.meta, **changes}
@@ -198,8 +198,8 @@ def _derive(tmp_path, name, base, changes, size):
 
 def _derive_v2(tmp_path, name, base, changes):
     """A v2.0.0 file (SpacedSampler.sample alone, whole-image VAE calls) run by the reference's `sample_v2`."""
-    from diffbir_core.sampling.pipeline import sample_v2
-    from diffbir_core.sampling.tiled import vae_decode, vae_encode
+    from diffbir_core.reference.pipeline import sample_v2
+    from diffbir_core.reference.vae import vae_decode, vae_encode
 
     g = golden.load_golden(GOLDEN / f"{base}.json")
     meta = {**g.meta, **changes}

@@ -1,4 +1,4 @@
-"""`python -m diffbir_core.golden` (diffbir_core/golden.py) replays the official golden files from their JSON alone:
+"""`python -m diffbir_core.reference.golden` (diffbir_core/reference/golden.py) replays the official golden files from their JSON alone:
 the single forwards all PASS; the complete sampling runs too (one known chaotic output held to a looser bound);
 fields the runner cannot honour fail loudly; v2.0.0 files replay `SpacedSampler.sample` alone."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffbir_core import golden
+from diffbir_core.reference import golden
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
@@ -38,7 +38,7 @@ def test_expected_outputs_are_covered():
 
 def test_cli_prints_pass_per_output_and_exit_status():
     files = [str(GOLDEN / f"{n}.json") for n in SINGLE_FORWARD]
-    proc = subprocess.run([sys.executable, "-m", "diffbir_core.golden", *files], cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "diffbir_core.reference.golden", *files], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) > 100 and all(line.endswith("PASS") for line in lines)
@@ -52,7 +52,7 @@ def test_cli_fails_on_a_tampered_output(tmp_path):
     t = load_file(str(GOLDEN / "bsrnet.safetensors"))
     t["out.y"] = t["out.y"] + 1e-3
     save_file(t, str(tmp_path / "bsrnet.safetensors"))
-    proc = subprocess.run([sys.executable, "-m", "diffbir_core.golden", str(tmp_path / "bsrnet.json")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "diffbir_core.reference.golden", str(tmp_path / "bsrnet.json")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stdout.strip().endswith("FAIL")
 
 
@@ -117,7 +117,7 @@ def test_unsupported_field_fails_loudly(tmp_path, changes):
     path = _tampered(tmp_path, "sample_spaced5_v21_cfg1", **changes)
     with pytest.raises(ValueError):
         golden.run_file(path)
-    proc = subprocess.run([sys.executable, "-m", "diffbir_core.golden", str(path)], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "diffbir_core.reference.golden", str(path)], cwd=REPO, capture_output=True,
                           text=True, timeout=300, check=False)
     assert proc.returncode == 1 and "ERROR" in proc.stdout
 
@@ -138,7 +138,7 @@ def test_v2_tiled_file_tiles_only_the_sampler(tmp_path, monkeypatch):
     encode, which a tiled encode misses by far more than the tolerance."""
     from safetensors.torch import load_file, save_file
 
-    from diffbir_core.sampling import pipeline, tiled
+    from diffbir_core.reference import pipeline, vae
 
     name = "v2_sample_spaced5_cfg4_neg"
     t = load_file(str(GOLDEN / f"{name}.safetensors"))
@@ -147,8 +147,8 @@ def test_v2_tiled_file_tiles_only_the_sampler(tmp_path, monkeypatch):
     tensors = {k: t[k] for k in ("in.c_txt_pos", "in.c_txt_neg")} | {"in.cond_img01": cond}
     tensors |= {f"noise.randn_{i:02d}": torch.randn(1, 4, 24, 16, generator=g) for i in range(6)}
     nets = golden._stage2_nets(golden.load_golden(GOLDEN / f"{name}.json"))
-    whole = tiled.vae_encode(nets.vae, cond * 2 - 1, scale=nets.latent_scale)
-    assert (tiled.vae_encode_tiled(nets.vae, cond * 2 - 1, 128, 64, scale=nets.latent_scale) - whole).abs().max() > 1e-2
+    whole = vae.vae_encode(nets.vae, cond * 2 - 1, scale=nets.latent_scale)
+    assert (vae.vae_encode_tiled(nets.vae, cond * 2 - 1, 128, 64, scale=nets.latent_scale) - whole).abs().max() > 1e-2
     tensors["out.c_img"] = whole
     path = _tampered(tmp_path, name, tiled=True, tile_size=128, tile_stride=64, tiles_latent=[[0, 16, 0, 16], [8, 24, 0, 16]])
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path.with_suffix(".safetensors")))
@@ -156,7 +156,7 @@ def test_v2_tiled_file_tiles_only_the_sampler(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the golden runner called a tiled VAE function for a v2.0.0 file")
 
-    for module in (pipeline, tiled):
+    for module in (pipeline, vae):
         monkeypatch.setattr(module, "vae_encode_tiled", refuse)
         monkeypatch.setattr(module, "vae_decode_tiled", refuse)
     sizes = []

@@ -9,7 +9,8 @@ import torch
 
 from diffbir_core.checkpoint import read_checkpoint
 from diffbir_core.detect import detect, split_v1_full
-from diffbir_core.loader import WrongCheckpointError, load_network, load_sd_parts
+from diffbir_core.loader import WrongCheckpointError, load_network
+from diffbir_core.reference.sd_parts import load_sd_parts
 from random_checkpoints import manifest_shapes, random_state_dict, write_pickle
 
 NETWORK_MANIFESTS = {

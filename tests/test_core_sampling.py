@@ -5,20 +5,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffbir_core import golden, schedule
-from diffbir_core.sampling import SAMPLER_NAMES, SAMPLERS, GeneratorNoise, RecordedNoise, grid, make_plan
-from diffbir_core.sampling.denoiser import CLDMDenoiser, Condition
-from diffbir_core.sampling.edm import EDMDenoiser, edm_schedule
-from diffbir_core.sampling.guidance import RestorationGuidance
-from diffbir_core.sampling.ksampler import X0ToV, ksampler_function
-from diffbir_core.sampling.noise import NoiseExhausted
-from diffbir_core.sampling.pipeline import apply_cldm, run_stage2_v2
-from diffbir_core.sampling.tiled import (
+from diffbir_core import schedule
+from diffbir_core.reference import golden
+from diffbir_core.reference.denoiser import CLDMDenoiser, Condition
+from diffbir_core.reference.pipeline import apply_cldm, run_stage2_v2
+from diffbir_core.reference.vae import (
     vae_decode,
     vae_decode_tiled,
     vae_encode,
     vae_encode_tiled,
 )
+from diffbir_core.sampling import SAMPLER_NAMES, SAMPLERS, GeneratorNoise, RecordedNoise, grid, make_plan
+from diffbir_core.sampling.edm import EDMDenoiser, edm_schedule
+from diffbir_core.sampling.guidance import RestorationGuidance
+from diffbir_core.sampling.ksampler import X0ToV, ksampler_function
+from diffbir_core.sampling.noise import NoiseExhausted
 from diffbir_core.tiling import sliding_windows
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffbir_core import golden
+from diffbir_core.reference import golden
 from diffbir_core.arch import ldm_blocks
 from diffbir_core.arch.ldm_blocks import CrossAttention, attention, clear_context_caches
-from diffbir_core.sampling.denoiser import CLDMDenoiser, Condition
+from diffbir_core.reference.denoiser import CLDMDenoiser, Condition
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffbir_core import stage1
-from diffbir_core.sampling.tiled import decode_tiles
+from diffbir_core.tiling import decode_tiles
 from diffbir_core.tiling import blend_tiles, gaussian_weights, sliding_windows, tile_settings_error
 
 
@@ -36,8 +36,8 @@ def test_blend_is_the_weighted_mean_of_the_tiles():
 
 
 def test_every_stage_runs_through_the_one_loop(monkeypatch):
-    """stage 1's tile runner and the VAE/diffusion tiles all call tiling.blend_tiles."""
-    import diffbir_core.sampling.tiled as tiled
+    """stage 1's tile runner, the VAE tiles and the tiled model calls of diffusion (both engines') all call
+    tiling.blend_tiles."""
     import diffbir_core.tiling as tiling
 
     calls = []
@@ -48,7 +48,7 @@ def test_every_stage_runs_through_the_one_loop(monkeypatch):
         return real(windows, *args, **kwargs)
 
     monkeypatch.setattr(stage1, "blend_tiles", spy)
-    monkeypatch.setattr(tiled, "blend_tiles", spy)
+    monkeypatch.setattr(tiling, "blend_tiles", spy)
     x = torch.rand(1, 3, 64, 64)
     done = []
     y = stage1.run_tiled(lambda t: t * 2, x, 32, 16, on_tile=lambda i, n: done.append((i, n)))
@@ -56,7 +56,11 @@ def test_every_stage_runs_through_the_one_loop(monkeypatch):
     assert done == [(i, 9) for i in range(1, 10)]  # after each tile, 1-based, as before
     z = torch.randn(1, 4, 16, 16)
     decode_tiles(lambda t: t.repeat_interleave(8, -1).repeat_interleave(8, -2)[:, :3], z, 8, 4)
-    assert calls == [9, 9]
+    windows = []
+    out = tiling.tiled_model_call(lambda t, window: windows.append(window) or t * 2, z, 8, 4)
+    torch.testing.assert_close(out, z * 2)
+    assert windows == tiling.sliding_windows(16, 16, 8, 4)
+    assert calls == [9, 9, 9]
 
 
 @pytest.mark.parametrize("size, stride, message", [
@@ -75,3 +79,11 @@ def test_one_tile_rule(size, stride, message):
         assert error is None
     else:
         assert error is not None and __import__("re").search(message, error), error
+
+
+def test_holds_a_tile_is_the_official_tiny_input_rule():
+    """The official main code tiles only an input of at least one tile in both sides; both engines ask this."""
+    from diffbir_core.tiling import holds_a_tile
+
+    assert holds_a_tile(64, 64, 64) and holds_a_tile(80, 64, 64)
+    assert not holds_a_tile(63, 128, 64) and not holds_a_tile(128, 56, 64)

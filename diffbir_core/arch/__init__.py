@@ -134,7 +134,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.kind: a for a in (
                               {"fpn.output1.0.weight": ANY, "ssh1.conv3X3.0.weight": ANY,
                                "ClassHead.0.conv1x1.weight": ANY, "LandmarkHead.0.conv1x1.weight": (ANY, ANY, 1, 1)}),),
     ),
-    # The SD 2.1 parts our own pipeline runs: loaded from an SD checkpoint (loader.load_sd_parts), never picked
+    # The SD 2.1 parts the reference engine runs: loaded from an SD checkpoint (reference.sd_parts), never picked
     # in a slot; their signatures only explain a standalone file picked by mistake.
     Architecture(
         "unet", "unet", lambda sd, md: unet_family_config(sd, controlnet=False, metadata=md),

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..schedule import LATENT_SCALE
 from .ldm_blocks import Upsample
 
 OFFICIAL_CONFIG = {
@@ -45,6 +46,14 @@ class DiagonalGaussianDistribution:
             # runs only agree with it when the draw is made the same way.
             noise = torch.randn(self.mean.shape, generator=generator)
         return self.mean + self.std * noise.to(self.mean.device)
+
+
+def vae_encode(vae, image: torch.Tensor, sample: bool = False, noise=None, scale: float = LATENT_SCALE) -> torch.Tensor:
+    """image in [-1, 1] -> scaled latent of any VAE whose `encode` returns the posterior (ours, or the nodes' view of
+    ComfyUI's): the posterior mode, or a sample drawing one `noise.randn_like`, times the latent scale."""
+    post = vae.encode(image)
+    z = post.sample(noise=noise.randn_like(post.mean)) if sample else post.mode()
+    return z * scale
 
 
 class VAEResBlock(nn.Module):

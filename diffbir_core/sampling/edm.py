@@ -6,14 +6,14 @@ alphas_cumprod at the first step forced to 1e-8 for every version (sigma_max = 1
 buffers. Start: `x = x_T * sqrt(1 + sigma_0^2)`.
 
 `EDMDenoiser` turns the model function (eps or v at a model timestep) into k-diffusion's
-x0-denoiser D(x, sigma):
+x0-denoiser D(x, sigma) (`parameterization.edm_coefficients`):
   eps: c_skip = 1, c_out = -sigma, c_in = 1 / sqrt(sigma^2 + 1)
   v:   c_skip = 1 / (sigma^2 + 1), c_out = -sigma / sqrt(sigma^2 + 1), c_in = 1 / sqrt(sigma^2 + 1)
   D = model(x * c_in, t) * c_out + x * c_skip, with t the timestep of the grid sigma nearest
   to sigma (the official code searches its own sampling grid, the appended 0 included, so
   sub-step sigmas such as dpm_2's midpoint are mapped to a neighbouring grid timestep).
 CFG is applied on D per branch (`uncond_D + s * (cond_D - uncond_D)`) as officially, using the
-model function's `cfg_parts` when it has one (`CLDMDenoiser` does); cond/uncond still run as
+model function's `cfg_parts` when it has one (the reference `CLDMDenoiser` does); cond/uncond still run as
 one batch. The schedule of a run is its `plans.SamplerPlan` (`plan_edm`).
 """
 
@@ -28,6 +28,7 @@ from ..schedule import DiffusionSchedule, edm_sigmas, edm_timesteps
 from .guidance import posterior_c1
 from .k_solvers import SOLVERS
 from .options import OFFICIAL_DEFAULTS, split_options
+from .parameterization import check_parameterization, edm_coefficients
 from .plans import SamplerPlan, plan_for
 
 
@@ -67,8 +68,7 @@ class EDMDenoiser:
     """x0-denoiser D(x, sigma) over a model function returning eps or v (see module doc)."""
 
     def __init__(self, denoise_fn, parameterization: str, schedule: EDMSchedule, guidance=None, noise=None):
-        if parameterization not in ("eps", "v"):
-            raise ValueError(f"unknown parameterization {parameterization!r}")
+        check_parameterization(parameterization)
         self.denoise_fn = denoise_fn
         self.parameterization = parameterization
         self.schedule = schedule
@@ -83,11 +83,7 @@ class EDMDenoiser:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
-        if self.parameterization == "eps":
-            c_skip, c_out = torch.ones_like(sigma), -sigma
-        else:
-            c_skip, c_out = 1.0 / (sigma**2 + 1.0), -sigma / (sigma**2 + 1.0) ** 0.5
-        c_in = 1.0 / (sigma**2 + 1.0) ** 0.5
+        c_skip, c_out, c_in = edm_coefficients(sigma, self.parameterization)
         index = self.grid_index(sigma)
         t = self.schedule.timesteps.to(x.device)[index]
         c_in, c_out, c_skip = (c[(...,) + (None,) * (x.ndim - 1)] for c in (c_in, c_out, c_skip))

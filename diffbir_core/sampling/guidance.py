@@ -28,7 +28,8 @@ Working where the official code does not:
   `c1 = (1 - ac_t / ac_next) * sqrt(ac_next) / (1 - ac_t)` (`posterior_c1`). For the spaced
   sampler this is the official c1; for the others it makes the same correction of x0_hat, which
   moves their next latent by about g rather than exactly g.
-Guidance is not available with tiled diffusion (as officially: it needs the whole image).
+Guidance is not available with tiled diffusion (as officially: it needs the whole image); `check_untiled` is that
+rule, for the DiffBIR Sampler and the reference pipeline alike.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ _GRAY = (0.2989, 0.5870, 0.1140)
 LOSSES = ("mse", "w_mse")
 SPACES = ("latent", "rgb")
 RULES = ("v2", "v1")
+
+
+def check_untiled(guidance, tiled: bool, who: str = "", fix: str = "") -> None:
+    """Refuse restoration guidance with tiled diffusion: the loss compares the whole image (v2.0.0 refuses it with
+    tiled sampling, the v2.1 code never applies it). `who` prefixes the message, `fix` ends it."""
+    if guidance is not None and tiled:
+        raise ValueError(f"{who}restoration guidance needs the whole image and does not work with tiled diffusion "
+                         f"(as officially){fix}")
 
 
 def weight_map(target01: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,8 @@ Mapping, per family:
   undo the start scaling: x_T = x / sqrt(1 + sigmas[0]^2)). The x0-denoiser is turned into
   the v-prediction the samplers understand: for VP latent x at timestep t with
   ac = alphas_cumprod(t) (log-sigma interpolated between integer timesteps, as ComfyUI does),
-  sigma = sqrt((1 - ac) / ac) clamped to the host's sigma_max, x_edm = x * sqrt(1 + sigma^2),
-  D = model(x_edm, sigma), eps = (x_edm - D) / sigma, v = sqrt(ac) eps - sqrt(1 - ac) D.
+  sigma = sqrt((1 - ac) / ac) clamped to the host's sigma_max, then v from D = model(x sqrt(1 + sigma^2), sigma)
+  by `parameterization.output_from_denoised` (the DiffBIR Sampler's conversion too).
   The result is exact for any model parameterisation, and stays finite at a zero-terminal-SNR
   t = 999 (eps itself would be undefined there). `alphas_cumprod` (the training schedule of
   the model, 1000 values) must be passed in extra_options; the noise source defaults to a
@@ -39,6 +39,7 @@ import torch
 from ..schedule import DiffusionSchedule
 from .k_solvers import SOLVERS, _source
 from .options import OFFICIAL_DEFAULTS
+from .parameterization import output_from_denoised
 from .registry import DDPM_FAMILY, EDM_FAMILY, get_sampler
 
 
@@ -63,13 +64,7 @@ class X0ToV:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         sigma = self.sigma(torch.as_tensor(t).reshape(-1).expand(x.shape[0])).to(x.device, x.dtype)
-        s = sigma[(...,) + (None,) * (x.ndim - 1)]
-        sqrt_ac = 1 / (1 + s**2) ** 0.5
-        sqrt_1m = s * sqrt_ac
-        x_edm = x / sqrt_ac
-        denoised = self.model(x_edm, sigma, **self.extra_args)
-        eps = (x_edm - denoised) / s
-        return sqrt_ac * eps - sqrt_1m * denoised
+        return output_from_denoised(lambda x_ve, s: self.model(x_ve, s, **self.extra_args), x, sigma, "v")
 
 
 def ddpm_ksampler(name: str):

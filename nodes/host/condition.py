@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from diffbir_core.padding import pad_to_multiple
+from diffbir_core.padding import CONDITION_PAD, pad_to_multiple
 from diffbir_core.schedule import LATENT_SCALE
 
 from .images import rgb_image
 from .vae import check_sd_vae, encode_pixels
-
-# The official code pads the stage-1 image with zeros (bottom/right) to a multiple of 64 before the VAE
-# encode (DiffBIR main `Pipeline.apply_cldm`, untiled path); the VAE's mid-block attention sees the whole
-# padded latent, so the pad size changes every latent pixel slightly and we keep the official 64.
-CONDITION_PAD = 64
-
-
-def padded_size(height: int, width: int) -> tuple[int, int]:
-    """The size `encode_condition` encodes: each side padded up to a multiple of CONDITION_PAD."""
-    return tuple(side + (-side) % CONDITION_PAD for side in (height, width))
 
 
 def encode_condition(vae, image: torch.Tensor, tile_size: int = 0, tile_stride: int = 0

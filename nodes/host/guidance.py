@@ -14,10 +14,9 @@ import copy
 import comfy.model_management
 import torch
 
-from diffbir_core.arch.vae import DiagonalGaussianDistribution
+from diffbir_core.arch.vae import DiagonalGaussianDistribution, vae_encode
 from diffbir_core.padding import pad_to_size
 from diffbir_core.sampling.guidance import RestorationGuidance
-from diffbir_core.sampling.tiled import vae_encode
 
 
 class HostVAE:
@@ -89,7 +88,7 @@ def stage1_pixels(image: torch.Tensor | None, b: int, h: int, w: int, use: str) 
 
 def posterior_encode(vae):
     """`encode(image, sample, noise)` -> scaled latent through the host's VAE, the core's formula
-    (``diffbir_core.sampling.tiled.vae_encode``: the posterior mode, or a sample drawing one `noise.randn_like`)."""
+    (``diffbir_core.arch.vae.vae_encode``: the posterior mode, or a sample drawing one `noise.randn_like`)."""
     host_vae = HostVAE(vae)
 
     def encode(image: torch.Tensor, sample: bool = False, noise=None) -> torch.Tensor:

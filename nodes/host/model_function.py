@@ -4,14 +4,16 @@ The core samplers ask for the model output (eps or v) of the noisy VP latent x a
 ``HostModelFunction`` answers by calling a stock ``comfy.samplers.CFGGuider`` at the MODEL's sigma s of t:
 ComfyUI's ``sampling_function`` -> ``calc_cond_batch`` (cond and uncond batched, ``DiffBIRControl.get_control``
 computing the 13 controls, ``BaseModel.apply_model`` with the controls added to the UNet) -> CFG on the denoised
-estimate D, converted back with the same sigma: ``eps = (x sqrt(1+s^2) - D) / s``, ``v = (eps - s D) /
-sqrt(1+s^2)``. The UNet sees exactly x and t (the host's ``calculate_input`` undoes the scaling, its
+estimate D, converted back with the same sigma by the core's one conversion
+(``diffbir_core.sampling.parameterization.output_from_denoised``): ``eps = (x sqrt(1+s^2) - D) / s``,
+``v = (eps - s D) / sqrt(1+s^2)``. The UNet sees exactly x and t (the host's ``calculate_input`` undoes the scaling, its
 ``timestep(s)`` gives t back), CFG on D equals the official CFG on eps/v (the map is affine), and for the
 zero-terminal-SNR v2.1 MODEL ComfyUI keeps s(999) finite (~4.5e3), so the conversion is defined where eps is
 not. Fractional timesteps (dpm++_m2's grid) reach the UNet and the ControlNet unrounded through a
 transformer_options key (``control.MODEL_TIMESTEP_KEY``) and a DIFFUSION_MODEL wrapper.
 
-Tiled diffusion: each call is split into latent tiles (``diffbir_core.tiling``); each tile is one guider call
+Tiled diffusion: each call is split into latent tiles by the core's one tiled model call
+(``diffbir_core.tiling.tiled_model_call``, which the reference denoiser uses too); each tile is one guider call
 whose transformer_options carry the tile window (``control.TILE_KEY``), so the control crops its condition
 latent to the tile; outputs are blended with the official gaussian weights.
 """
@@ -23,8 +25,9 @@ import comfy.patcher_extension
 import comfy.samplers
 import torch
 
-from diffbir_core.sampling.denoiser import rescaled_cfg
-from diffbir_core.tiling import blend_tiles, sliding_windows
+from diffbir_core.sampling.cfg import rescaled_cfg
+from diffbir_core.sampling.parameterization import output_from_denoised
+from diffbir_core.tiling import tiled_model_call
 
 from .control import MODEL_TIMESTEP_KEY, TILE_KEY
 from .model_sampling import host_sigma
@@ -109,13 +112,7 @@ class HostModelFunction:
         sigma = host_sigma(self.model_sampling, t_value).to(x.device)
         if self.tiles is None:
             return self._call(x, sigma, t_value, None)
-        tile, stride = self.tiles
-
-        def one(y0, y1, x0, x1):
-            return self._call(x[..., y0:y1, x0:x1], sigma, t_value, (y0, y1, x0, x1))
-
-        return blend_tiles(sliding_windows(x.shape[-2], x.shape[-1], tile, stride), one, tuple(x.shape[-2:]),
-                           dtype=x.dtype)
+        return tiled_model_call(lambda x_tile, window: self._call(x_tile, sigma, t_value, window), x, *self.tiles)
 
     def _call(self, x, sigma, t_value, window):
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -126,13 +123,11 @@ class HostModelFunction:
             transformer_options[TILE_KEY] = window
         use_sdpa_on_cpu(transformer_options, x.device)
         options["transformer_options"] = transformer_options
-        c = torch.sqrt(1.0 + sigma**2)
-        x_host = x * c
-        denoised = self.guider(x_host, sigma.expand(x.shape[0]), model_options=options, seed=self.seed).float()
-        eps = (x_host - denoised) / sigma
-        if self.parameterization == "eps":
-            return eps
-        return (eps - sigma * denoised) / c
+
+        def denoise(x_host, sigmas):
+            return self.guider(x_host, sigmas, model_options=options, seed=self.seed).float()
+
+        return output_from_denoised(denoise, x, sigma.expand(x.shape[0]), self.parameterization)
 
 
 class OfficialRun(comfy.samplers.Sampler):

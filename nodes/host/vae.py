@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from diffbir_core.sampling.tiled import decode_tiles, encode_tiles
+from diffbir_core.tiling import decode_tiles, encode_tiles
 
 from .progress import tile_progress
 

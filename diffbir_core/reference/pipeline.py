@@ -1,16 +1,20 @@
-"""Stage 2 end to end: condition image -> condition latent -> sampling -> decode.
+"""The reference stage 2 end to end: condition image -> condition latent -> sampling -> decode.
+
+Part of the reference engine (see `diffbir_core.reference`): our own UNet, ControlNet and VAE driven the way the
+official code drives them, replayed against the golden files; the nodes run the product path instead.
 
 `apply_cldm` mirrors the official v2.1/main `Pipeline.apply_cldm` (reference spec C.3-C.6):
 
 1. pad the condition image (stage-1 output, [0, 1]) with zeros at the bottom/right to a
-   multiple of 64, or of 8 when the VAE encoder or the diffusion is tiled;
+   multiple of 64, or of 8 when the VAE encoder or the diffusion is tiled (`padding.condition_pad`);
 2. condition latent `c_img = vae.encode(2 x - 1).mode() * 0.18215` (shared by cond and uncond);
    with diffusion untiled, c_img is zero-padded to a multiple of 8 (a no-op after the 64-pad);
-3. start point: "noise" = `randn(b, 4, h, w)`; "cond" = `q_sample(c_img, 999, randn)` (the
-   same first draw; with zero-terminal SNR this is pure noise);
+3. start point (`sampling.start.start_latent`, the DiffBIR Sampler's too): "noise" = `randn(b, 4, h, w)`;
+   "cond" = `q_sample(c_img, 999, randn)` (the same first draw; with zero-terminal SNR this is pure noise);
 4. noise_aug > 0: one `randn_like(c_img)`, `c_img <- q_sample(c_img, noise_aug, noise)`, shared
    by the unconditional branch;
-5. sample with control strength, CFG, rescale_cfg, tiling (`denoiser.CLDMDenoiser`);
+5. sample with control strength, CFG, rescale_cfg, tiling (`denoiser.CLDMDenoiser`); guidance refuses tiles
+   (`sampling.guidance.check_untiled`);
 6. crop the latent to the unpadded latent size, decode (`z / 0.18215`), crop to the image size.
 The result carries `c_img` as recorded by the golden files (before the latent pad and before
 noise_aug), `z_final` and `decoded` (~[-1, 1]); `colorfix.color_fix_decoded` gives the official final
@@ -22,7 +26,7 @@ step alone (`SpacedSampler.sample` with the start point), which the v2.0.0 golde
 
 Differences from the official code, by design:
 * tiled VAE (`vae_encoder_tiled` / `vae_decoder_tiled`) uses the v2.0.0 gaussian-blended tiles
-  for every version, not v2.1's Tiled-VAE with synchronised GroupNorm (see `tiled.py`);
+  for every version, not v2.1's Tiled-VAE with synchronised GroupNorm (see `vae.py`);
 * restoration guidance works with the v2.1 pipeline and every sampler (the v2.1 CLI accepts
   it but never applies it); like v2.0.0 it refuses tiled diffusion.
 """
@@ -33,14 +37,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import colorfix
-from ..padding import pad_to_multiple, pad_to_size
+from ..padding import condition_pad, pad_to_multiple, pad_to_size
+from ..sampling.cfg import rescales_any_cfg
+from ..sampling.guidance import check_untiled
+from ..sampling.noise import GeneratorNoise, NoiseSource
+from ..sampling.registry import get_sampler
+from ..sampling.start import better_start_latent, check_start, start_latent
 from ..schedule import LATENT_SCALE, DiffusionSchedule
-from ..tiling import check_tile_settings, sliding_windows
-from .denoiser import CLDMDenoiser, Condition, rescales_any_cfg
-from .noise import GeneratorNoise, NoiseSource
-from .registry import get_sampler
-from .tiled import vae_decode, vae_decode_tiled, vae_encode, vae_encode_tiled
+from ..tiling import check_tile_settings, holds_a_tile, sliding_windows
+from .denoiser import CLDMDenoiser, Condition
+from .vae import vae_decode, vae_decode_tiled, vae_encode, vae_encode_tiled
 
 
 @dataclass
@@ -60,68 +66,6 @@ class CLDMResult:
     denoiser: CLDMDenoiser
 
 
-def q_sample(diffusion: DiffusionSchedule, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
-    """sqrt(ac_t) x0 + sqrt(1 - ac_t) noise with float32 coefficients (the official buffers)."""
-    ac = diffusion.alphas_cumprod
-    a = torch.tensor(ac[t] ** 0.5, dtype=torch.float32, device=x0.device)
-    b = torch.tensor((1.0 - ac[t]) ** 0.5, dtype=torch.float32, device=x0.device)
-    return a * x0 + b * noise
-
-
-START_POINTS = ("noise", "cond")  # the main code's --start_point_type
-BETTER_START = "better_start"  # v2.0.0's --better_start (`better_start_latent`); a host may offer it with the others
-ALL_START_POINTS = START_POINTS + (BETTER_START,)
-
-
-def _check_start(diffusion: DiffusionSchedule, start_point_type: str, noise_aug: int,
-                 allowed: tuple[str, ...] = START_POINTS) -> int:
-    if start_point_type not in allowed:
-        raise ValueError(f"start_point_type must be one of {', '.join(map(repr, allowed))}, got {start_point_type!r}")
-    noise_aug = int(noise_aug)
-    if not 0 <= noise_aug < len(diffusion.betas):
-        raise ValueError(f"noise_aug must be in [0, {len(diffusion.betas) - 1}], got {noise_aug}")
-    return noise_aug
-
-
-def better_start_latent(diffusion: DiffusionSchedule, clean01: torch.Tensor, encode, noise: NoiseSource
-                        ) -> torch.Tensor:
-    """v2.0.0 `--better_start`: x_T = q_sample(encode(low frequencies of the stage-1 image), last timestep), the
-    low frequencies (`colorfix.wavelet_decomposition`) encoded **in [0, 1]** as officially (the VAE expects
-    [-1, 1]: an official quirk, kept) and sampled from the posterior. Two draws: the posterior sample's (inside
-    `encode(image, sample=True, noise=noise)`, which returns the scaled latent), then the diffusion's. Under
-    zero-terminal SNR this is pure noise."""
-    _, low = colorfix.wavelet_decomposition(clean01)
-    x0 = encode(low, sample=True, noise=noise)
-    return q_sample(diffusion, x0, len(diffusion.betas) - 1, noise.randn(x0.shape, x0.device, x0.dtype))
-
-
-def start_latent(diffusion: DiffusionSchedule, c_img: torch.Tensor, start_point_type: str, noise_aug: int,
-                 noise: NoiseSource, clean01: torch.Tensor | None = None, encode=None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_T, the condition latent the model sees), drawn from `noise` in the official order.
-
-    x_T has the shape of `c_img` (the latent to sample): "noise" is the first draw itself, "cond" diffuses
-    c_img to the last timestep with it (pure noise under zero-terminal SNR), "better_start" is
-    `better_start_latent` of `clean01` (the stage-1 image in [0, 1] at 8 x the latent size) through `encode`
-    (two draws). With noise_aug > 0 the next draw diffuses c_img to timestep noise_aug (officially shared by the
-    unconditional branch); otherwise c_img is returned unchanged. Every later draw (the sampler's) follows these.
-    """
-    noise_aug = _check_start(diffusion, start_point_type, noise_aug, ALL_START_POINTS)
-    if start_point_type == BETTER_START:
-        if clean01 is None or encode is None:
-            raise ValueError("start point better_start needs the stage-1 image and a VAE encode")
-        x_T = better_start_latent(diffusion, clean01, encode, noise)
-        if x_T.shape != c_img.shape:
-            raise ValueError(f"better_start: the stage-1 image encodes to {tuple(x_T.shape)}, the latent to sample "
-                             f"is {tuple(c_img.shape)}")
-    else:
-        first = noise.randn(c_img.shape, c_img.device, c_img.dtype)
-        x_T = q_sample(diffusion, c_img, len(diffusion.betas) - 1, first) if start_point_type == "cond" else first
-    if noise_aug > 0:
-        c_img = q_sample(diffusion, c_img, noise_aug, noise.randn_like(c_img))
-    return x_T, c_img
-
-
 def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Tensor, c_txt_neg: torch.Tensor | None,
                diffusion: DiffusionSchedule, steps: int, *, sampler: str = "spaced", strength: float = 1.0,
                cfg_scale: float = 1.0, start_point_type: str = "noise", noise_aug: int = 0, rescale_cfg: bool = False,
@@ -131,15 +75,15 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
                noise: NoiseSource | None = None, guidance=None, callback=None, batch_cfg: bool = True,
                **sampler_options) -> CLDMResult:
     sample_fn = get_sampler(sampler)
-    noise_aug = _check_start(diffusion, start_point_type, noise_aug)
+    noise_aug = check_start(diffusion, start_point_type, noise_aug)
     noise = GeneratorNoise() if noise is None else noise
     vae, scale = nets.vae, nets.latent_scale
     h0, w0 = cond_img01.shape[-2:]
 
     # 1. pad the condition image
-    cond_img01 = pad_to_multiple(cond_img01, 8 if (vae_encoder_tiled or cldm_tiled) else 64)
-    if vae_encoder_tiled and min(cond_img01.shape[-2:]) < vae_encoder_tile_size:
-        vae_encoder_tiled = False  # "the input size is tiny and unnecessary to tile"
+    cond_img01 = pad_to_multiple(cond_img01, condition_pad(vae_encoder_tiled or cldm_tiled))
+    if vae_encoder_tiled and not holds_a_tile(*cond_img01.shape[-2:], vae_encoder_tile_size):
+        vae_encoder_tiled = False
     # 2. condition latent
     if vae_encoder_tiled:
         stride = vae_encoder_tile_stride or vae_encoder_tile_size // 2
@@ -150,13 +94,12 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
         c_img = vae_encode(vae, cond_img01 * 2 - 1, scale=scale)
     c_img_recorded = c_img
     h1, w1 = c_img.shape[-2:]
-    if cldm_tiled and (h1 < cldm_tile_size // 8 or w1 < cldm_tile_size // 8):
+    if cldm_tiled and not holds_a_tile(h1, w1, cldm_tile_size // 8):
         cldm_tiled = False
     if cldm_tiled:
         check_tile_settings(cldm_tile_size, cldm_tile_stride, tile_name="cldm_tile_size",
                             stride_name="cldm_tile_stride")
-        if guidance is not None:
-            raise ValueError("restoration guidance is not available with tiled diffusion (it needs the whole image)")
+        check_untiled(guidance, cldm_tiled)
     else:
         c_img = pad_to_multiple(c_img, 8)
     h2, w2 = c_img.shape[-2:]
@@ -176,7 +119,7 @@ def apply_cldm(nets: StageTwoNets, cond_img01: torch.Tensor, c_txt_pos: torch.Te
         z = sample_fn(denoiser, x_T, diffusion, steps, noise, callback=callback, guidance=guidance, **sampler_options)
     z = z[..., :h1, :w1]
     # 6. decode
-    if vae_decoder_tiled and (h1 < vae_decoder_tile_size // 8 or w1 < vae_decoder_tile_size // 8):
+    if vae_decoder_tiled and not holds_a_tile(h1, w1, vae_decoder_tile_size // 8):
         vae_decoder_tiled = False
     with torch.no_grad():
         if vae_decoder_tiled:
@@ -200,7 +143,7 @@ def run_stage2_v2(nets: StageTwoNets, clean01: torch.Tensor, c_txt_pos: torch.Te
     noise = GeneratorNoise() if noise is None else noise
     vae, scale = nets.vae, nets.latent_scale
     h0, w0 = clean01.shape[-2:]
-    pad_clean = pad_to_multiple(clean01, 64)
+    pad_clean = pad_to_multiple(clean01, condition_pad())
     tiles = v2_tiles(pad_clean.shape[-2:], tile_size, tile_stride, guidance) if tiled else None
     if tiled:
         def encode(x, **kw):
@@ -224,11 +167,10 @@ def v2_tiles(size: tuple[int, int], tile_size: int, tile_stride: int, guidance=N
     if tile_size <= 0:
         raise ValueError(f"tiled sampling needs a positive tile_size, got {tile_size}")
     check_tile_settings(tile_size, tile_stride)
-    if min(size) < tile_size:
+    if not holds_a_tile(*size, tile_size):
         h, w = size
         raise ValueError(f"v2.0.0 tiled sampling needs an image of at least one tile ({tile_size}), got {h}x{w}")
-    if guidance is not None:
-        raise ValueError("tiled sampling doesn't support restoration guidance (as in v2.0.0)")
+    check_untiled(guidance, True)
     return tile_size // 8, tile_stride // 8
 
 

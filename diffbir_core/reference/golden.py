@@ -1,6 +1,6 @@
-"""Replay golden files of the official DiffBIR code through our own loaders and networks.
+"""Replay golden files of the official DiffBIR code through our own loaders and networks (the reference engine).
 
-    python -m diffbir_core.golden FILE.json [FILE.json ...]
+    python -m diffbir_core.reference.golden FILE.json [FILE.json ...]
 
 Each golden file is a pair NAME.json (config, notes) + NAME.safetensors (`in.*` inputs,
 `out.*` official outputs, `w.*` weights under official keys, `noise.*` recorded draws).
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from . import colorfix, schedule, tiling
-from .detect import detect
-from .loader import build_network
+from .. import colorfix, schedule, tiling
+from ..detect import detect
+from ..loader import build_network
 
 SINGLE_FORWARD = (1e-4, 1e-4)  # atol, rtol of the reference README
 TABLES = (0.0, 1e-6)
@@ -274,7 +274,7 @@ def _guidance_scale(g: Golden) -> float:
 
 
 def _run_colorfix_guidance(g: Golden) -> list[Check]:
-    from .sampling.guidance import mse_guidance, weight_map
+    from ..sampling.guidance import mse_guidance, weight_map
 
     checks = _run_colorfix(g)
     pred, target, scale = g.t["in.guidance_pred"], g.t["in.guidance_target"], _guidance_scale(g)
@@ -338,7 +338,7 @@ def _diffusion(meta: dict) -> schedule.DiffusionSchedule:
 
 
 def _stage2_nets(g: Golden):
-    from .sampling.pipeline import StageTwoNets
+    from .pipeline import StageTwoNets
 
     cfgs = dict(g.meta)
     if "weights_file" in g.meta:
@@ -352,7 +352,7 @@ def _stage2_nets(g: Golden):
 
 
 def _recorded_noise(g: Golden):
-    from .sampling.noise import RecordedNoise
+    from ..sampling.noise import RecordedNoise
 
     noise = RecordedNoise.from_tensors(g.t)
     for field, have in (("n_randn_draws_saved", len(noise.randn_draws)), ("n_brownian_draws", len(noise.brownian_draws))):
@@ -366,6 +366,14 @@ def _contexts(g: Golden, cfg_scale: float):
     if neg is None and cfg_scale != 1.0:
         raise ValueError("cfg_scale != 1 needs in.c_txt_neg")
     return g.t["in.c_txt_pos"], neg
+
+
+def _sampling_inputs(g: Golden):
+    """(diffusion, nets, recorded noise, cfg scale, (positive, negative) contexts, condition image) of a sampling
+    file, each checked against the file."""
+    cfg_scale = float(g.meta.get("cfg_scale", 1.0))
+    return (_diffusion(g.meta), _stage2_nets(g), _recorded_noise(g), cfg_scale, _contexts(g, cfg_scale),
+            g.t["in.cond_img01"])
 
 
 def _sampling_checks(g: Golden, res, cond_img01: torch.Tensor) -> list[Check]:
@@ -385,23 +393,24 @@ def _is_main_sampling(g: Golden) -> bool:
     return "sampler" in g.meta and "in.cond_img01" in g.t
 
 
-def _run_main_sampling(g: Golden) -> list[Check]:
-    from .sampling.options import OFFICIAL_DEFAULTS
-    from .sampling.pipeline import apply_cldm
-
-    m = g.meta
+def check_main_file(m: dict) -> None:
+    """Refuse a main-code sampling file that asks for what neither engine reproduces (the v2.1 Tiled-VAE) or what
+    the official main pipeline never does (guidance)."""
     _check_fields(m, _MAIN_FIELDS, "main sampling file")
     for field in ("vae_encoder_tiled", "vae_decoder_tiled"):
         if m.get(field):
             raise UnsupportedField(f"{field} = true: the official v2.1 Tiled-VAE (GroupNorm sync) is not reproduced")
     if m.get("cond_fn"):
         raise UnsupportedField("cond_fn in a main-code file: the official main pipeline never applies guidance")
-    diffusion = _diffusion(m)
-    nets = _stage2_nets(g)
-    noise = _recorded_noise(g)
-    cfg_scale = float(m.get("cfg_scale", 1.0))
-    pos, neg = _contexts(g, cfg_scale)
-    cond = g.t["in.cond_img01"]
+
+
+def _run_main_sampling(g: Golden) -> list[Check]:
+    from ..sampling.options import OFFICIAL_DEFAULTS
+    from .pipeline import apply_cldm
+
+    m = g.meta
+    check_main_file(m)
+    diffusion, nets, noise, cfg_scale, (pos, neg), cond = _sampling_inputs(g)
     res = apply_cldm(
         nets, cond, pos, neg, diffusion, int(m["steps"]),
         sampler=m["sampler"], strength=float(m.get("strength", 1.0)), cfg_scale=cfg_scale,
@@ -419,7 +428,7 @@ def _is_v2_sampling(g: Golden) -> bool:
 
 
 def _v2_guidance(cfg, vae):
-    from .sampling.guidance import RestorationGuidance
+    from ..sampling.guidance import RestorationGuidance
 
     _check_fields(cfg, _COND_FN_FIELDS, "cond_fn")
     if cfg.get("cls") not in _GUIDANCE_LOSS:
@@ -434,17 +443,12 @@ def _run_v2_sampling(g: Golden) -> list[Check]:
     """A v2.0.0 file records `SpacedSampler.sample` alone (reference README), not `Pipeline.run_stage2`: the
     condition latent and the decode are the whole-image VAE calls, no 64-pad, and `tiled` tiles only the model
     calls. (run_stage2_v2, the pipeline, tiles its VAE calls too.)"""
-    from .sampling.pipeline import CLDMResult, sample_v2, v2_tiles
-    from .sampling.tiled import vae_decode, vae_encode
+    from .pipeline import CLDMResult, sample_v2, v2_tiles
+    from .vae import vae_decode, vae_encode
 
     m = g.meta
     _check_fields(m, _V2_FIELDS, "v2.0.0 sampling file")
-    diffusion = _diffusion(m)
-    nets = _stage2_nets(g)
-    noise = _recorded_noise(g)
-    cfg_scale = float(m.get("cfg_scale", 1.0))
-    pos, neg = _contexts(g, cfg_scale)
-    cond = g.t["in.cond_img01"]
+    diffusion, nets, noise, cfg_scale, (pos, neg), cond = _sampling_inputs(g)
     guidance = _v2_guidance(m["cond_fn"], nets.vae) if m.get("cond_fn") else None
     tiles = v2_tiles(cond.shape[-2:], int(m.get("tile_size", 0)), int(m.get("tile_stride", 0)), guidance) \
         if m.get("tiled") else None
@@ -499,7 +503,7 @@ def _with_tol(c: Check):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m diffbir_core.golden", description="Replay official golden files.")
+    ap = argparse.ArgumentParser(prog="python -m diffbir_core.reference.golden", description="Replay official golden files.")
     ap.add_argument("files", nargs="+", type=Path, help="golden .json files (the .safetensors must sit beside them)")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)

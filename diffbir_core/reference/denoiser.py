@@ -1,4 +1,8 @@
-"""The model function every sampler calls: ControlNet + UNet with CFG, control strength and tiling.
+"""The reference engine's model function: our ControlNet + our UNet with CFG, control strength and tiling.
+
+The product path answers the same samplers' calls with ComfyUI's UNet and our ControlNet
+(`nodes/host/model_function.HostModelFunction`); both take the guidance scale from `sampling.cfg` and tile
+through `tiling.tiled_model_call`.
 
 `CLDMDenoiser(controlnet, unet, cond, uncond, ...)` is a `denoise_fn(x, t) -> model output`
 (eps or v, whatever the UNet predicts) for a noisy latent x and the model timestep t, a tensor
@@ -17,40 +21,20 @@ of shape (batch,) (integer for spaced/ddim/edm, fractional for dpm++_m2). It app
   `rescale_any_cfg=True` reproduces that);
 * tiled diffusion: with `tiles=(tile, stride)` in latent pixels every model call (cond and
   uncond alike) is split into latent tiles, the condition latent cropped per tile, and the
-  outputs blended with gaussian weights (see `tiled.tiled_call`).
+  outputs blended with gaussian weights (see `tiling.tiled_model_call`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from ..arch.ldm_blocks import clear_context_caches
-from .tiled import tiled_call
+from ..sampling.cfg import rescaled_cfg
+from ..tiling import tiled_model_call
 
 NUM_CONTROLS = 13
-
-
-def rescales_any_cfg(sampler: str) -> bool:
-    """Whether `sampler` rescales cfg whenever cfg != 1: the official DPM-Solver wrapper (dpm++_m2) does, the
-    other samplers' `get_cfg_scale` only for cfg > 1."""
-    return sampler == "dpm++_m2"
-
-
-def rescaled_cfg(cfg_scale: float, model_t, rescale: bool, rescale_any_cfg: bool = False):
-    """The official `get_cfg_scale`: ramps from 1 at t~999 to 1 + cfg at t = 0 when enabled.
-
-    A float tensor timestep (DPM-Solver's continuous time) is evaluated in float32 torch
-    arithmetic like the official DPM-Solver wrapper; an integer one in Python floats.
-    """
-    if rescale and (cfg_scale > 1 or (rescale_any_cfg and cfg_scale != 1)):
-        if torch.is_tensor(model_t) and model_t.is_floating_point():
-            t = model_t.reshape(-1)[:1]
-            return 1 + cfg_scale * ((1 - torch.cos(math.pi * ((1000 - t) / 1000) ** 5.0)) / 2)
-        return 1 + cfg_scale * ((1 - math.cos(math.pi * ((1000 - float(model_t)) / 1000) ** 5.0)) / 2)
-    return cfg_scale
 
 
 @dataclass
@@ -89,14 +73,14 @@ class CLDMDenoiser:
         self.forwards += 1
         self.batch_sizes.append(x.shape[0])
 
-        def call(x_tile, c_img_tile):
+        def call(x_tile, window):
+            c_img_tile = c_img if window is None else c_img[..., window[0]:window[1], window[2]:window[3]]
             control = self.controlnet(x_tile, c_img_tile, t, c_txt)
             return self.unet(x_tile, t, c_txt, control=control, control_scales=self.control_scales)
 
         if self.tiles is None:
-            return call(x, c_img)
-        tile, stride = self.tiles
-        return tiled_call(call, x, c_img, tile, stride)
+            return call(x, None)
+        return tiled_model_call(call, x, *self.tiles)
 
     # -- the sampler-facing functions --------------------------------------------------
     def cfg_parts(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor | None, float]:
