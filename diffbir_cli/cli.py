@@ -337,10 +337,9 @@ def cmd_restore(args) -> int:
     for text in args.set or []:
         wfl.parse_set(text)  # syntax errors before the slow start
     mirrors = mirror_map(args.mirror)
-    if args.ray is not None:
-        from . import ray_run
+    from . import ray_run
 
-        ray_run.require_ray()  # before the inputs are read: say how to install it
+    ray_run.check_options(args)  # before the inputs are read: Ray installed, or how to install it
     install.require()  # before the first import of PIL or torch: say "run setup", not ModuleNotFoundError
     if args.max_memory:
         from diffbir_core.memory import parse_bytes
@@ -492,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ray-workers", type=int, metavar="N",
                    help="with --ray: this many workers (default: one per GPU of the cluster, else one per "
                         "--ray-cpus-per-worker cores)")
-    r.add_argument("--ray-cpus-per-worker", type=int, default=1, metavar="N",
+    r.add_argument("--ray-cpus-per-worker", type=int, metavar="N",
                    help="with --ray on CPUs: the cores each worker gets (torch threads; default 1)")
     r.add_argument("--list", action="store_true", help="list the workflows and exit")
     r.set_defaults(func=cmd_restore)

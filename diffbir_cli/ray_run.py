@@ -58,6 +58,16 @@ def _say(*parts, file=None) -> None:
     print(*parts, file=file or sys.stdout, flush=True)
 
 
+def check_options(args) -> None:
+    """--ray-workers and --ray-cpus-per-worker need --ray; with it, Ray must be installed (CliError(2) else)."""
+    if args.ray is None:
+        if args.ray_workers is not None or args.ray_cpus_per_worker is not None:
+            raise CliError("--ray-workers and --ray-cpus-per-worker share the inputs among Ray workers: add --ray",
+                           EXIT_USAGE)
+        return
+    require_ray()
+
+
 def require_ray():
     """The ``ray`` module, or CliError(2) saying how to install it (Ray is an optional extra)."""
     try:
@@ -135,7 +145,7 @@ def _session(ray, address: str, verbose: bool):
     env = {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     options = {"runtime_env": {"env_vars": env}, "log_to_driver": verbose,
-               "logging_level": logging.INFO if verbose else logging.WARNING}
+               "logging_level": logging.INFO if verbose else logging.ERROR}
     if address:
         ray.init(address=address, **options)
     else:  # "local": always a new instance, never a cluster that RAY_ADDRESS or `ray start` left around
@@ -152,7 +162,7 @@ def _worker_plan(ray, args, units_count: int) -> tuple[int, dict, str]:
     resources = ray.cluster_resources()
     gpus = 0 if args.cpu else int(resources.get("GPU", 0))
     cores = int(resources.get("CPU", 1))
-    per = args.ray_cpus_per_worker
+    per = args.ray_cpus_per_worker or 1
     if per < 1:
         raise CliError(f"--ray-cpus-per-worker {per}: give 1 or more cores per worker", EXIT_USAGE)
     room = gpus if gpus else cores // per
@@ -209,7 +219,10 @@ class _Driver:
                 try:
                     value = self.ray.get(ref)
                 except self.ray.exceptions.RayTaskError as err:
-                    raise err.cause from None  # the worker's own error: the message and exit status it has
+                    # The worker's own error (a CliError, a rejected value, a failed node): raised here as it is,
+                    # it gets the message and exit status it gets in one process.
+                    cause = getattr(err, "cause", None)
+                    raise (cause if isinstance(cause, Exception) else CliError(_first_line(err))) from None
                 except self.ray.exceptions.RayActorError as err:
                     self._died(number, unit, err)
                 else:

@@ -52,6 +52,8 @@ def test_ray_not_installed_says_how_to_install_it(tmp_path):
     assert error_line(proc, 2) == f"error: Ray is not installed: {RAY_HINT}"
     assert RAY_HINT == "python -m diffbir_cli setup --ray"
     assert not (tmp_path / "out").exists()
+    line = error_line(cli("restore", png, "--out", tmp_path / "out", "--ray-workers", "2"), 2)
+    assert line == "error: --ray-workers and --ray-cpus-per-worker share the inputs among Ray workers: add --ray"
 
 
 def test_setup_ray_installs_ray_only_when_asked(tmp_path):
@@ -62,15 +64,34 @@ def test_setup_ray_installs_ray_only_when_asked(tmp_path):
     assert helped.returncode == 0 and "--ray" in helped.stdout
 
 
+def _need_ray() -> None:
+    if ray is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"Ray is not installed, and CI must run this test: {RAY_HINT}")
+        pytest.skip(f"Ray is not installed: {RAY_HINT} (CI installs it and fails here without it)")
+
+
+def test_a_workers_error_is_the_one_sentence_of_the_single_process_run(tmp_path, cli_models, payloads):
+    """A value out of range found in the worker (its host checks it): the same error line and exit status."""
+    _need_ray()
+    (cli_models / "diffbir" / STAGE1).write_bytes(payloads["swinir"])
+    png = tmp_path / "in.png"
+    png.write_bytes(photo_bytes("PNG"))
+    proc = cli("restore", png, "--out", tmp_path / "out", "--models", cli_models, *RUN, "--steps", "0", "--ray",
+               "--ray-workers", "1", env=_env())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --steps 0 is out of range: steps of node 10 "
+                                                          "('DiffBIR Sampler', DiffBIRSampler) takes a value from 1"), \
+        proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def _lines(proc_out: str, pattern: str) -> list[re.Match]:
     return [m for m in (re.match(pattern, line) for line in proc_out.splitlines()) if m]
 
 
 def test_ray_restores_the_same_files_and_survives_a_killed_worker(tmp_path, cli_models, payloads):
-    if ray is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"Ray is not installed, and CI must run this test: {RAY_HINT}")
-        pytest.skip(f"Ray is not installed: {RAY_HINT} (CI installs it and fails here without it)")
+    _need_ray()
     from PIL import Image
 
     (cli_models / "diffbir" / STAGE1).write_bytes(payloads["swinir"])
