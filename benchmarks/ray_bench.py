@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,8 +103,7 @@ def main() -> int:
                     raise SystemExit(f"{name}: {len(differ)} outputs differ from the single-process run: {differ[:3]}")
 
     def median(name, key):
-        values = sorted(r[key] for r in rows[name])
-        return values[len(values) // 2]
+        return statistics.median(r[key] for r in rows[name])
 
     base = "single process, 1 thread"
     ray_name = list(variants)[-1]

@@ -146,10 +146,16 @@ def _session(ray, address: str, verbose: bool):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     options = {"runtime_env": {"env_vars": env}, "log_to_driver": verbose,
                "logging_level": logging.INFO if verbose else logging.ERROR}
-    if address:
-        ray.init(address=address, **options)
-    else:  # "local": always a new instance, never a cluster that RAY_ADDRESS or `ray start` left around
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **options)
+    try:
+        if address:
+            ray.init(address=address, **options)
+        else:  # "local": always a new instance, never a cluster that RAY_ADDRESS or `ray start` left around
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **options)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise CliError(f"cannot start or join {where} ({type(err).__name__}: {_first_line(err)}): start the cluster "
+                       "with ray start --head (see the README's Run on a Ray cluster), or give --ray without an "
+                       "address for a local Ray", EXIT_USAGE) from None
     try:
         yield
     finally:

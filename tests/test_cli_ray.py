@@ -156,3 +156,14 @@ def test_ray_restores_the_same_files_and_survives_a_killed_worker(tmp_path, cli_
     assert {p.name: p.stat().st_mtime_ns for p in spread.iterdir()} == before
     print(f"\nray test: single process {single_s:.1f} s, 2 Ray workers with one killed {ray_s:.1f} s, "
           f"rerun {time.monotonic() - start:.1f} s")
+
+
+def test_ray_auto_without_a_cluster_says_how_to_start_one(tmp_path):
+    _need_ray()
+    png = tmp_path / "in.png"
+    png.write_bytes(photo_bytes("PNG"))
+    line = error_line(cli("restore", png, "--out", tmp_path / "out", "--ray", "auto", env={"RAY_ADDRESS": ""}), 2)
+    assert line.startswith("error: cannot start or join the Ray cluster at auto (ConnectionError: ") and \
+        line.endswith("start the cluster with ray start --head (see the README's Run on a Ray cluster), or give "
+                      "--ray without an address for a local Ray"), line
+    assert not (tmp_path / "out").exists()
