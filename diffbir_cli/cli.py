@@ -35,7 +35,7 @@ import warnings
 from diffbir_weights.fetch import OFFLINE_ENV
 from diffbir_weights.mirrors import MIRROR_ENV, MirrorError, mirror_map
 
-from . import install, location, units
+from . import install, location
 from . import workflow as wfl
 from .errors import EXIT_FAILURE, EXIT_MISSING_WEIGHTS, EXIT_NO_COMFYUI, EXIT_OK, EXIT_USAGE, CliError
 
@@ -142,6 +142,18 @@ def collect_inputs(items: list[str]) -> list[pathlib.Path]:
     for path in images:
         _check_image(path)
     return images
+
+
+def _output_stems(images: list[pathlib.Path]) -> list[str]:
+    """One output stem per input; a repeated stem (same name in two folders) gets -2, -3, ..."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in images:
+        stem = path.stem
+        n = seen.get(stem.lower(), 0) + 1
+        seen[stem.lower()] = n
+        stems.append(stem if n == 1 else f"{stem}-{n}")
+    return stems
 
 
 # --------------------------------------------------------------------------------------------- ComfyUI
@@ -260,7 +272,18 @@ def _rejected_option(err, given: dict[tuple[str, str], str]) -> CliError | None:
     return None
 
 
+def _saved_images(host, outputs: dict, save_ids: list[str]) -> list[pathlib.Path]:
+    files = []
+    for node_id in sorted(save_ids, key=lambda i: (len(i), i)):
+        for image in (outputs.get(node_id) or {}).get("images", []):
+            if image.get("type", "output") == "output":
+                files.append(host.output_dir / image.get("subfolder", "") / image["filename"])
+    return files
+
+
 def _run_images(host, api: dict, images: list[pathlib.Path], out_dir: pathlib.Path, verbose: bool) -> None:
+    from . import units
+
     todo = units.image_units(images)
     for unit in todo:
         restored = units.restore_image(host, api, unit)
@@ -354,7 +377,7 @@ def cmd_restore(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise CliError(f"--out {out_dir} is a file, not a folder: give a folder for the restored images", EXIT_USAGE)
     sources = {p.resolve() for p in images}
-    for stem in units.output_stems(images):
+    for stem in _output_stems(images):
         if (out_dir / f"{stem}.png").resolve() in sources:
             raise CliError(f"the output {out_dir / (stem + '.png')} would overwrite an input image: give another "
                            "--out folder", EXIT_USAGE)

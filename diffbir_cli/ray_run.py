@@ -17,7 +17,9 @@ the data and tells when a process dies. What is ours is the same unit of work as
   an error naming it (it may be what kills them).
 
 Each unit runs with the index it has in the single-process run, so its PNG is the same file, byte for byte.
-Clips: a chunk of a clip's frames is a unit too (``units.ClipChunk``, with ``clips.py`` of the clip restore).
+Clips (``clips.py``): each chunk of ``clips.plan_chunks`` is a unit (``units.ClipChunk``), its frames kept in a
+hidden folder of ``--out``; when a clip's chunks are all there, a worker assembles it (``units.ClipAssembly``:
+``clips.assemble`` needs ComfyUI's video type) from the frames the driver sends, and the driver writes the clip.
 """
 
 from __future__ import annotations
@@ -117,23 +119,28 @@ class Worker:
         return {"pid": os.getpid(), "node": socket.gethostname(), "seconds": self.seconds, "device": device,
                 "threads": torch.get_num_threads()}
 
-    def restore(self, unit, data: bytes | None) -> tuple[list[bytes], list[tuple[str, str]], float]:
-        """One unit: its output files' bytes (read and removed here), its text outputs, its seconds."""
+    def restore(self, unit, data) -> tuple[list[bytes], list[tuple[str, str]], float]:
+        """One unit: its output files' bytes (read and removed here), its text outputs, its seconds. ``data``:
+        an image's bytes (ImageUnit), a clip's restored frames as PNG bytes (ClipAssembly), or None."""
         self._check()
-        with cli.worded_rejections(self.given):
+        start = time.monotonic()
+        texts: list[tuple[str, str]] = []
+        with cli.worded_rejections(self.given), tempfile.TemporaryDirectory(prefix="diffbir-ray-clip-") as tmp:
             if isinstance(unit, units.ClipChunk):
-                start = time.monotonic()
-                files = [pathlib.Path(p) for p in clips.restore_chunk(self.host, self.api, str(unit.clip),
-                                                                      unit.start, unit.count, unit.seed)]
-                texts, seconds = [], time.monotonic() - start
+                files = clips.restore_chunk(self.host, self.api, unit.clip, unit.start, unit.count)
+            elif isinstance(unit, units.ClipAssembly):
+                frames = [pathlib.Path(tmp) / f"{k:08d}.png" for k in range(len(data))]
+                for path, frame in zip(frames, data, strict=True):
+                    path.write_bytes(frame)
+                files = [clips.assemble(pathlib.Path(tmp) / f"clip{unit.suffix}", frames, unit.clip, unit.fps)]
             else:
                 restored = units.restore_image(self.host, self.api, unit, data)
-                files, texts, seconds = restored.files, restored.texts, restored.seconds
-        out = []
-        for path in files:
-            out.append(path.read_bytes())
-            path.unlink()
-        return out, texts, seconds
+                files, texts = restored.files, restored.texts
+            out = []
+            for path in map(pathlib.Path, files):
+                out.append(path.read_bytes())
+                path.unlink()
+        return out, texts, time.monotonic() - start
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -183,25 +190,29 @@ def _worker_plan(ray, args, units_count: int) -> tuple[int, dict, str]:
 
 
 def restore(args, wf, graph: dict, images: list[pathlib.Path], out_dir: pathlib.Path, mirrors,
-            clip_paths: list[pathlib.Path] = ()) -> int:
+            videos: dict | None = None) -> int:
+    """``videos``: {clip path: ``clips.ClipInfo``} (``clips.probe``), restored in chunks and assembled."""
     ray = require_ray()
-    todo: list = units.image_units(images) + _clip_units(clip_paths, args)
-    skipped = [u for u in todo if _done(u, out_dir)]
-    if skipped:
-        _say(f"skipped {len(skipped)} already written in {out_dir} (delete them to restore those inputs again)")
-    todo = [u for u in todo if not _done(u, out_dir)]
-    if todo:
+    done = [u for u in units.image_units(images) if u.done(out_dir)]
+    todo: list = [u for u in units.image_units(images) if not u.done(out_dir)]
+    clip_done, chunks, assemblies = _clip_units(videos or {}, args, out_dir)
+    if done or clip_done:
+        _say(f"skipped {len(done) + clip_done} already written in {out_dir} (delete them to restore those inputs "
+             "again)")
+    if todo or chunks or assemblies:
         with cli._output_folder(out_dir), _session(ray, args.ray, args.verbose):
-            _Driver(ray, args, wf, graph, mirrors, todo, out_dir).run()
-    _assemble_clips(clip_paths, args, out_dir)
+            _Driver(ray, args, wf, graph, mirrors, todo + chunks, assemblies, out_dir).run()
     return EXIT_OK
 
 
 class _Driver:
     """Hands out units and writes what comes back (one unit in flight per worker)."""
 
-    def __init__(self, ray, args, wf, graph, mirrors, todo: list, out_dir: pathlib.Path):
-        self.ray, self.out_dir, self.total = ray, out_dir, len(todo)
+    def __init__(self, ray, args, wf, graph, mirrors, todo: list, assemblies: dict, out_dir: pathlib.Path):
+        """``assemblies``: {ClipAssembly: the starts of its chunks still to write}; each is queued once they are."""
+        self.ray, self.out_dir, self.total = ray, out_dir, len(todo) + len(assemblies)
+        self.assemblies = assemblies
+        todo = [a for a, left in assemblies.items() if not left] + todo
         self.count, options, self.each = _worker_plan(ray, args, len(todo))
         self.actor = ray.remote(Worker).options(**options, max_restarts=0)
         self.make = lambda: self.actor.remote(args, wf, graph, mirrors)
@@ -254,7 +265,7 @@ class _Driver:
         while self.pending and self.idle:
             number = self.idle.pop(0)
             unit = self.pending.popleft()
-            data = unit.source.read_bytes() if isinstance(unit, units.ImageUnit) else None
+            data = _unit_data(unit, self.out_dir)
             self.in_flight[self.workers[number].restore.remote(unit, data)] = (number, unit)
 
     def _ready(self, number: int, info: dict) -> None:
@@ -264,6 +275,11 @@ class _Driver:
 
     def _write(self, number: int, unit, files: list[bytes], texts, seconds: float) -> None:
         written = _write_unit(unit, files, self.out_dir)
+        for assembly, left in self.assemblies.items():  # a clip whose last chunk this was: assemble it next
+            if isinstance(unit, units.ClipChunk) and assembly.stem == unit.stem and unit.start in left:
+                left.discard(unit.start)
+                if not left:
+                    self.pending.appendleft(assembly)
         self.written += 1
         _say(units.progress_line(self.written, self.total, unit, written, seconds, f"worker {number}"))
         for line in units.text_lines(texts):
@@ -302,39 +318,46 @@ def _resources(ray) -> str:
 # --------------------------------------------------------------------------------------------- clips
 
 
-def _clip_units(clip_paths, args) -> list:
-    if not clip_paths:
-        return []
+def _clip_units(videos: dict, args, out_dir: pathlib.Path) -> tuple[int, list, dict]:
+    """(clips already written, the chunk units still to restore, {ClipAssembly: starts of its chunks to
+    restore}): the chunks of ``clips.plan_chunks`` with the single-process run's chunk size, so that a clip
+    comes out as it does there; chunks written by an interrupted run are kept."""
+    if not videos:
+        return 0, [], {}
     if clips is None:
-        raise CliError("clips cannot be restored by this version (no diffbir_cli/clips.py): give images",
-                       EXIT_USAGE)
-    stems = units.output_stems(list(clip_paths))
-    return [units.ClipChunk(pathlib.Path(path), stem, start, count, args.seed)
-            for path, stem in zip(clip_paths, stems, strict=True)
-            for start, count in clips.plan_chunks(clips.probe(path), units.CLIP_CHUNK_FRAMES)]
+        raise CliError("this version restores no clips (diffbir_cli/clips.py is missing): give images", EXIT_USAGE)
+    chunk_frames = getattr(args, "chunk_frames", None) or clips.DEFAULT_CHUNK_FRAMES
+    written, chunks, assemblies = 0, [], {}
+    for (path, info), stem in zip(videos.items(), cli._output_stems(list(videos)), strict=True):
+        assembly = units.ClipAssembly(pathlib.Path(path), stem, clips.OUTPUT_SUFFIX, info.fps)
+        if assembly.done(out_dir):
+            written += 1
+            continue
+        todo = [units.ClipChunk(pathlib.Path(path), stem, start, count)
+                for start, count in clips.plan_chunks(info, chunk_frames)]
+        todo = [c for c in todo if not c.done(out_dir)]
+        chunks += todo
+        assemblies[assembly] = {c.start for c in todo}
+    return written, chunks, assemblies
 
 
-def _done(unit, out_dir: pathlib.Path) -> bool:
-    if isinstance(unit, units.ClipChunk):  # the clip assembled, or this chunk's frames all written
-        return units.clip_output(out_dir, unit.clip, unit.stem).is_file() or unit.done(out_dir)
-    return unit.done(out_dir)
+def _unit_data(unit, out_dir: pathlib.Path):
+    """What the driver sends with a unit: an image's bytes; a clip's restored frames, in frame order."""
+    if isinstance(unit, units.ImageUnit):
+        return unit.source.read_bytes()
+    if isinstance(unit, units.ClipAssembly):
+        return [f.read_bytes() for f in sorted(units.ClipChunk.frames_root(out_dir, unit.stem).glob("*/*.png"))]
+    return None
 
 
 def _write_unit(unit, files: list[bytes], out_dir: pathlib.Path) -> list[pathlib.Path]:
     if isinstance(unit, units.ClipChunk):
         return unit.write_frames(out_dir, files)
-    return units.write_outputs(out_dir, unit.stem, files)
-
-
-def _assemble_clips(clip_paths, args, out_dir: pathlib.Path) -> None:
-    """Each clip whose chunks are all written becomes its output file (``clips.assemble``), in the driver."""
-    for path, stem in zip(clip_paths, units.output_stems(list(clip_paths)), strict=True):
-        final = units.clip_output(out_dir, pathlib.Path(path), stem)
-        if final.is_file():
-            continue
-        frames = sorted(units.ClipChunk.frames_root(out_dir, stem).glob("*/*.png"))
-        part = final.with_name(f".{final.name}.part{final.suffix}")
-        clips.assemble(str(part), [str(f) for f in frames], str(path))
+    if isinstance(unit, units.ClipAssembly):  # the clip, then its frames are no longer needed
+        final = unit.output(out_dir)
+        part = final.with_name(f".{final.name}.part")
+        part.write_bytes(files[0])
         os.replace(part, final)
-        shutil.rmtree(units.ClipChunk.frames_root(out_dir, stem))
-        _say(f"{path} -> {final} ({len(frames)} frames)")
+        shutil.rmtree(units.ClipChunk.frames_root(out_dir, unit.stem), ignore_errors=True)
+        return [final]
+    return units.write_outputs(out_dir, unit.stem, files)

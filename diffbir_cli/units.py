@@ -30,18 +30,6 @@ def output_name(stem: str, k: int, count: int) -> str:
     return f"{stem}.png" if count == 1 else f"{stem}_{k}.png"
 
 
-def output_stems(images: list[pathlib.Path]) -> list[str]:
-    """One output stem per input; a repeated stem (same name in two folders) gets -2, -3, ..."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in images:
-        stem = path.stem
-        n = seen.get(stem.lower(), 0) + 1
-        seen[stem.lower()] = n
-        stems.append(stem if n == 1 else f"{stem}-{n}")
-    return stems
-
-
 @dataclasses.dataclass(frozen=True)
 class ImageUnit:
     """One input image: ``index`` (1-based, its place among the run's inputs), its file, its output stem."""
@@ -61,7 +49,9 @@ class ImageUnit:
 
 
 def image_units(images: list[pathlib.Path]) -> list[ImageUnit]:
-    return [ImageUnit(i, path, stem) for i, (path, stem) in enumerate(zip(images, output_stems(images),
+    from .cli import _output_stems
+
+    return [ImageUnit(i, path, stem) for i, (path, stem) in enumerate(zip(images, _output_stems(images),
                                                                              strict=True), 1)]
 
 
@@ -76,19 +66,12 @@ class Restored:
     prompt: dict
 
 
-def _saved_images(host, outputs: dict, save_ids: list[str]) -> list[pathlib.Path]:
-    files = []
-    for node_id in sorted(save_ids, key=lambda i: (len(i), i)):
-        for image in (outputs.get(node_id) or {}).get("images", []):
-            if image.get("type", "output") == "output":
-                files.append(host.output_dir / image.get("subfolder", "") / image["filename"])
-    return files
-
-
 def restore_image(host, api: dict, unit: ImageUnit, data: bytes | None = None) -> Restored:
     """Run ``api`` on ``unit``'s image (its file, or ``data``: the file's bytes, for a worker on another machine).
 
     The models stay loaded between calls (``keep_cache``: ComfyUI reuses the loaders' results)."""
+    from .cli import _saved_images
+
     input_dir = pathlib.Path(host.m.folder_paths.get_input_directory())
     input_dir.mkdir(parents=True, exist_ok=True)
     staged = f"diffbir_cli_{unit.index:04d}{unit.source.suffix.lower()}"
@@ -134,25 +117,15 @@ def write_outputs(out_dir: pathlib.Path, stem: str, files: list[pathlib.Path | b
     return finals
 
 
-# Frames per clip chunk: a worker's share of a clip, and what a dead worker's replacement does again.
-CLIP_CHUNK_FRAMES = 16
-
-
-def clip_output(out_dir: pathlib.Path, clip: pathlib.Path, stem: str) -> pathlib.Path:
-    """A restored clip's file: its stem, its container."""
-    return out_dir / f"{stem}{clip.suffix.lower()}"
-
-
 @dataclasses.dataclass(frozen=True)
 class ClipChunk:
-    """``count`` frames of a clip from frame ``start`` (``clips.plan_chunks``), restored with ``seed``; its
-    frames are kept in a hidden folder of ``--out`` until the clip is assembled."""
+    """Frames ``start`` .. ``start + count - 1`` of a clip (``clips.plan_chunks``); its restored frames wait in a
+    hidden folder of ``--out`` until the clip is assembled (``ClipAssembly``)."""
 
     clip: pathlib.Path
     stem: str
     start: int
     count: int
-    seed: int | None
 
     @property
     def label(self) -> str:
@@ -177,6 +150,27 @@ class ClipChunk:
             (part / f"{self.start + k:08d}.png").write_bytes(data)
         os.replace(part, final)
         return [final]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipAssembly:
+    """A clip whose chunks are all restored, to be made into ``out_dir/<stem><suffix>`` (``clips.assemble``,
+    which needs ComfyUI's video type: a worker runs it, the driver writes the file)."""
+
+    clip: pathlib.Path
+    stem: str
+    suffix: str
+    fps: object  # fractions.Fraction, the source's frame rate (``clips.ClipInfo.fps``)
+
+    @property
+    def label(self) -> str:
+        return f"{self.clip} (assembled)"
+
+    def output(self, out_dir: pathlib.Path) -> pathlib.Path:
+        return out_dir / f"{self.stem}{self.suffix}"
+
+    def done(self, out_dir: pathlib.Path) -> bool:
+        return self.output(out_dir).is_file()
 
 
 def progress_line(position: int, total: int, unit, written: list[pathlib.Path], seconds: float,
