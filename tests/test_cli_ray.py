@@ -1,8 +1,8 @@
 """``restore --ray``: the command line's inputs shared among Ray workers (``diffbir_cli/ray_run.py``).
 
 Run as a user runs it, ``python -m diffbir_cli`` in a subprocess, on a local Ray of 2 CPU workers with the tiny
-models of tests/test_cli.py: a folder of 6 images restores to the same files, byte for byte, as the single-process
-run, while one worker is killed (SIGKILL) after the first output: its image goes to another worker, every output
+models of tests/test_cli.py: a folder of 6 images (and a clip, where diffbir_cli/clips.py is in the tree) restores
+to the same files, byte for byte, as the single-process run, while one worker is killed (SIGKILL) after the first output: its image goes to another worker, every output
 is written exactly once; a rerun skips all 6 without starting Ray. Without Ray, ``--ray`` says how to install it.
 
 Ray is an optional extra: ``python -m diffbir_cli setup --tests --ray`` installs it (CI does). Without it the
@@ -11,6 +11,7 @@ Ray run skips and says so, except under CI (``CI`` set), where it fails: CI must
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -34,6 +35,9 @@ except ImportError:
 STAGE1 = "realesrgan_s4_swinir_100k.pth"
 RUN = [*TINY_RUN[:-1], "--offline"]  # without -v: the workers' logs stay in Ray's log folder
 SIZES = [(48, 40), (40, 32), (32, 48), (40, 40), (56, 32), (32, 40)]
+# The clip restore (diffbir_cli/clips.py, issue 27.4) where this tree has it: the folder holds a 5-frame clip too,
+# restored in 2 chunks of 3 frames and assembled, each a unit of its own on Ray.
+HAS_CLIPS = importlib.util.find_spec("diffbir_cli.clips") is not None
 
 
 def _env() -> dict:
@@ -100,9 +104,15 @@ def test_ray_restores_the_same_files_and_survives_a_killed_worker(tmp_path, cli_
     for k, size in enumerate(SIZES):
         Image.effect_noise(size, 40 + 5 * k).convert("RGB").save(inputs / f"img{k}.png")
     names = sorted(f"img{k}.png" for k in range(len(SIZES)))
+    run, units_total = RUN, len(SIZES)
+    if HAS_CLIPS:
+        from sample_images import write_clip
+
+        write_clip(inputs / "clip.mp4", frames=5, size=(48, 32))
+        names, run, units_total = sorted([*names, "clip.mp4"]), [*RUN, "--chunk-frames", "3"], units_total + 3
 
     start = time.monotonic()
-    proc = cli("restore", inputs, "--out", single, "--models", cli_models, *RUN, env=_env())
+    proc = cli("restore", inputs, "--out", single, "--models", cli_models, *run, env=_env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     single_s = time.monotonic() - start
     assert sorted(p.name for p in single.iterdir()) == names
@@ -115,7 +125,7 @@ def test_ray_restores_the_same_files_and_survives_a_killed_worker(tmp_path, cli_
     start = time.monotonic()
     with stderr.open("w") as err_file:
         child = subprocess.Popen([sys.executable, "-m", "diffbir_cli", "restore", str(inputs), "--out", str(spread),
-                                  "--models", str(cli_models), *RUN, "--ray", "--ray-workers", "2"], cwd=REPO,
+                                  "--models", str(cli_models), *run, "--ray", "--ray-workers", "2"], cwd=REPO,
                                  env=env, stdout=subprocess.PIPE, stderr=err_file, text=True)
         out, pids, killed = [], {}, None
         try:
@@ -124,7 +134,7 @@ def test_ray_restores_the_same_files_and_survives_a_killed_worker(tmp_path, cli_
                 ready = re.match(r"worker (\d+) ready in [\d.]+ s: pid (\d+) ", line)
                 if ready:
                     pids[ready[1]] = int(ready[2])
-                written = re.match(r"\[1/6\] .* \(.*, worker (\d+)\)$", line.rstrip())
+                written = re.match(r"\[1/\d+\] .* \(.*, worker (\d+)\)$", line.rstrip())
                 if written and killed is None:
                     killed = pids[written[1]]
                     os.kill(killed, signal.SIGKILL)
@@ -136,12 +146,13 @@ def test_ray_restores_the_same_files_and_survives_a_killed_worker(tmp_path, cli_
     out, err = "".join(out), stderr.read_text()
     assert code == 0, out + err
     assert killed is not None and len(pids) >= 3, out  # 2 workers, then the replacement of the killed one
-    died = _lines(err, r"worker (\d+) \(pid (\d+)\) died while restoring (\S+); it goes back in the queue")
+    died = _lines(err, r"worker (\d+) \(pid (\d+)\) died while restoring (.+?); it goes back in the queue")
     assert len(died) == 1 and int(died[0][2]) == killed, err
 
-    written = _lines(out, r"\[(\d)/6\] (\S+) -> (\S+) \(")
-    assert [int(m[1]) for m in written] == [1, 2, 3, 4, 5, 6], out  # one progress line over all workers
-    assert sorted(Path(m[3]).name for m in written) == names  # each output written once
+    written = _lines(out, rf"\[(\d+)/{units_total}\] (.+?) -> (\S+) \(")
+    assert [int(m[1]) for m in written] == list(range(1, units_total + 1)), out  # one progress line, all workers
+    finals = [Path(m[3]).name for m in written if ".frames" not in m[3]]  # not a clip's chunk of frames
+    assert sorted(finals) == names  # each output written once
     assert died[0][3] in [m[2] for m in written]  # the lost image was restored by another worker
     assert sorted(p.name for p in spread.iterdir()) == names  # no temporary file left
     for name in names:
@@ -149,10 +160,10 @@ def test_ray_restores_the_same_files_and_survives_a_killed_worker(tmp_path, cli_
 
     before = {p.name: p.stat().st_mtime_ns for p in spread.iterdir()}
     start = time.monotonic()
-    again = cli("restore", inputs, "--out", spread, "--models", cli_models, *RUN, "--ray", env=_env())
+    again = cli("restore", inputs, "--out", spread, "--models", cli_models, *run, "--ray", env=_env())
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.strip() == f"skipped 6 already written in {spread} (delete them to restore those inputs " \
-                                   "again)"
+    assert again.stdout.strip() == f"skipped {len(names)} already written in {spread} (delete them to restore " \
+                                   "those inputs again)"
     assert {p.name: p.stat().st_mtime_ns for p in spread.iterdir()} == before
     print(f"\nray test: single process {single_s:.1f} s, 2 Ray workers with one killed {ray_s:.1f} s, "
           f"rerun {time.monotonic() - start:.1f} s")
