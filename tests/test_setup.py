@@ -108,7 +108,7 @@ def test_setup_creates_every_models_folder_the_workflows_read_before_its_boot_ch
     assert set(MODEL_FOLDERS) == {f for e in CATALOGUE.values() for f in (e.folder, *e.alt_folders)}
     seen = []
     monkeypatch.setattr(location, "user_comfyui", lambda: tmp_path / "ComfyUI")
-    monkeypatch.setattr(install, "install_requirements", lambda comfy, tests: None)
+    monkeypatch.setattr(install, "install_requirements", lambda comfy, tests, ray=False: None)
     monkeypatch.setattr(install, "_verify_in_child", lambda comfy, models: seen.append(
         sorted(p.name for p in models.iterdir())))
     install.setup(models=tmp_path / "models")
@@ -141,7 +141,7 @@ def test_setup_warns_of_a_cuda_torch_on_a_machine_without_an_nvidia_gpu(tmp_path
     assert install.cuda_torch_note(None, gpu=False) is None and install.cuda_torch_note(("2.14.1", 0), gpu=True) is None
 
     monkeypatch.setattr(location, "user_comfyui", lambda: tmp_path / "ComfyUI")
-    monkeypatch.setattr(install, "install_requirements", lambda comfy, tests: None)
+    monkeypatch.setattr(install, "install_requirements", lambda comfy, tests, ray=False: None)
     monkeypatch.setattr(install, "_verify_in_child", lambda comfy, models: None)
     monkeypatch.setattr(install, "cuda_torch", lambda: ("2.14.1", 3_364_217_210))
     for gpu in (False, True):
