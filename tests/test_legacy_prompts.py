@@ -14,7 +14,7 @@ from test_workflows import for_test, input_png, tiny_files  # noqa: F401 - fixtu
 REPO = Path(__file__).resolve().parent.parent
 LEGACY = json.loads((Path(__file__).parent / "legacy" / "api_prompts_e0b0b14.json").read_text(encoding="utf-8"))
 # Nodes added after that release (no saved prompt of it can hold them).
-ADDED_SINCE = {"DiffBIRPrompt"}
+ADDED_SINCE = {"DiffBIRPrompt", "DiffBIRKeepAlpha"}
 
 
 def test_the_legacy_prompts_use_every_node_of_the_pack():
