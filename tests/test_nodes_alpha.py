@@ -3,24 +3,20 @@
 * The core: an alpha plane comes back unchanged at the same size and bilinear otherwise; Load Image's MASK of an
   8-bit alpha gives back exactly the alpha it read (plain 1 - mask would be one level low for 95 of 256 levels
   after Save Image's truncation).
-* The node in a real restore: the v2.1 workflow with the tiny models, Load Image's MASK -> DiffBIR Keep Alpha ->
-  Save Image, on a transparent icon: the PNG written keeps its alpha exactly at upscale 1 and resized at 4; an
+* The command line on the shipped v2.1 workflow (Load Image's MASK -> DiffBIR Keep Alpha -> Save Image) with the
+  tiny models, on a transparent icon: the PNG written keeps its alpha exactly at upscale 1 and resized at 4; an
   opaque input stays an RGB PNG.
 """
 
-import json
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from comfy_host import saved_images
-from test_workflows import for_test, tiny_files  # noqa: F401 - fixtures
+from test_workflows import tiny_files  # noqa: F401 - fixtures
 
 from diffbir_core.alpha import alpha_from_mask, is_opaque, join_alpha, resize_alpha
 
-REPO = Path(__file__).resolve().parent.parent
 W, H = 48, 40
 
 
@@ -59,55 +55,50 @@ def test_a_load_image_mask_gives_back_the_alpha_it_read():
     assert rgba.shape == (2, 8, 8, 4) and bool((rgba[..., 3] == 1).all())
 
 
-@pytest.fixture(scope="module")
-def pngs(comfy_host):
-    import folder_paths
+def write_pngs(folder: Path) -> tuple[Path, Path, np.ndarray]:
+    """A transparent icon (RGBA PNG) and an opaque photo (RGB PNG) of W x H, and the icon's alpha."""
     from PIL import Image
 
     rgb = (torch.rand(H, W, 3, generator=torch.Generator().manual_seed(5)) * 255).round().byte().numpy()
     alpha = icon_alpha()
-    folder = Path(folder_paths.get_input_directory())
-    folder.mkdir(parents=True, exist_ok=True)
-    names = {"rgba": f"alpha_{uuid.uuid4().hex[:8]}.png", "rgb": f"opaque_{uuid.uuid4().hex[:8]}.png"}
-    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(folder / names["rgba"])
-    Image.fromarray(rgb, "RGB").save(folder / names["rgb"])
-    yield names, alpha
-    for name in names.values():
-        (folder / name).unlink(missing_ok=True)
+    icon, photo = folder / "icon.png", folder / "photo.png"
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(icon)
+    Image.fromarray(rgb, "RGB").save(photo)
+    return icon, photo, alpha
 
 
-def restore_keeping_alpha(comfy_host, png: str, upscale: float, prefix: str):
-    """The v2.1 x4 workflow (tiny models) with Load Image's MASK -> DiffBIR Keep Alpha -> Save Image."""
+def cli_restore(comfy_host, models: dict, image: Path, out: Path, upscale: int):
+    """`python -m diffbir_cli restore IMAGE` with the default workflow (v2.1-sr, which carries Load Image's MASK
+    -> DiffBIR Keep Alpha -> Save Image), tiny models, 1 step, in this process on the booted host."""
+    from diffbir_cli import cli as cli_mod
     from PIL import Image
 
-    workflow = json.loads((REPO / "workflows" / "diffbir_v2.1_sr_x4.json").read_text(encoding="utf-8"))
-    prompt = for_test(comfy_host.workflow_to_api(workflow), png)
-    load = next(i for i, n in prompt.items() if n["class_type"] == "LoadImage")
-    save = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage")
-    for node in prompt.values():
-        if node["class_type"] == "DiffBIRStage1Restore":
-            node["inputs"]["upscale"] = upscale
-    prompt["alpha"] = {"class_type": "DiffBIRKeepAlpha",
-                       "inputs": {"image": prompt[save]["inputs"]["images"], "mask": [load, 1]}}
-    prompt[save]["inputs"].update(images=["alpha", 0], filename_prefix=prefix)
-    comfy_host.run(prompt)
-    (name,) = saved_images(comfy_host, prefix)
-    return Image.open(comfy_host.output_dir / name)
+    argv = ["restore", str(image), "--out", str(out), "--steps", "1", "--upscale", str(upscale), "--offline",
+            "--models", str(comfy_host.models_dir)]
+    for key, value in models.items():
+        argv += ["--set", f"{key}={value}"]
+    assert cli_mod.main(argv) == 0
+    return Image.open(out / f"{image.stem}.png")
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_a_transparent_icon_stays_transparent_through_a_restore(comfy_host, tiny_files, pngs):  # noqa: F811
-    names, alpha = pngs
-    same = restore_keeping_alpha(comfy_host, names["rgba"], 1.0, f"alpha1_{uuid.uuid4().hex[:6]}")
+def test_the_cli_keeps_a_transparent_icon_transparent(tmp_path, comfy_host, tiny_files):  # noqa: F811
+    from test_workflows import TINY_CHECKPOINT, tiny_name
+
+    models = {"2.stage1_name": tiny_name("realesrgan_s4_swinir_100k.pth"),
+              "2.controlnet_name": tiny_name("DiffBIR_v2.1.pt"), "Load Checkpoint.ckpt_name": TINY_CHECKPOINT,
+              "DiffBIRStage1Restore.min_short_edge": "64"}
+    icon, photo, alpha = write_pngs(tmp_path)
+    same = cli_restore(comfy_host, models, icon, tmp_path / "x1", 1)
     assert same.mode == "RGBA" and same.size == (W, H)
     assert np.array_equal(np.array(same.getchannel("A")), alpha)  # exactly, at upscale 1
 
-    big = restore_keeping_alpha(comfy_host, names["rgba"], 4.0, f"alpha4_{uuid.uuid4().hex[:6]}")
+    big = cli_restore(comfy_host, models, icon, tmp_path / "x4", 4)
     assert big.mode == "RGBA" and big.size == (W * 4, H * 4)
     expected = resize_alpha(torch.from_numpy(alpha).float() / 255, (H * 4, W * 4)).numpy()
     saved = np.array(big.getchannel("A")).astype(np.float32)
     assert np.abs(saved - np.floor(255 * expected)).max() <= 1  # Save Image truncates to 8 bits
     assert saved[20:, :6].max() == 0 and saved.max() == 255  # transparent border (below the ramp), opaque disc
 
-    opaque = restore_keeping_alpha(comfy_host, names["rgb"], 1.0, f"opaque_{uuid.uuid4().hex[:6]}")
+    opaque = cli_restore(comfy_host, models, photo, tmp_path / "rgb", 1)
     assert opaque.mode == "RGB" and opaque.size == (W, H)  # no needless alpha channel
