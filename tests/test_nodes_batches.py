@@ -4,6 +4,7 @@
   with seed + k (the interface the CLI's clip chunks rely on), "shared" frame k is the frame alone with the seed.
   On the CPU the planner fits 8 frames of 64 px per call (2 GiB per call), so the batch runs as 8 + 1: the
   chunks are covered too.
+* One progress bar over every chunk's steps; Cancel between chunks stops before the next chunk.
 * Shared noise on a static clip (9 identical frames) gives 9 identical frames (bit-identical within a chunk;
   between chunks of different sizes equal to the rounding of CPU kernels that sum a batch in another order).
 """
@@ -89,3 +90,47 @@ def test_a_single_image_draws_as_before(comfy_host, tiny_parts):
     assert torch.equal(a, b)
     source = batch_noise(GeneratorNoise, SEED, 0, 1)
     assert torch.equal(source.randn((1, 4, 8, 8)), GeneratorNoise(SEED).randn((1, 4, 8, 8)))
+
+
+def test_one_progress_bar_over_every_chunk_and_cancel_between_chunks(comfy_host, tiny_parts, monkeypatch):
+    import comfy.model_management
+    import comfy_host as ch
+
+    module = ch.node_module(comfy_host, "sampler")
+    original = module.latent_preview.prepare_callback
+    seen = []
+
+    def prepare_callback(model, steps, *args, **kwargs):
+        callback = original(model, steps, *args, **kwargs)
+
+        def recording(step, x0, x, total):
+            seen.append((step, total))
+            callback(step, x0, x, total)
+
+        return recording
+
+    monkeypatch.setattr(module.latent_preview, "prepare_callback", prepare_callback)
+    sample(comfy_host, tiny_parts, clip(1), SEED, steps=2)
+    grid = len(seen)  # callbacks of one run (one per grid timestep)
+    assert seen == [(i, grid) for i in range(grid)]
+    seen.clear()
+    sample(comfy_host, tiny_parts, clip(), SEED, steps=2)  # 8 + 1 frames: two runs, one bar
+    assert seen == [(i, 2 * grid) for i in range(2 * grid)]
+
+    chunks = []
+    run_chunks = module.batches.run_chunks
+
+    def cancel_after_first(frames, size, run):
+        def first_then_cancel(index, start, stop):
+            chunks.append((start, stop))
+            out = run(index, start, stop)
+            comfy.model_management.interrupt_current_processing(True)  # as the Cancel button does
+            return out
+
+        return run_chunks(frames, size, first_then_cancel)
+
+    monkeypatch.setattr(module.batches, "run_chunks", cancel_after_first)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        sample(comfy_host, tiny_parts, clip(), SEED, steps=2)
+    comfy.model_management.interrupt_current_processing(False)
+    assert chunks == [(0, 8)]  # the second chunk never started
