@@ -61,7 +61,8 @@ def _report(selections, detector_info: str, upscale: float, size: tuple[int, int
     if skipped:
         counts += f", {_plural(skipped, 'tiny face')} skipped"
     if over:
-        limit = f"max_faces {max_faces}" if max_faces else f"at most {detection_core.MAX_FACES} per photo with max_faces 0"
+        limit = (f"max_faces {max_faces}" if max_faces else
+                 f"at most {detection_core.MAX_FACES} per photo with max_faces 0")
         counts += f", {over} more left out ({limit})"
     lines = [f"{detector_info}; photos upscaled x{upscale:g} to {size[1]} x {size[0]}", counts]
     for i, sel in enumerate(selections[:FIRST_FEW], 1):

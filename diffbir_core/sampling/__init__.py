@@ -23,7 +23,8 @@ from .denoiser import rescaled_cfg, rescales_any_cfg
 from .guidance import LOSSES, SPACES, RestorationGuidance
 from .k_solvers import SOLVERS
 from .ksampler import ksampler_function
-from .noise import NOISE_MODES, FrameNoise, GeneratorNoise, GlobalNoise, NoiseSource, RecordedNoise, batch_noise, frame_seed
+from .noise import (NOISE_MODES, FrameNoise, GeneratorNoise, GlobalNoise, NoiseSource, RecordedNoise, batch_noise,
+                    frame_seed)
 from .options import OFFICIAL_DEFAULTS
 from .pipeline import ALL_START_POINTS, BETTER_START, START_POINTS, start_latent
 from .plans import SamplerPlan
