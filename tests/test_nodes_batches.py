@@ -9,6 +9,8 @@
   between chunks of different sizes equal to the rounding of CPU kernels that sum a batch in another order).
 """
 
+import types
+
 import pytest
 import torch
 from tiny_models import TINY_CONTROLNETS, TINY_SD21_NAME
@@ -18,6 +20,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftes
 FRAMES = 9
 SEED = 40
 SIZE = 64
+
+
+def ch_module(comfy_host):
+    """nodes/host/conditioning.py as the host loaded it."""
+    import importlib
+
+    package = comfy_host.node_classes["DiffBIRSampler"].__module__.rsplit(".", 1)[0]
+    return importlib.import_module(f"{package}.host.conditioning")
 
 
 def clip(frames: int = FRAMES, static: bool = False) -> torch.Tensor:
@@ -129,8 +139,37 @@ def test_one_progress_bar_over_every_chunk_and_cancel_between_chunks(comfy_host,
 
         return run_chunks(frames, size, first_then_cancel)
 
-    monkeypatch.setattr(module.batches, "run_chunks", cancel_after_first)
+    # only the sampler's chunks (LAControlNet Apply runs chunks of its own)
+    monkeypatch.setattr(module, "batches", types.SimpleNamespace(frames_per_chunk=module.batches.frames_per_chunk,
+                                                                 run_chunks=cancel_after_first))
     with pytest.raises(comfy.model_management.InterruptProcessingException):
         sample(comfy_host, tiny_parts, clip(), SEED, steps=2)
     comfy.model_management.interrupt_current_processing(False)
     assert chunks == [(0, 8)]  # the second chunk never started
+
+
+def test_the_vae_nodes_run_a_batch_in_chunks_within_a_memory_budget(comfy_host, tiny_parts, monkeypatch, caplog):
+    """DIFFBIR_MAX_MEMORY (restore --max-memory) sized for two and a half 64 px frames: LAControlNet Apply's encode and
+    DiffBIR VAE Decode run 5 frames in chunks and give what the whole batch gives (to the rounding of a batch's
+    kernels)."""
+    from diffbir_core import memory
+
+    find_control = ch_module(comfy_host).find_control
+    model, vae, control, pos, neg = tiny_parts
+    frames = clip(5)
+    apply, decode = (comfy_host.node_classes[n]() for n in ("DiffBIRLAControlNetApply", "DiffBIRVAEDecode"))
+    whole = apply.execute(pos, neg, control, frames, vae, 1.0, 0.0, 1.0, vae_tile_plan="auto")[0]
+    latent = {"samples": torch.randn(5, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(1))}
+    decoded = decode.execute(latent, vae, 0, 256, "auto")[0]
+    with caplog.at_level("INFO", logger="comfyui-diffbir"):
+        for stage in ("vae_encode", "vae_decode"):  # a budget of 2.5 frames of this stage
+            monkeypatch.setenv("DIFFBIR_MAX_MEMORY", str(int(2.5 * memory.predicted_bytes(stage, SIZE, SIZE, 0))))
+            if stage == "vae_encode":
+                chunked = apply.execute(pos, neg, control, frames, vae, 1.0, 0.0, 1.0, vae_tile_plan="auto")[0]
+            else:
+                chunked_decode = decode.execute(latent, vae, 0, 256, "auto")[0]
+    assert "vae_encode: 5 frames in 3 chunks of up to 2" in caplog.text
+    assert "vae_decode: 5 frames in 3 chunks of up to 2" in caplog.text
+    latents = [find_control(c).condition()[0] for c in (whole, chunked)]
+    torch.testing.assert_close(latents[1], latents[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(chunked_decode, decoded, atol=1e-4, rtol=1e-4)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import comfy.model_management as mm
+import comfy.utils
 
 from diffbir_core import memory
 
@@ -30,10 +31,15 @@ def frames_per_chunk(node: str, stage: str, frames: int, height: int, width: int
     return size
 
 
-def run_chunks(frames: int, size: int, run: Callable[[int, int, int], object]) -> list:
-    """[run(index, start, stop) for each chunk of at most `size` frames], Cancel checked before each chunk."""
+def run_chunks(frames: int, size: int, run: Callable[[int, int, int], object], progress: bool = False) -> list:
+    """[run(index, start, stop) for each chunk of at most `size` frames], Cancel checked before each chunk; with
+    `progress`, a bar over the batch's frames advanced after each chunk (for stages without a finer bar of their
+    own over the whole batch)."""
     results = []
+    bar = comfy.utils.ProgressBar(frames) if progress and size < frames else None
     for index, (start, stop) in enumerate(memory.chunk_ranges(frames, size)):
         mm.throw_exception_if_processing_interrupted()
         results.append(run(index, start, stop))
+        if bar is not None:
+            bar.update_absolute(stop, frames)
     return results
