@@ -73,6 +73,11 @@ EXTRA = {
         "DiffBIR VAE Decode's image as `image`, Stage1 SwinIR Restore's image as `reference`, `method` wavelet.",
         "`wavelet_reconstruction` (v2 / v2.1, always on) and `adaptive_instance_normalization` (v1 `--color_fix_type "
         "adain`) of the official `utils/` code."),
+    "DiffBIRKeepAlpha": (
+        "Load Image's `MASK` as `mask`, the restored image (after DiffBIR Color Fix) as `image` -> **DiffBIR Keep "
+        "Alpha** -> Save Image: a transparent PNG stays transparent, its alpha resized to the restored size.",
+        "None: the official code reads images as RGB (`Image.open(...).convert(\"RGB\")`) and drops the alpha; "
+        "the alpha is resized as the stock Join Image with Alpha resizes its mask (bilinear)."),
     "DiffBIRFaceDetectAlign": (
         "Load Image (a whole photo) -> **DiffBIR Face Detect & Align** (`detection_Resnet50_Final.pth`, `upscale` 2) "
         "-> Stage1 SwinIR Restore with `face_swinir_v1.ckpt` at upscale 1 -> LAControlNet Apply -> DiffBIR Sampler "

@@ -225,6 +225,29 @@ def plan_stage(stage: str, height: int, width: int, free_bytes: float, dtype=tor
                     "programs, unload models) or restore a smaller image")
 
 
+def frames_per_chunk(stage: str, height: int, width: int, tile: int, frames: int, free_bytes: float,
+                     dtype=torch.float32, weights_bytes: float = 0.0, call_limit: float | None = None) -> int:
+    """How many frames of a batch one call of `stage` takes (at least 1, at most `frames`): as many as fit the
+    same budget as `plan_stage`'s when each frame needs the predicted memory of one image at tile side `tile`
+    (0 = untiled). A batch's working memory grows with its frames (every activation has the batch dimension);
+    chunks keep a batch of any length within the budget one frame is planned for."""
+    frames = int(frames)
+    if frames < 1:
+        raise ValueError(f"a batch needs at least one frame, got {frames}")
+    budget = float(free_bytes) - float(weights_bytes)
+    if call_limit is not None:
+        budget = min(budget, float(call_limit))
+    one = predicted_bytes(stage, height, width, tile, dtype)
+    return max(1, min(frames, int(budget // one))) if one > 0 else frames
+
+
+def chunk_ranges(frames: int, size: int) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive chunks of at most `size` frames covering 0 .. frames - 1, in order."""
+    if frames < 1 or size < 1:
+        raise ValueError(f"chunks need at least one frame and a size of at least one (got {frames}, {size})")
+    return [(start, min(start + size, frames)) for start in range(0, frames, size)]
+
+
 def tile_grid(height: int, width: int, tile: int, stride: int) -> tuple[int, int]:
     """(rows, columns) of tiles `tiling.sliding_windows` lays over an image (pixels; the grid is in latent
     pixels for the 8-multiple stages, which gives the same counts)."""
@@ -298,7 +321,7 @@ def run_with_fallback(stage: str, run, tile: int, stride: int, height: int, widt
                       "smaller image.")
 
 
-__all__ = ["COSTS", "CPU_CALL_BYTES", "OVERLAP", "STAGES", "SAFETY", "candidate_tiles", "relative_time", "PlanError", "StageCost", "TilePlan", "format_bytes", "parse_bytes",
+__all__ = ["COSTS", "CPU_CALL_BYTES", "OVERLAP", "STAGES", "SAFETY", "candidate_tiles", "chunk_ranges", "frames_per_chunk", "relative_time", "PlanError", "StageCost", "TilePlan", "format_bytes", "parse_bytes",
            "plan_restore", "plan_stage", "predicted_bytes", "run_with_fallback", "smaller_tiles", "tile_grid"]
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import (colorfix, compare, degrade, face, lacontrolnet, load_models, prompt, sampler, sampler_select, stage1,
-               vae_decode)
+from . import (alpha, colorfix, compare, degrade, face, lacontrolnet, load_models, prompt, sampler, sampler_select,
+               stage1, vae_decode)
 from .host.ksamplers import register_ksamplers_or_warn
 
 NODES: list[type[io.ComfyNode]] = [
@@ -23,6 +23,7 @@ NODES: list[type[io.ComfyNode]] = [
     sampler_select.DiffBIRSamplerSelect,
     vae_decode.DiffBIRVAEDecode,
     colorfix.DiffBIRColorFix,
+    alpha.DiffBIRKeepAlpha,
     face.DiffBIRFaceDetectAlign,
     face.DiffBIRFacePasteBack,
     degrade.DiffBIRDegrade,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import comfy.model_management as mm
+import comfy.utils
 import torch
 from comfy_api.latest import io
 
@@ -56,10 +57,12 @@ class DiffBIRColorFix(io.ComfyNode):
         device = mm.get_torch_device()
         out_device = mm.intermediate_device()
         results = []
+        bar = comfy.utils.ProgressBar(n)  # one bar over the batch, Cancel between frames
         for i in range(n):
             mm.throw_exception_if_processing_interrupted()
             c = content[i: i + 1].movedim(-1, 1).to(device, torch.float32)
             s = style[i if m == n else 0:][:1].movedim(-1, 1).to(device, torch.float32)
             y = color_fix(c, s, method).clamp(0, 1)
             results.append(y.movedim(1, -1).to(out_device, torch.float32))
+            bar.update_absolute(i + 1, n)
         return io.NodeOutput(torch.cat(results, 0))

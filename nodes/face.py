@@ -39,26 +39,53 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+FIRST_FEW = 5  # faces (and photos) the report details; the rest are counted, so any number stays readable
+
+
+def _first_few(values, fmt="{:.2f}") -> str:
+    """The first FIRST_FEW values, then how many more: '0.99, 0.98, ... (1790 more)'."""
+    shown = ", ".join(fmt.format(v) for v in values[:FIRST_FEW])
+    more = len(values) - FIRST_FEW
+    return f"{shown}, ... ({more} more)" if more > 0 else shown
+
+
 def _report(selections, detector_info: str, upscale: float, size: tuple[int, int], min_eye: float,
-            threshold: float) -> str:
-    lines = [f"{detector_info}; photos upscaled x{upscale:g} to {size[1]} x {size[0]}"]
-    for i, sel in enumerate(selections, 1):
+            threshold: float, max_faces: int) -> str:
+    """Counts first (all photos), then one line per photo for the first few photos, each naming its first few
+    faces: a line's length does not grow with the number of faces, nor the report's with the number of photos."""
+    total = sum(len(s.faces) for s in selections)
+    skipped = sum(len(s.too_small) for s in selections)
+    over = sum(s.over_limit for s in selections)
+    with_faces = sum(1 for s in selections if len(s.faces))
+    counts = f"{_plural(total, 'face')} in {with_faces} of {_plural(len(selections), 'photo')}"
+    if skipped:
+        counts += f", {_plural(skipped, 'tiny face')} skipped"
+    if over:
+        limit = (f"max_faces {max_faces}" if max_faces else
+                 f"at most {detection_core.MAX_FACES} per photo with max_faces 0")
+        counts += f", {over} more left out ({limit})"
+    lines = [f"{detector_info}; photos upscaled x{upscale:g} to {size[1]} x {size[0]}", counts]
+    for i, sel in enumerate(selections[:FIRST_FEW], 1):
         n = len(sel.faces)
         if n:
-            scores = ", ".join(f"{s:.2f}" for s in sel.faces.scores.tolist())
-            eyes = ", ".join(f"{d:.0f}" for d in detection_core.eye_distance(sel.faces.landmarks).tolist())
+            scores = _first_few(sel.faces.scores.tolist())
+            eyes = _first_few(detection_core.eye_distance(sel.faces.landmarks).tolist(), "{:.0f}")
             line = f"image {i}: {_plural(n, 'face')} (scores {scores}; eye distance {eyes} px)"
         else:
             line = (f"image {i}: no face found (score threshold {threshold:g}): DiffBIR Face Paste Back returns "
                     "its background unchanged for this image")
         if sel.too_small:
             line += (f"; skipped {_plural(len(sel.too_small), 'tiny face')} (eye distance "
-                     f"{', '.join(f'{d:g}' for d in sel.too_small)} px < min_eye_distance {min_eye:g}: raise the "
-                     "upscale or lower min_eye_distance to restore them)")
+                     f"{_first_few(sel.too_small, '{:g}')} px < min_eye_distance {min_eye:g}: raise the upscale or "
+                     "lower min_eye_distance to restore them)")
         if sel.over_limit:
             line += f"; left out {sel.over_limit} more (max_faces)"
         lines.append(line)
-    total = sum(len(s.faces) for s in selections)
+    if len(selections) > FIRST_FEW:
+        lines.append(f"... {len(selections) - FIRST_FEW} more photos")
+    if over and not max_faces:
+        lines.append(f"so many faces usually means a score_threshold too low (or a detector with random weights): "
+                     f"raise score_threshold, or set max_faces to restore fewer")
     if total == 0:
         lines.append("no face in any image: the faces output holds one grey placeholder crop so that the graph runs")
     return "\n".join(lines)
@@ -105,8 +132,9 @@ class DiffBIRFaceDetectAlign(io.ComfyNode):
                                tooltip="Order of the faces in the crop batch: score (official), largest first, or "
                                        "nearest to the centre first. With max_faces 1: only the best, largest or "
                                        "central face."),
-                io.Int.Input("max_faces", default=0, min=0, max=256,
-                             tooltip="Keep at most this many faces per photo, in 'order' (0 = all)."),
+                io.Int.Input("max_faces", default=0, min=0, max=detection_core.MAX_FACES,
+                             tooltip="Keep at most this many faces per photo, in 'order' (0 = all, up to "
+                                     f"{detection_core.MAX_FACES}: every face is a crop the graph restores)."),
                 io.Int.Input("face_size", default=FACE_SIZE, min=64, max=2048, step=8,
                              tooltip="Side of the aligned crops; 512 is what DiffBIR's face models were trained on "
                                      "(the template is scaled with it).", **schema.ADVANCED),
@@ -161,8 +189,15 @@ class DiffBIRFaceDetectAlign(io.ComfyNode):
             found = detect_faces(patcher.model, photos[i], score_threshold)
             selections.append(select_faces(found, size, min_eye_distance, order, max_faces))
             pbar.update_absolute(i + 1, b)
-        crops, record = align_faces(photos, [s.faces for s in selections], face_size, input_size=(h, w))
-        report = _report(selections, info, upscale, size, min_eye_distance, score_threshold)
+        crop_bar = comfy.utils.ProgressBar(max(1, sum(len(s.faces) for s in selections)))
+
+        def on_face(done, total):  # cutting the crops: progress and Cancel per face
+            mm.throw_exception_if_processing_interrupted()
+            crop_bar.update_absolute(done, total)
+
+        crops, record = align_faces(photos, [s.faces for s in selections], face_size, input_size=(h, w),
+                                    on_face=on_face)
+        report = _report(selections, info, upscale, size, min_eye_distance, score_threshold, max_faces)
         log.info("DiffBIR Face Detect & Align: %s", report.replace("\n", "; "))
         return io.NodeOutput(crops.movedim(1, -1).to(mm.intermediate_device()), record, report)
 
@@ -221,7 +256,11 @@ class DiffBIRFacePasteBack(io.ComfyNode):
         images, faces_only, masks = paste_back(bg, crops, alignment, erosion, feather)
         counts = [alignment.image_index.count(i) for i in range(alignment.batch_size)]
         lines = [f"image {i}: pasted {_plural(n, 'face')}" if n else f"image {i}: no face, background unchanged"
-                 for i, n in enumerate(counts, 1)]
+                 for i, n in enumerate(counts[:FIRST_FEW], 1)]
+        if len(counts) > FIRST_FEW:  # a long batch (video frames) stays readable: the rest counted
+            rest = counts[FIRST_FEW:]
+            lines.append(f"... {len(rest)} more images: pasted {_plural(sum(rest), 'face')}, "
+                         f"{sum(1 for n in rest if not n)} without a face")
         out = mm.intermediate_device()
         return io.NodeOutput(images.movedim(1, -1).to(out), faces_only.movedim(1, -1).to(out), masks.to(out),
                              "\n".join(lines))

@@ -14,11 +14,12 @@ never modified (clones and copies only).
 
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
 from diffbir_core.padding import padded_size
 
-from .host import schema
+from .host import batches, schema
 from .host.condition import encode_condition
 from .host.control import DiffBIRControl
 from .host.images import rgb_image, widget_range_error
@@ -157,8 +158,15 @@ class DiffBIRLAControlNetApply(io.ComfyNode):
         image = rgb_image(image, "image")  # RGBA -> RGB, gray -> RGB; empty and NaN/Inf images refused
         check_sd_vae(vae, "DiffBIR")  # before the planner reads the VAE
         h, w = padded_size(*image.shape[1:3])
-        latent, size = TILES.run(lambda tile, stride: encode_condition(vae, image, tile, stride), vae_tile_plan,
-                                 vae_tile_size, vae_tile_stride, h, w, vae.device, vae.vae_dtype, [vae.patcher])
+        def encode(tile: int, stride: int):  # a batch in chunks of as many frames as fit
+            frames = batches.frames_per_chunk(NODE, TILES.stage, image.shape[0], h, w, tile, vae.device,
+                                              vae.vae_dtype, [vae.patcher])
+            chunks = batches.run_chunks(image.shape[0], frames, lambda _, start, stop: encode_condition(
+                vae, image[start:stop], tile, stride), progress=True)
+            return torch.cat([latent for latent, _ in chunks]), chunks[0][1]
+
+        latent, size = TILES.run(encode, vae_tile_plan, vae_tile_size, vae_tile_stride, h, w, vae.device,
+                                 vae.vae_dtype, [vae.patcher])
         positive, negative = _attach((positive, negative), control_net, latent, size, strength,
                                      (start_percent, end_percent), image)
         return io.NodeOutput(positive, negative, out_model)

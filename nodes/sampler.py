@@ -14,9 +14,14 @@ How the node drives ComfyUI (one sampling run, exactly as the stock sampler node
   timesteps and tiled diffusion: see that module).
 * ``latent_preview.prepare_callback`` gives previews and the progress bar; every model call and every step
   checks ``comfy.model_management.throw_exception_if_processing_interrupted()`` (Cancel).
-* Noise: one seeded CPU generator (``diffbir_core.sampling.GeneratorNoise``) for every draw, in the official
-  order (``start_latent``: x_T, the noise_aug draw; then the sampler's draws), so a seed gives the same image on
-  any device.
+* Noise: one seeded CPU generator (``diffbir_core.sampling.GeneratorNoise``) per frame for every draw, in the
+  official order (``start_latent``: x_T, the noise_aug draw; then the sampler's draws), so a seed gives the same
+  image on any device. A batch (``noise_mode``, ``diffbir_core.sampling.batch_noise``): "per frame" draws frame k
+  from seed + k, so frame k of a batch is that frame run alone with seed + k (a batch of one is unchanged, and a
+  clip cut into chunks gives the same frames when the chunk starting at frame k runs with seed + k); "shared"
+  gives every frame the draws of the seed (identical input frames give identical output frames: less flicker).
+* Batches of any length: sampled in chunks of as many frames as the memory planner fits (``host.batches``),
+  with one progress bar over every chunk's steps and Cancel between chunks.
 * rescale_cfg: the guider's cfg is set per call to the official ``s(t)``; restoration guidance: ``host.guidance``.
 
 The same solvers are also ComfyUI KSAMPLERs and the "DiffBIR Sampler Select" node (``host.ksamplers``).
@@ -47,10 +52,12 @@ from diffbir_core.sampling import (
     ALL_START_POINTS,
     BETTER_START,
     LOSSES,
+    NOISE_MODES,
     SPACES,
     GeneratorNoise,
     NoiseSource,
     SamplerPlan,
+    batch_noise,
     check_untiled,
     get_sampler,
     make_plan,
@@ -59,7 +66,7 @@ from diffbir_core.sampling import (
 )
 from diffbir_core.tiling import holds_a_tile
 
-from .host import schema
+from .host import batches, schema
 from .host.conditioning import find_control, replace_condition
 from .host.guidance import posterior_encode, restoration_guidance, stage1_pixels
 from .host.model_function import HostModelFunction, OfficialRun, add_exact_timestep_wrapper
@@ -117,6 +124,11 @@ class _Denoise:
         with torch.no_grad():
             return get_sampler(plan.sampler)(fn, x_start, plan.diffusion, plan.steps, self.noise, callback=on_step,
                                              guidance=self.guidance, plan=plan, **self.settings)
+
+
+def _frames(images: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    """Frames start .. stop - 1 of a batch of images; one image stands for every frame."""
+    return images if images is None or images.shape[0] == 1 else images[start:stop]
 
 
 class DiffBIRSampler(io.ComfyNode):
@@ -203,6 +215,12 @@ class DiffBIRSampler(io.ComfyNode):
                                        "(v1).", **adv),
                 *setting_inputs(optional=True, advanced=True),
                 TILES.plan_input(),
+                io.Combo.Input("noise_mode", options=list(NOISE_MODES), default=NOISE_MODES[0], optional=True,
+                               tooltip="Noise of a batch (video frames). per frame: frame k draws from seed + k, "
+                                       "exactly as that frame run alone with seed + k (so the part of a clip "
+                                       "starting at frame k reproduces with seed + k). shared: every frame starts "
+                                       "from the same noise (the seed's), the usual remedy for flicker: identical "
+                                       "frames give identical results. A single image is the same in both."),
             ],
             outputs=[
                 io.Latent.Output("latent_out", display_name="latent",
@@ -221,10 +239,10 @@ class DiffBIRSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, seed, steps, cfg, sampler_name, rescale_cfg, start_point, noise_aug,
                 tile_size, tile_stride, latent=None, vae=None, guidance="none", guidance_space="latent",
                 guidance_scale=0.5, guidance_t_start=1001, guidance_t_stop=-1, guidance_repeat=1, guidance_style="v2",
-                tile_plan="manual", **solver_values) -> io.NodeOutput:
+                tile_plan="manual", noise_mode=NOISE_MODES[0], **solver_values) -> io.NodeOutput:
         # 1. check inputs
         steps, noise_aug, tile_size, tile_stride = int(steps), int(noise_aug), int(tile_size), int(tile_stride)
-        cls._check_settings(steps, cfg, sampler_name, start_point, noise_aug, guidance, vae)
+        cls._check_settings(steps, cfg, sampler_name, start_point, noise_aug, guidance, vae, noise_mode)
         if not TILES.is_auto(tile_plan):
             TILES.check(tile_size, tile_stride)
         control = cls._control(positive, negative, cfg)
@@ -241,42 +259,61 @@ class DiffBIRSampler(io.ComfyNode):
         c_latent, (img_h, img_w) = control.condition()
         b, h, w = cls._latent_size(latent, c_latent, img_h, img_w)
         c_img = cls._condition_batch(c_latent[:, :, :h, :w].float(), b)
-        clean = encode = None
-        if start_point == BETTER_START:  # v2.0.0: the start latent comes from the stage-1 image
-            clean = stage1_pixels(control.condition_pixels(), b, h, w, "start_point better_start")
-            encode = posterior_encode(vae)
-        restoration = None
-        if guidance != "none":
-            restoration = restoration_guidance(
-                control.condition_pixels(), vae, b, h, w, guidance, guidance_space, guidance_scale,
-                guidance_t_start, guidance_t_stop, guidance_repeat, guidance_style)
+        pixels = control.condition_pixels() if start_point == BETTER_START or guidance != "none" else None
+        encode = posterior_encode(vae) if start_point == BETTER_START else None
+        dtype, patchers = inference_dtype(model), [model, *control.get_models()]
 
-        # 3. denoise: everything from the first noise draw, so that an out-of-memory retry replays it
-        def denoise(tile: int, stride: int) -> torch.Tensor:
-            tiles = cls._tiles(tile, stride, h, w, clamp=tile_plan == "auto")
-            check_untiled(restoration, tiles is not None, f"{NODE}: ",
-                          ": set tile_size to 0 (tile_plan manual) or guidance to none.")
-            noise = noise_source(seed)
-            x_T, c_aug = start_latent(diffusion, c_img, start_point, noise_aug, noise, clean, encode)
-            conds = replace_condition((positive, negative), c_aug) if noise_aug > 0 else (positive, negative)
+        # 3. denoise, chunk by chunk: everything from the first noise draw, so that an out-of-memory retry replays it
+        def denoise_chunk(tiles, start: int, stop: int, callback) -> torch.Tensor:
+            n = stop - start
+            clean = restoration = None
+            if start_point == BETTER_START:  # v2.0.0: the start latent comes from the stage-1 image
+                clean = stage1_pixels(_frames(pixels, start, stop), n, h, w, "start_point better_start")
+            if guidance != "none":
+                restoration = restoration_guidance(
+                    _frames(pixels, start, stop), vae, n, h, w, guidance, guidance_space, guidance_scale,
+                    guidance_t_start, guidance_t_stop, guidance_repeat, guidance_style)
+            noise = batch_noise(noise_source, seed, start, n, noise_mode)
+            x_T, c_aug = start_latent(diffusion, c_img[start:stop], start_point, noise_aug, noise, clean, encode)
+            # the whole batch's conds as they are (bit-identical to a run without chunks); a chunk's or an
+            # augmented condition replaces the control's latent in copies
+            conds = (positive, negative) if n == b and noise_aug == 0 else replace_condition((positive, negative),
+                                                                                          c_aug)
             run = _Denoise(plan, cfg, rescale_cfg, tiles, noise, restoration, settings)
             guider = comfy.samplers.CFGGuider(model)
             guider.set_conds(*conds)
             guider.set_cfg(cfg)
-            return guider.sample(x_T, torch.zeros_like(x_T), OfficialRun(run), sigmas,
-                                 callback=latent_preview.prepare_callback(model, len(plan.timesteps)),
+            return guider.sample(x_T, torch.zeros_like(x_T), OfficialRun(run), sigmas, callback=callback,
                                  disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
 
-        if restoration is not None:  # guidance needs the whole image: no planning, no fallback to tiles
+        def denoise(tile: int, stride: int) -> torch.Tensor:
+            tiles = cls._tiles(tile, stride, h, w, clamp=tile_plan == "auto")
+            check_untiled(guidance if guidance != "none" else None, tiles is not None, f"{NODE}: ",
+                          ": set tile_size to 0 (tile_plan manual) or guidance to none.")
+            size = batches.frames_per_chunk(NODE, TILES.stage, b, h * 8, w * 8, tile if tiles else 0,
+                                            model.load_device, dtype, patchers)
+            steps_per_chunk = len(plan.timesteps)
+            total = steps_per_chunk * -(-b // size)
+            progress = latent_preview.prepare_callback(model, total)  # one bar over every chunk's steps
+
+            def chunk(index, start, stop):
+                def callback(step, x0, x, _steps):
+                    progress(index * steps_per_chunk + step, x0, x, total)
+
+                return denoise_chunk(tiles, start, stop, callback)
+
+            return torch.cat(batches.run_chunks(b, size, chunk))
+
+        if guidance != "none":  # guidance needs the whole image: no planning, no fallback to tiles
             samples = denoise(tile_size, tile_stride)
         else:
             samples = TILES.run(denoise, tile_plan, tile_size, tile_stride, h * 8, w * 8, model.load_device,
-                                inference_dtype(model), [model, *control.get_models()])
+                                dtype, patchers)
         return io.NodeOutput({"samples": samples.to(comfy.model_management.intermediate_device())})
 
     # -- checks and helpers --------------------------------------------------------------------------------
     @staticmethod
-    def _check_settings(steps, cfg, sampler_name, start_point, noise_aug, guidance, vae):
+    def _check_settings(steps, cfg, sampler_name, start_point, noise_aug, guidance, vae, noise_mode):
         if steps < 1:
             raise ValueError(f"{NODE}: steps must be at least 1 (got {steps}); official v2.1 uses 10.")
         if not cfg >= 0:
@@ -290,6 +327,8 @@ class DiffBIRSampler(io.ComfyNode):
                              "(the VAE of your checkpoint), or pick start_point noise or cond.")
         if not 0 <= noise_aug <= MAX_NOISE_AUG:
             raise ValueError(f"{NODE}: noise_aug must be in 0..{MAX_NOISE_AUG} (got {noise_aug}).")
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"{NODE}: noise_mode must be one of {', '.join(NOISE_MODES)} (got {noise_mode!r}).")
         if guidance not in GUIDANCE_LOSSES:
             raise ValueError(f"{NODE}: guidance must be one of {GUIDANCE_LOSSES} (got {guidance!r}).")
         if guidance != "none" and vae is None:

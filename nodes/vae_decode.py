@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from .host import schema
+from .host import batches, schema
 from .host.tiled_stage import TiledStage
 from .host.vae import LATENT_DOWNSCALE, check_sd_vae, decode_latent
 
@@ -54,6 +54,11 @@ class DiffBIRVAEDecode(io.ComfyNode):
             raise ValueError(f"{NODE}: expected an SD 2.1 latent of shape (B, 4, h, w), got {tuple(z.shape)}; decode "
                              "other latents with the stock VAE Decode")
         h, w = z.shape[-2] * LATENT_DOWNSCALE, z.shape[-1] * LATENT_DOWNSCALE
-        image = TILES.run(lambda tile, stride: decode_latent(vae, z, tile, stride), tile_plan, tile_size, tile_stride,
-                          h, w, vae.device, vae.vae_dtype, [vae.patcher])
+        def decode(tile: int, stride: int) -> torch.Tensor:  # a batch in chunks of as many frames as fit
+            size = batches.frames_per_chunk(NODE, TILES.stage, z.shape[0], h, w, tile, vae.device, vae.vae_dtype,
+                                            [vae.patcher])
+            return torch.cat(batches.run_chunks(z.shape[0], size, lambda _, start, stop: decode_latent(
+                vae, z[start:stop], tile, stride), progress=True))
+
+        image = TILES.run(decode, tile_plan, tile_size, tile_stride, h, w, vae.device, vae.vae_dtype, [vae.patcher])
         return io.NodeOutput(image)

@@ -39,7 +39,8 @@ STAGES = {
                 "BasicScheduler", "EmptyLatentImage"),
     "condition latent": ("DiffBIRLAControlNetApply", "VAEEncode"),
     "diffusion": ("DiffBIRSampler", "KSampler", "SamplerCustomAdvanced"),
-    "decode and after": ("DiffBIRVAEDecode", "VAEDecode", "DiffBIRColorFix", "ImageScale", "DiffBIRFacePasteBack",
+    "decode and after": ("DiffBIRVAEDecode", "VAEDecode", "DiffBIRColorFix", "DiffBIRKeepAlpha", "ImageScale",
+                         "DiffBIRFacePasteBack",
                          "SaveImage", "PreviewImage"),
 }
 STAGE_OF = {kind: stage for stage, kinds in STAGES.items() for kind in kinds}

@@ -14,7 +14,7 @@ from test_workflows import for_test, input_png, tiny_files  # noqa: F401 - fixtu
 REPO = Path(__file__).resolve().parent.parent
 LEGACY = json.loads((Path(__file__).parent / "legacy" / "api_prompts_e0b0b14.json").read_text(encoding="utf-8"))
 # Nodes added after that release (no saved prompt of it can hold them).
-ADDED_SINCE = {"DiffBIRPrompt"}
+ADDED_SINCE = {"DiffBIRPrompt", "DiffBIRKeepAlpha"}
 
 
 def test_the_legacy_prompts_use_every_node_of_the_pack():
@@ -26,11 +26,25 @@ def test_the_legacy_prompts_use_every_node_of_the_pack():
 @pytest.mark.parametrize("name", sorted(LEGACY))
 def test_a_saved_workflow_converts_to_the_prompt_the_previous_release_made(comfy_host, name):
     """The UI graph (widget values by position) maps onto the V3 nodes' inputs exactly as onto the V1 ones: same
-    node ids, inputs, values and links."""
+    node ids, inputs, values and links, apart from the alpha path added since."""
     workflow = json.loads((REPO / "workflows" / name).read_text(encoding="utf-8"))
     # (the _meta titles of untitled nodes are the host's display names, which newer hosts reword)
     now = {i: (n["class_type"], n["inputs"]) for i, n in comfy_host.workflow_to_api(workflow).items()}
-    assert now == {i: (n["class_type"], n["inputs"]) for i, n in LEGACY[name].items()}
+    # Since then the workflows carry the alpha path, and nothing else is new
+    alpha = [i for i, (kind, _) in now.items() if kind == "DiffBIRKeepAlpha"]
+    assert len(alpha) == 1, alpha
+    assert without_alpha(now) == {i: (n["class_type"], n["inputs"]) for i, n in LEGACY[name].items()}
+
+
+def without_alpha(prompt: dict) -> dict:
+    """The prompt before the workflows gained the alpha path (Load Image's MASK -> DiffBIR Keep Alpha -> Save
+    Image): each DiffBIR Keep Alpha taken out and what it fed fed by its image input again."""
+    alpha = {i: inputs for i, (kind, inputs) in prompt.items() if kind == "DiffBIRKeepAlpha"}
+    for inputs in alpha.values():  # its mask is Load Image's MASK output
+        assert prompt[inputs["mask"][0]][0] == "LoadImage" and inputs["mask"][1] == 1, inputs
+    return {i: (kind, {k: alpha[v[0]]["image"] if isinstance(v, list) and v[0] in alpha else v
+                       for k, v in inputs.items()})
+            for i, (kind, inputs) in prompt.items() if i not in alpha}
 
 
 @pytest.mark.parametrize("name", sorted(LEGACY))

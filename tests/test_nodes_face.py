@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 
 import comfy_host as ch
 import numpy as np
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 DETECT, PASTE = "DiffBIRFaceDetectAlign", "DiffBIRFacePasteBack"
 DETECTOR = "tiny_detection_mobilenet0.25.pth"
+RESNET_DETECTOR = "tiny_detection_resnet50.pth"
 FACE = 64
 
 
@@ -34,6 +36,7 @@ def detector(comfy_host, comfy_models_dir):
     folder = comfy_models_dir / "facedetection"
     folder.mkdir(exist_ok=True)
     write_tiny_retinaface(folder / DETECTOR)
+    write_tiny_retinaface(folder / RESNET_DETECTOR, "resnet50")
     write_tiny_stage1(folder / "not_a_detector.safetensors", "swinir")
     comfy_host.refresh_models()
     return DETECTOR
@@ -94,6 +97,23 @@ def test_real_detector_runs_through_the_node(comfy_host, detector):
     assert record.num_faces == 3 and faces.shape == (3, FACE, FACE, 3) and "left out" in info
     assert "RetinaFace mobilenet0.25 (0.43 M parameters)" in info and "image 1: 3 faces (scores 0.7" in info
     assert record.source_size == (60, 80) and record.matrices.shape == (record.num_faces, 2, 3)
+
+
+def test_a_detector_reporting_thousands_of_faces_finishes_with_a_readable_report(comfy_host, detector):
+    """The unaligned-face workflow tried with the tests' tiny random resnet50 detector: on a 128 x 96 photo at
+    upscale 2 it reports ~3000 "faces" at the default settings. max_faces 0 keeps at most MAX_FACES per photo
+    (each is a crop the graph restores), and the report gives the counts, then the first few."""
+    from diffbir_core.face.detection import MAX_FACES
+
+    faces, record, info = _detect(comfy_host, _photos(1, 96, 128, seed=4), detector=RESNET_DETECTOR, upscale=2.0)
+    assert record.num_faces == MAX_FACES and faces.shape == (MAX_FACES, FACE, FACE, 3)
+    lines = info.splitlines()
+    counts = re.fullmatch(r"(\d+) faces in 1 of 1 photo, (\d+) tiny faces skipped, (\d+) more left out \(at most "
+                          rf"{MAX_FACES} per photo with max_faces 0\)", lines[1])
+    assert counts and int(counts[1]) == MAX_FACES and int(counts[3]) > 1000, lines[1]
+    assert lines[2].startswith(f"image 1: {MAX_FACES} faces (scores ") and f"({MAX_FACES - 5} more)" in lines[2]
+    assert "raise score_threshold" in lines[-1]
+    assert len(info) < 1200 and max(len(line) for line in lines) < 400, info
 
 
 def test_no_face_passes_the_photo_through_and_says_so(comfy_host, detector):

@@ -21,6 +21,7 @@ NODES = {
     "DiffBIRSamplerSelect": "DiffBIR Sampler Select",
     "DiffBIRVAEDecode": "DiffBIR VAE Decode (Tiled)",
     "DiffBIRColorFix": "DiffBIR Color Fix",
+    "DiffBIRKeepAlpha": "DiffBIR Keep Alpha",
     "DiffBIRDegrade": "Degrade",
     "DiffBIRCompare": "DiffBIR Compare",
     "DiffBIRFaceDetectAlign": "DiffBIR Face Detect & Align",
@@ -106,7 +107,7 @@ def test_search_aliases_and_advanced_inputs_where_the_host_has_them(comfy_host, 
         assert len(shown) <= 8, shown
         assert {"seed", "steps", "cfg", "sampler_name", "tile_plan"} <= set(shown)
     else:
-        assert len(shown) == len(widgets) + 1 == 24  # 0.3.75: every widget shows (the seed with its control)
+        assert len(shown) == len(widgets) + 1 == 25  # 0.3.75: every widget shows (the seed with its control)
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

@@ -112,7 +112,7 @@ def test_nodes_registered_with_tooltips_and_official_defaults(comfy_host):
                                                                                         "better_start"]
     assert {"latent", "vae", "guidance", "guidance_space", "guidance_scale", "guidance_t_start", "guidance_t_stop",
             "guidance_repeat", "guidance_style", "s_churn", "s_tmin", "s_tmax", "s_noise", "eta", "order",
-            "tile_plan"} == set(opt)
+            "tile_plan", "noise_mode"} == set(opt)
     assert combo_options(opt["guidance"]) == ["none", "mse", "w_mse"] and opt["s_tmax"][1]["default"] == 300.0
     # The diffbir_* KSAMPLERs are in the stock lists (KSamplerSelect and KSampler read them).
     stock = comfy_host.node_info("KSamplerSelect")["input"]["required"]["sampler_name"]

@@ -233,6 +233,11 @@ def test_workflow_uses_official_defaults(comfy_host, path):
     want = OFFICIAL[path.name]
     api = comfy_host.workflow_to_api(load(path))
     samplers = [(i, n) for kind in SAMPLER_NODES for i, n in api.items() if n["class_type"] == kind]
+    # the alpha path: the saved image gets the input's transparency back (Load Image's MASK)
+    (save,) = by_class(api, "SaveImage")
+    alpha = api[save["inputs"]["images"][0]]
+    assert alpha["class_type"] == "DiffBIRKeepAlpha" and alpha["inputs"]["mask"][1] == 1
+    assert api[alpha["inputs"]["mask"][0]]["class_type"] == "LoadImage"
     if "pipelines" not in want:  # one restoration: one loader, one SD checkpoint, one sampler
         (loader,) = by_class(api, "DiffBIRLoadModels")
         (ckpt,) = by_class(api, "CheckpointLoaderSimple")
@@ -268,8 +273,7 @@ def test_workflow_uses_official_defaults(comfy_host, path):
         assert (d["detector_name"], d["upscale"], d["score_threshold"], d["min_eye_distance"], d["order"],
                 d["max_faces"], d["face_size"]) == want["face"]
         assert (paste["inputs"]["erosion"], paste["inputs"]["feather"]) == (0.1, 0.1)
-        (save,) = by_class(api, "SaveImage")
-        assert api[save["inputs"]["images"][0]]["class_type"] == "DiffBIRFacePasteBack"
+        assert api[alpha["inputs"]["image"][0]]["class_type"] == "DiffBIRFacePasteBack"
 
 
 def _check_sampler(api: dict, want: dict, sampler_id: str, sampler: dict, stage1: list) -> None:
@@ -553,7 +557,7 @@ class Sizes:
             return self.value(inputs["image"])[slot] if slot < 2 else 1
         if kind == "ImageScale":
             return (self.value(inputs["width"]), self.value(inputs["height"]))
-        if kind == "DiffBIRColorFix":
+        if kind in ("DiffBIRColorFix", "DiffBIRKeepAlpha"):
             return self.value(inputs["image"])
         if kind == "DiffBIRFaceDetectAlign":  # the aligned crops
             return (inputs["face_size"], inputs["face_size"])

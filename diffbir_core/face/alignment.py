@@ -51,15 +51,19 @@ class FaceAlignment:
 
 
 def align_faces(images: torch.Tensor, detections: list[Detections], face_size: int,
-                input_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, FaceAlignment]:
-    """Crops (N, 3, S, S) of the faces `detections[b]` found in `images` (B, 3, H, W), and their record."""
+                input_size: tuple[int, int] | None = None, on_face=None) -> tuple[torch.Tensor, FaceAlignment]:
+    """Crops (N, 3, S, S) of the faces `detections[b]` found in `images` (B, 3, H, W), and their record.
+    `on_face(done, total)` is called before each crop (the host's progress and Cancel)."""
     b, c, h, w = images.shape
     if len(detections) != b:
         raise ValueError(f"{len(detections)} detection lists for {b} images")
     template = face_template(face_size)
     crops, index, matrices, boxes, scores, points = [], [], [], [], [], []
+    total = sum(len(dets) for dets in detections)
     for i, dets in enumerate(detections):
         for k in range(len(dets)):
+            if on_face is not None:
+                on_face(len(crops), total)
             m = similarity_transform(dets.landmarks[k], template)
             crops.append(crop_face(images[i], m, face_size))
             index.append(i)

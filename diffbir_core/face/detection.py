@@ -30,6 +30,11 @@ DETECT_SHORT_EDGE = 640
 MIN_EYE_DISTANCE = 5.0
 BGR_MEAN = (104.0, 117.0, 123.0)
 ORDERS = ("score", "largest", "center")  # "largest" + max_faces 1 is facexlib's only_keep_largest
+# max_faces 0 ("all") keeps at most this many per photo: every kept face becomes a crop that the rest of the graph
+# restores (a 512 px crop is 3 MB per IMAGE copy, and a restore holds several copies), and a detector that reports
+# more than this (random weights, or a threshold set far too low) would otherwise fill the memory for hours. The
+# widget's own maximum is the same number.
+MAX_FACES = 256
 
 
 @dataclass
@@ -105,7 +110,8 @@ class Selection:
 
 def select_faces(dets: Detections, image_hw: tuple[int, int], min_eye_distance: float = MIN_EYE_DISTANCE,
                  order: str = "score", max_faces: int = 0) -> Selection:
-    """Drop faces with eyes closer than `min_eye_distance`, sort by `order`, keep the first `max_faces` (0 = all).
+    """Drop faces with eyes closer than `min_eye_distance`, sort by `order`, keep the first `max_faces` (0 = all,
+    up to `MAX_FACES`).
 
     "largest" ranks by the box area clipped to the image, "center" by the distance of the box centre to the
     image centre (facexlib's get_largest_face / get_center_face).
@@ -125,7 +131,8 @@ def select_faces(dets: Detections, image_hw: tuple[int, int], min_eye_distance: 
         centre = (dets.boxes[:, :2] + dets.boxes[:, 2:]) / 2
         dist_c = (centre - torch.tensor([w / 2, h / 2])).norm(dim=-1)
         dets = dets.take(torch.argsort(dist_c, stable=True))
-    over = max(0, len(dets) - max_faces) if max_faces > 0 else 0
+    limit = max_faces if max_faces > 0 else MAX_FACES
+    over = max(0, len(dets) - limit)
     if over:
-        dets = dets.take(torch.arange(max_faces))
+        dets = dets.take(torch.arange(limit))
     return Selection(dets, too_small, over)

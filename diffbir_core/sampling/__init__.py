@@ -27,7 +27,8 @@ from .cfg import rescaled_cfg, rescales_any_cfg
 from .guidance import LOSSES, SPACES, RestorationGuidance, check_untiled
 from .k_solvers import SOLVERS
 from .ksampler import ksampler_function
-from .noise import GeneratorNoise, GlobalNoise, NoiseSource, RecordedNoise
+from .noise import (NOISE_MODES, FrameNoise, GeneratorNoise, GlobalNoise, NoiseSource, RecordedNoise, batch_noise,
+                    frame_seed)
 from .options import OFFICIAL_DEFAULTS
 from .start import ALL_START_POINTS, BETTER_START, START_POINTS, start_latent
 from .plans import SamplerPlan
@@ -39,19 +40,23 @@ __all__ = [
     "DDPM_FAMILY",
     "EDM_FAMILY",
     "LOSSES",
+    "NOISE_MODES",
     "OFFICIAL_DEFAULTS",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "SOLVERS",
     "SPACES",
     "START_POINTS",
+    "FrameNoise",
     "GeneratorNoise",
     "GlobalNoise",
     "NoiseSource",
     "RecordedNoise",
     "RestorationGuidance",
     "SamplerPlan",
+    "batch_noise",
     "check_untiled",
+    "frame_seed",
     "get_sampler",
     "grid",
     "ksampler_function",

@@ -9,6 +9,8 @@ everything else that consumed the RNG (reference spec H.15). Here a run takes a 
   files' `noise.randn_XX` / `noise.brownian_XX`) and fails loudly when a run asks for more, or
   for another shape, than was recorded.
 * `GlobalNoise()`: torch's global CPU RNG (what a host such as ComfyUI seeds itself).
+* `FrameNoise(sources)`: a batch whose frame k draws from `sources[k]` (`batch_noise` builds it for the two
+  noise modes of a batch: per frame, frame k of a clip from seed + k, or shared, every frame the same draws).
 
 Interface used by the samplers:
 
@@ -156,6 +158,83 @@ class RecordedNoise(NoiseSource):
                 f"recorded noise not consumed exactly: randn {self.randn_used}/{len(self.randn_draws)}, "
                 f"brownian {self.brownian_used}/{len(self.brownian_draws)}"
             )
+
+
+NOISE_MODES = ("per frame", "shared")
+_SEED_SPACE = 2**64  # ComfyUI's seed widgets take 0 .. 2^64 - 1; seed + k wraps around inside that range
+
+
+def frame_seed(seed: int, frame: int) -> int:
+    """The seed of frame `frame` of a clip in "per frame" noise: seed + frame (wrapping inside 0 .. 2^64 - 1)."""
+    return (int(seed) + int(frame)) % _SEED_SPACE
+
+
+class FrameNoise(NoiseSource):
+    """A batch's noise, frame by frame: every draw of shape (B, ...) takes row k from `sources[k]` (a (1, ...) draw
+    of its own), so frame k of a batch gets exactly the draws it would get sampled alone from `sources[k]`. A
+    source listed for several frames draws once per draw and gives all of them the same rows (shared noise)."""
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+        if not self.sources:
+            raise ValueError("FrameNoise needs at least one frame's source")
+
+    def _rows(self, shape: torch.Size, draw) -> torch.Tensor:
+        if shape[0] != len(self.sources):
+            raise ValueError(f"a draw of batch {shape[0]} from the noise of {len(self.sources)} frames")
+        made = {}
+        for source in self.sources:  # each distinct source draws once, in frame order
+            if id(source) not in made:
+                made[id(source)] = draw(source)
+        return torch.cat([made[id(source)] for source in self.sources])
+
+    def _draw(self, shape):
+        one = torch.Size((1, *shape[1:]))
+        return self._rows(torch.Size(shape), lambda source: source._draw(one))
+
+    def _seed(self):  # only a Brownian fallback asks; each frame's tree takes its own source's seed
+        return self.sources[0]._seed()
+
+    def brownian_sampler(self, x, sigma_min, sigma_max):
+        made = {}
+        for k, source in enumerate(self.sources):
+            if id(source) not in made:
+                made[id(source)] = source.brownian_sampler(x[k:k + 1], sigma_min, sigma_max)
+        samplers = [made[id(source)] for source in self.sources]
+        if x.shape[0] != len(samplers):
+            raise ValueError(f"a Brownian path of batch {x.shape[0]} from the noise of {len(samplers)} frames")
+
+        def increment(sigma, sigma_next):
+            rows = {}
+            for source, sampler in zip(self.sources, samplers):
+                if id(source) not in rows:
+                    rows[id(source)] = sampler(sigma, sigma_next).float().cpu()
+            return torch.cat([rows[id(source)] for source in self.sources])
+
+        self._brownian = increment
+        return increment
+
+
+def batch_noise(make_source: Callable[[int], NoiseSource], seed: int, first: int, count: int,
+                mode: str = "per frame") -> NoiseSource:
+    """The noise of `count` frames that are frames first .. first + count - 1 of a clip.
+
+    "per frame": frame k draws from `make_source(frame_seed(seed, k))`, so frame k of any batch or chunk is the
+    frame sampled alone with seed + k, and a clip cut into chunks gives the same frames when the chunk starting
+    at frame k runs with seed + k. A single frame (first 0) is `make_source(seed)` itself: a batch of one draws
+    exactly as before batches had modes. "shared": every frame draws from one `make_source(seed)` (the same start
+    noise and sampler noise for all frames, against flicker): identical input frames give identical output frames.
+    """
+    if mode not in NOISE_MODES:
+        raise ValueError(f"noise mode must be one of {', '.join(NOISE_MODES)}, got {mode!r}")
+    if count < 1:
+        raise ValueError(f"a batch needs at least one frame, got {count}")
+    if mode == "shared":
+        source = make_source(int(seed))
+        return source if count == 1 else FrameNoise([source] * count)
+    if count == 1:
+        return make_source(frame_seed(seed, first))
+    return FrameNoise([make_source(frame_seed(seed, first + k)) for k in range(count)])
 
 
 def _make_brownian(source: NoiseSource, x: torch.Tensor, sigma_min: float, sigma_max: float) -> Callable:
