@@ -176,6 +176,22 @@ def test_chunks_give_the_same_frames_in_any_order(comfy_host, tiny, clip):
     for i, (a, b) in enumerate(zip(forward, backward, strict=True)):
         assert np.array_equal(a, b), f"frame {i} differs between the chunk orders"
 
+    # chunks equal the whole clip as one batch, in both noise modes (the workflow's shared, and per frame: chunk
+    # k..k+1 runs with seed + k). Within CPU rounding: a batch of 2 and one of FRAMES sum in another order.
+    (sampler,) = [n for n in api.values() if n["class_type"] == "DiffBIRSampler"]
+    assert sampler["inputs"]["noise_mode"] == clips.SHARED_NOISE
+    for mode in (clips.SHARED_NOISE, "per frame"):
+        sampler["inputs"]["noise_mode"] = mode
+        chunked = forward if mode == clips.SHARED_NOISE else restored(units)
+        whole = restored([(0, FRAMES)])
+        for i, (a, b) in enumerate(zip(chunked, whole, strict=True)):
+            diff = np.abs(a.astype(int) - b.astype(int))
+            assert diff.max() <= 1 and diff.mean() < 0.05, f"{mode}: frame {i} differs from the whole batch's"
+        if mode == clips.SHARED_NOISE:
+            shared_whole = whole
+    # and the modes do differ: per frame moves the seed with the frame (frame 0 draws the same noise in both)
+    assert np.array_equal(whole[0], shared_whole[0]) and not np.array_equal(whole[1], shared_whole[1])
+
 
 def test_assemble_refuses_frames_h264_cannot_take(tmp_path, comfy_host, clip):
     """An odd width (H.264 in MP4 needs even sizes) and frames of two sizes: errors naming the clip, no file."""

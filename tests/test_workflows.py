@@ -71,7 +71,7 @@ V21 = {"files": ("realesrgan_s4_swinir_100k.pth", "DiffBIR_v2.1.pt", "sd2.1-base
 V2 = {"node": "DiffBIRSampler", "steps": 50, "cfg": 4.0, "sampler": "spaced", "prompts": ("", V2_NEG)}
 OFFICIAL = {
     "diffbir_v2.1_sr_x4.json": {**V21, "stage1": (4.0, "v2.1")},
-    "diffbir_v2.1_video.json": {**V21, "stage1": (4.0, "v2.1")},  # the v2.1 x4 restore over every frame
+    "diffbir_v2.1_video.json": {**V21, "stage1": (4.0, "v2.1"), "noise_mode": "shared"},  # the v2.1 x4 restore over every frame
     "diffbir_v2_sr_bsrnet.json": {**V2, "files": ("BSRNet.pth", "v2.pth", "v2-1_512-ema-pruned.ckpt"),
                                   "stage1": (4.0, "v2")},
     "diffbir_v2_face_aligned.json": {**V2, "files": ("face_swinir_v1.ckpt", "v2.pth", "v2-1_512-ema-pruned.ckpt"),
@@ -233,11 +233,17 @@ def test_workflow_uses_official_defaults(comfy_host, path):
     want = OFFICIAL[path.name]
     api = comfy_host.workflow_to_api(load(path))
     samplers = [(i, n) for kind in SAMPLER_NODES for i, n in api.items() if n["class_type"] == kind]
-    # the alpha path: the saved image gets the input's transparency back (Load Image's MASK)
-    (save,) = by_class(api, "SaveImage")
-    alpha = api[save["inputs"]["images"][0]]
-    assert alpha["class_type"] == "DiffBIRKeepAlpha" and alpha["inputs"]["mask"][1] == 1
-    assert api[alpha["inputs"]["mask"][0]]["class_type"] == "LoadImage"
+    if by_class(api, "LoadVideo"):  # a clip: Create Video gets the source's frame rate and audio back
+        (save,) = by_class(api, "SaveVideo")
+        create = api[save["inputs"]["video"][0]]
+        assert create["class_type"] == "CreateVideo"
+        assert [api[create["inputs"][k][0]]["class_type"] for k in ("fps", "audio")] == ["GetVideoComponents"] * 2
+        assert [create["inputs"][k][1] for k in ("audio", "fps")] == [1, 2]
+    else:  # the alpha path: the saved image gets the input's transparency back (Load Image's MASK)
+        (save,) = by_class(api, "SaveImage")
+        alpha = api[save["inputs"]["images"][0]]
+        assert alpha["class_type"] == "DiffBIRKeepAlpha" and alpha["inputs"]["mask"][1] == 1
+        assert api[alpha["inputs"]["mask"][0]]["class_type"] == "LoadImage"
     if "pipelines" not in want:  # one restoration: one loader, one SD checkpoint, one sampler
         (loader,) = by_class(api, "DiffBIRLoadModels")
         (ckpt,) = by_class(api, "CheckpointLoaderSimple")
@@ -300,6 +306,8 @@ def _check_sampler(api: dict, want: dict, sampler_id: str, sampler: dict, stage1
             (False, "noise", 0, 0, "none")
         assert (s["s_churn"], s["s_tmin"], s["s_tmax"], s["s_noise"], s["eta"], s["order"]) == EDM_EXTRAS
         assert "latent" not in s, "the DiffBIR Sampler sizes its latent from the condition"
+        # a clip's frames share one noise (the remedy for flicker); an image batch draws seed + k per frame
+        assert s.get("noise_mode", "per frame") == want.get("noise_mode", "per frame")
     assert s["seed"] == 231  # the official default seed
     texts = [api[s[name][0]]["inputs"]["text"] for name in ("positive", "negative")
              if api[s[name][0]]["class_type"] == "CLIPTextEncode"]
