@@ -12,18 +12,21 @@ A clip is restored as independent *units of work*, one chunk of consecutive fram
 * ``assemble(out_path, frame_files, source_clip)`` - the restored frames, the source's frame rate and its audio
   as an MP4, written by ComfyUI's own video type (``VideoFromComponents.save_to``, what Save Video calls).
 
-How a chunk enters the workflow: its frames are decoded here (PyAV, ``rgb24`` as ComfyUI's ``VideoFromFile``
+How a chunk enters the workflow: its frames are decoded here (PyAV, ``rgb24`` as ComfyUI 0.3.75's ``VideoFromFile``
 decodes them; seeking to the key frame before the chunk by the frame timestamps of the one complete decode that
 ``probe`` makes, cached per file, so a long clip is not decoded from its start for every chunk) and staged as one
-multi-page TIFF for the workflow's stock Load Image, which loads the pages of a file as one batch. Not Load Video -> Get Video Components -> ImageFromBatch: that decodes the whole clip into
-float32 for every chunk (memory and time grow with the clip, on every worker), where the TIFF holds only the
-chunk's frames, losslessly, and every image workflow takes it unchanged. A video workflow (Load Video ... Save
-Video, e.g. ``diffbir_v2.1_video.json``) is first turned into its image form by ``frames_prompt``.
+animated PNG for the workflow's stock Load Image, which loads the frames of a file as one batch: through Pillow in
+0.3.75, through PyAV in newer hosts (0.33.0 reads only the first page of a multi-page TIFF, so not a TIFF). Not
+Load Video -> Get Video Components -> ImageFromBatch: that decodes the whole clip into float32 for every chunk
+(memory and time grow with the clip, on every worker), where the PNG holds only the chunk's frames, losslessly,
+and every image workflow takes it unchanged. A video workflow (Load Video ... Save Video, e.g.
+``diffbir_v2.1_video.json``) is first turned into its image form by ``frames_prompt``. Newer hosts (0.33.0) decode
+a YUV clip to float frames rather than 8-bit RGB; there a chunk's input frames are within one level (of 255) of
+what Get Video Components gives the video workflow.
 
-Seeds: the batch's noise is drawn from the seed; a chunk starting at clip frame k runs with seed + k, so that
-with per-frame noise (frame i of a batch drawn from seed + i) every frame gets the noise it would get in one
-whole-clip batch, whatever the chunk size. Today's DiffBIR Sampler draws one noise for the whole batch, so the
-frames depend on the chunk size (not on the order or the process the chunks run in).
+Seeds: a chunk starting at clip frame k runs with seed + k, so that with the sampler's per-frame noise (frame i of
+a batch drawn from seed + i) every frame gets the noise it would get in one whole-clip batch, whatever the chunk
+size; with ``noise_mode`` ``shared`` the seed stays, as the clip's one noise does.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class _Scan:
     height: int
     has_audio: bool
     pts: tuple  # of each decoded frame, in order (None where the container gives none)
+    time_base: Fraction | None  # of the video stream: pts * time_base is seconds
 
 
 @functools.lru_cache(maxsize=32)
@@ -92,8 +96,9 @@ def _scan(path: str, mtime_ns: int, size: int) -> _Scan:
         # ComfyUI's rule (VideoFromFile.get_frame_rate, get_components): the average rate, else 1
         fps = Fraction(video.average_rate) if video.average_rate else Fraction(1)
         has_audio = any(s.type == "audio" for s in container.streams)
+        time_base = Fraction(video.time_base) if video.time_base else None
         pts = tuple(frame.pts for frame in container.decode(video=0))
-        return _Scan(fps, video.width, video.height, has_audio, pts)
+        return _Scan(fps, video.width, video.height, has_audio, pts, time_base)
 
 
 def _scanned(path) -> _Scan:
@@ -151,6 +156,10 @@ def read_frames(path, start: int, count: int) -> list:
     wanted = list(pts[start:start + count])
     seekable = start > 0 and None not in pts and len(set(pts)) == len(pts)
     try:
+        if None not in pts and len(set(pts)) == len(pts):
+            frames = _host_decode(path, start, count)
+            if frames is not None:
+                return frames
         if seekable:
             frames = _decode_from(path, wanted, seek=True)
             if frames is not None:
@@ -158,6 +167,38 @@ def read_frames(path, start: int, count: int) -> list:
         return _decode_from(path, wanted, seek=False, first=start)
     except (av.FFmpegError, OSError, ValueError) as err:
         raise _undecodable(path, err) from None
+
+
+def host_trims_clips() -> bool:
+    """Whether the host's VideoFromFile takes a trim window (start_time, duration): newer hosts (0.33.0), which
+    also decode YUV to float frames with a colour conversion of their own, not the rgb24 of 0.3.75's."""
+    import inspect
+
+    from comfy_api.latest import InputImpl
+
+    return "start_time" in inspect.signature(InputImpl.VideoFromFile).parameters
+
+
+def _host_decode(path, start: int, count: int):
+    """Frames [start, start + count) as the host's own VideoFromFile decodes them, trimmed to the chunk (the host
+    seeks to the key frame before it), rounded to 8 bits; None where the host takes no trim window (then
+    ``_decode_from`` decodes as 0.3.75 does) or the frame timestamps give no exact window. The window bounds sit a
+    quarter tick inside the first and past the last timestamp, so that the host's int(seconds / time_base) lands
+    on them exactly."""
+    import numpy as np
+    from comfy_api.latest import InputImpl
+
+    scan = _scanned(path)
+    pts, time_base = scan.pts, scan.time_base
+    if not host_trims_clips() or time_base is None or pts[start] < 0 or list(pts) != sorted(pts):
+        return None
+    first, last = pts[start], pts[start + count - 1]
+    start_time = float((first + Fraction(1, 4)) * time_base)
+    duration = float((last - first + 1) * time_base)
+    images = InputImpl.VideoFromFile(str(path), start_time=start_time, duration=duration).get_components().images
+    if images.shape[0] != count:
+        return None
+    return list((images.clamp(0, 1) * 255).round().numpy().astype(np.uint8))
 
 
 def _decode_from(path, wanted: list, seek: bool, first: int = 0):
@@ -246,13 +287,13 @@ def _shift_seeds(prompt: dict, start: int, seed: int | None) -> None:
             node["inputs"][name] = (int(base) + shift) % _SEED_RANGE
 
 
-def _stage_tiff(frames: list, dest: pathlib.Path) -> None:
-    """The frames as one multi-page TIFF (lossless; Pillow keeps identical pages, unlike its APNG and GIF
-    writers, which merge repeated frames)."""
+def _stage_frames(frames: list, dest: pathlib.Path) -> None:
+    """The frames as one animated PNG (lossless). No frame duration is given: with one, Pillow merges identical
+    consecutive frames into one (a static clip would lose frames); without, it writes every frame."""
     from PIL import Image
 
     pages = [Image.fromarray(f, "RGB") for f in frames]
-    pages[0].save(dest, format="TIFF", save_all=True, append_images=pages[1:], compression="tiff_deflate")
+    pages[0].save(dest, format="PNG", save_all=True, append_images=pages[1:], compress_level=1)
 
 
 def restore_chunk(host, api: dict, clip_path, start: int, count: int, seed: int | None = None) -> list[pathlib.Path]:
@@ -265,8 +306,8 @@ def restore_chunk(host, api: dict, clip_path, start: int, count: int, seed: int 
     tag = f"diffbir_clip_{uuid.uuid4().hex[:12]}"  # unique: workers may share ComfyUI's input folder
     input_dir = pathlib.Path(host.m.folder_paths.get_input_directory())
     input_dir.mkdir(parents=True, exist_ok=True)
-    staged = input_dir / f"{tag}.tiff"
-    _stage_tiff(read_frames(clip_path, start, count), staged)
+    staged = input_dir / f"{tag}.png"
+    _stage_frames(read_frames(clip_path, start, count), staged)
     try:
         wfl.set_image(prompt, staged.name)
         save_ids = wfl.set_output_prefix(prompt, f"diffbir_cli/{tag}")

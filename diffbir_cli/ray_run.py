@@ -40,14 +40,10 @@ import time
 from diffbir_weights.fetch import OFFLINE_ENV
 from diffbir_weights.mirrors import MIRROR_ENV
 
-from . import cli, units
+from . import cli, clips, units
 from .errors import EXIT_OK, EXIT_USAGE, CliError
 from .location import CACHE_ENV, COMFYUI_ENV, REPO_ROOT
 
-try:  # the clip restore (probe, plan_chunks, restore_chunk, assemble); absent, clips are not offered
-    from . import clips
-except ImportError:
-    clips = None
 
 RAY_HINT = "python -m diffbir_cli setup --ray"
 MAX_TRIES = 3
@@ -324,9 +320,7 @@ def _clip_units(videos: dict, args, out_dir: pathlib.Path) -> tuple[int, list, d
     comes out as it does there; chunks written by an interrupted run are kept."""
     if not videos:
         return 0, [], {}
-    if clips is None:
-        raise CliError("this version restores no clips (diffbir_cli/clips.py is missing): give images", EXIT_USAGE)
-    chunk_frames = getattr(args, "chunk_frames", None) or clips.DEFAULT_CHUNK_FRAMES
+    chunk_frames = args.chunk_frames
     written, chunks, assemblies = 0, [], {}
     for (path, info), stem in zip(videos.items(), cli._output_stems(list(videos)), strict=True):
         assembly = units.ClipAssembly(pathlib.Path(path), stem, clips.OUTPUT_SUFFIX, info.fps)

@@ -22,7 +22,10 @@ WORKFLOWS_DIR = REPO_ROOT / "workflows"
 # Frontend-only node types that never reach the backend.
 _VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 _NOTE_NODES = {"Note", "MarkdownNote"}
-_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# A V3 DynamicCombo (newer hosts, e.g. 0.33.0's Save Video ``format``) is a combo whose chosen option adds inputs
+# of its own; the frontend inserts their widgets right after it, named "<combo>.<input>" (``_dynamic_inputs``).
+_DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", _DYNAMIC_COMBO}
 _CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 _MODE_MUTED, _MODE_BYPASS = 2, 4
 
@@ -148,6 +151,13 @@ def is_api_prompt(graph: dict) -> bool:
 # --------------------------------------------------------------------------- UI -> API
 
 
+def _entry(entry) -> tuple:
+    """(type, options) of one input definition of /object_info."""
+    typ = entry[0] if isinstance(entry, (list, tuple)) and entry else entry
+    has_opts = isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], dict)
+    return typ, (entry[1] if has_opts else {})
+
+
 def _input_spec(info: dict):
     """(ordered [(name, type, options)], hidden names) from a node_info dict."""
     spec = info.get("input", {})
@@ -158,13 +168,29 @@ def _input_spec(info: dict):
         for name in order.get(section, list(defs)):
             if name not in defs:
                 continue
-            entry = defs[name]
-            typ = entry[0] if isinstance(entry, (list, tuple)) and entry else entry
-            has_opts = isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], dict)
-            opts = entry[1] if has_opts else {}
-            inputs.append((name, typ, opts))
+            inputs.append((name, *_entry(defs[name])))
     hidden = set((spec.get("hidden") or {}).keys())
     return inputs, hidden
+
+
+def _dynamic_inputs(name: str, opts: dict, value) -> tuple[list, set]:
+    """([(name, type, options)], optional names) of the inputs the option ``value`` of the DynamicCombo ``name``
+    adds, named "<name>.<input>" in the order the frontend inserts their widgets (required, then optional)."""
+    for option in opts.get("options") or []:
+        if option.get("key") == value:
+            added, optional = [], set()
+            for section in ("required", "optional"):
+                for key, entry in ((option.get("inputs") or {}).get(section) or {}).items():
+                    added.append((f"{name}.{key}", *_entry(entry)))
+                    if section == "optional":
+                        optional.add(f"{name}.{key}")
+            return added, optional
+    return [], set()
+
+
+def _is_dynamic_child(name: str, spec: list) -> bool:
+    """Whether ``name`` ("format.codec", ...) is an input a DynamicCombo of ``spec`` may add."""
+    return any(typ == _DYNAMIC_COMBO and name.startswith(f"{root}.") for root, typ, _ in spec)
 
 
 def _is_widget(typ, opts) -> bool:
@@ -332,7 +358,7 @@ def workflow_to_api(ui_workflow: dict, node_classes: dict, node_info) -> dict:
         linked = {}
         for inp in node.get("inputs") or []:
             name = (inp.get("widget") or {}).get("name") or inp.get("name")
-            if name not in names:
+            if name not in names and not _is_dynamic_child(name, spec):
                 raise WorkflowConversionError(
                     f"{label(node)}: input {name!r} does not exist (known: {sorted(names)})")
             if inp.get("link") is not None:
@@ -343,16 +369,17 @@ def workflow_to_api(ui_workflow: dict, node_classes: dict, node_info) -> dict:
         widgets = [(name, typ, opts) for name, typ, opts in spec if _is_widget(typ, opts)]
         if isinstance(values, dict):
             for key in values:
-                if key not in names:
+                if key not in names and not _is_dynamic_child(key, spec):
                     raise WorkflowConversionError(f"{label(node)}: widget {key!r} does not exist")
-            for name, _, _ in widgets:
-                if name in values:
-                    api_inputs[name] = values[name]
+            widget_names = {name for name, _, _ in widgets}
+            api_inputs.update({k: v for k, v in values.items() if k in widget_names or _is_dynamic_child(k, spec)})
         else:
             values = list(values or [])
             pos = 0
             optional = set((info.get("input") or {}).get("optional") or {})
-            for name, typ, opts in widgets:
+            todo = list(widgets)
+            while todo:
+                name, typ, opts = todo.pop(0)
                 if pos >= len(values) and name in optional:
                     continue  # an optional widget added after the graph was saved: the node's own default
                 if pos >= len(values):
@@ -361,6 +388,10 @@ def workflow_to_api(ui_workflow: dict, node_classes: dict, node_info) -> dict:
                         f"{name!r} (widgets: {[w[0] for w in widgets]})")
                 api_inputs[name] = values[pos]
                 pos += 1
+                if typ == _DYNAMIC_COMBO:  # the chosen option's widgets come next
+                    added, added_optional = _dynamic_inputs(name, opts, api_inputs[name])
+                    todo[:0] = [w for w in added if _is_widget(w[1], w[2])]
+                    optional |= added_optional
                 if pos < len(values) and _has_control_widget(name, typ, opts) \
                         and values[pos] in _CONTROL_VALUES:
                     pos += 1  # frontend's control_after_generate widget

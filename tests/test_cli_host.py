@@ -156,6 +156,45 @@ def test_workflow_to_api_skips_control_after_generate_value(comfy_host):
                                   "scheduler": "normal", "denoise": 0.6}
 
 
+def _dynamic_combo(options: dict) -> list:
+    """A V3 DynamicCombo as /object_info gives it: {key: {"required": {...}, "optional": {...}}}."""
+    return ["COMFY_DYNAMICCOMBO_V3", {"options": [{"key": k, "inputs": v} for k, v in options.items()]}]
+
+
+# ComfyUI 0.33.0's Save Video, abridged from its /object_info (tooltips and the mkv/webm/av1 options left out):
+# format and codec are DynamicCombos; the top-level codec is the hidden optional input old graphs fill.
+_CODEC = _dynamic_combo({"auto": {"required": {}}, "h264": {"required": {}, "optional": {"encoding": _dynamic_combo({
+    "auto": {"required": {}},
+    "re-encode": {"required": {"crf": ["FLOAT", {"default": 23.0}],
+                               "color_space": ["COMBO", {"options": ["auto", "sRGB"]}]}}})}}})
+SAVE_VIDEO_033 = {"input": {"required": {"video": ["VIDEO", {}], "filename_prefix": ["STRING", {}],
+                                         "format": _dynamic_combo({"auto": {"required": {"codec": _CODEC}},
+                                                                   "mp4": {"required": {"codec": _CODEC}}})},
+                            "optional": {"codec": _CODEC}, "hidden": {"prompt": "PROMPT"}},
+                  "input_order": {"required": ["video", "filename_prefix", "format"], "optional": ["codec"]}}
+
+
+@pytest.mark.parametrize("values, want", [
+    # the video workflow as saved (0.3.75's format and codec combos) reads as format + its option's codec
+    (["video/x", "auto", "auto"], {"format": "auto", "format.codec": "auto"}),
+    # the frontend inserts a chosen option's widgets right after the combo, nested options likewise
+    (["video/x", "mp4", "h264", "re-encode", 18.0, "sRGB"],
+     {"format": "mp4", "format.codec": "h264", "format.codec.encoding": "re-encode",
+      "format.codec.encoding.crf": 18.0, "format.codec.encoding.color_space": "sRGB"}),
+    (["video/x", "mp4", "h264"], {"format": "mp4", "format.codec": "h264"}),  # optional encoding not saved
+    ({"filename_prefix": "video/x", "format": "mp4", "format.codec": "auto"},
+     {"format": "mp4", "format.codec": "auto"}),
+])
+def test_workflow_to_api_dynamic_combo_widgets(values, want):
+    """Newer hosts' V3 DynamicCombo widgets (0.33.0's Save Video format), without a host: the node_info above."""
+    from diffbir_cli.workflow import workflow_to_api
+
+    node = {"id": 19, "type": "SaveVideo", "mode": 0, "inputs": [{"name": "video", "type": "VIDEO", "link": None}],
+            "widgets_values": values}
+    api = workflow_to_api({"nodes": [node], "links": []}, {"SaveVideo": object}, lambda kind: SAVE_VIDEO_033)
+    assert api["19"]["inputs"] == {"filename_prefix": "video/x", **want}
+
+
 def test_workflow_to_api_unknown_node_type(comfy_host):
     workflow = _ui_invert_workflow()
     workflow["nodes"][1]["type"] = "NoSuchNode_xyz"

@@ -384,7 +384,8 @@ def test_every_file_widget_has_its_models_entry(comfy_host, path):
         for item in entries:
             assert item["name"] in values.values(), f"{label}: stale entry {item['name']!r}"
         for widget, value in values.items():
-            is_combo = isinstance(types[widget], list) or types[widget] == "COMBO"
+            typ = types.get(widget)  # None: an input a DynamicCombo's option adds ("format.codec"), no file
+            is_combo = isinstance(typ, list) or typ == "COMBO"
             if not (is_combo and _is_model_file(value)):
                 continue
             matching = [item for item in entries if item["name"] == value]
