@@ -21,8 +21,8 @@ Load Video -> Get Video Components -> ImageFromBatch: that decodes the whole cli
 (memory and time grow with the clip, on every worker), where the PNG holds only the chunk's frames, losslessly,
 and every image workflow takes it unchanged. A video workflow (Load Video ... Save Video, e.g.
 ``diffbir_v2.1_video.json``) is first turned into its image form by ``frames_prompt``. Newer hosts (0.33.0) decode
-a YUV clip to float frames rather than 8-bit RGB; there a chunk's input frames are within one level (of 255) of
-what Get Video Components gives the video workflow.
+a YUV clip to float frames with a colour conversion of their own; there the host decodes each chunk itself (its
+trim window, ``_host_decode``) and the staged frames are that decode rounded to 8 bits.
 
 Seeds: a chunk starting at clip frame k runs with seed + k, so that with the sampler's per-frame noise (frame i of
 a batch drawn from seed + i) every frame gets the noise it would get in one whole-clip batch, whatever the chunk
@@ -149,18 +149,19 @@ def read_frames(path, start: int, count: int) -> list:
     first frame instead (the same frames, only slower)."""
     import av
 
-    pts = _scanned(path).pts
+    scan = _scanned(path)
+    pts = scan.pts
     if start < 0 or count < 1 or start + count > len(pts):
         raise CliError(f"{path}: frames {start} to {start + count - 1} are not in the clip's {len(pts)} frames",
                        EXIT_USAGE)
     wanted = list(pts[start:start + count])
-    seekable = start > 0 and None not in pts and len(set(pts)) == len(pts)
+    distinct = None not in pts and len(set(pts)) == len(pts)  # a frame number is a timestamp
     try:
-        if None not in pts and len(set(pts)) == len(pts):
-            frames = _host_decode(path, start, count)
+        if distinct:
+            frames = _host_decode(path, scan, start, count)
             if frames is not None:
                 return frames
-        if seekable:
+        if start > 0 and distinct:
             frames = _decode_from(path, wanted, seek=True)
             if frames is not None:
                 return frames
@@ -169,6 +170,7 @@ def read_frames(path, start: int, count: int) -> list:
         raise _undecodable(path, err) from None
 
 
+@functools.cache
 def host_trims_clips() -> bool:
     """Whether the host's VideoFromFile takes a trim window (start_time, duration): newer hosts (0.33.0), which
     also decode YUV to float frames with a colour conversion of their own, not the rgb24 of 0.3.75's."""
@@ -179,7 +181,7 @@ def host_trims_clips() -> bool:
     return "start_time" in inspect.signature(InputImpl.VideoFromFile).parameters
 
 
-def _host_decode(path, start: int, count: int):
+def _host_decode(path, scan: _Scan, start: int, count: int):
     """Frames [start, start + count) as the host's own VideoFromFile decodes them, trimmed to the chunk (the host
     seeks to the key frame before it), rounded to 8 bits; None where the host takes no trim window (then
     ``_decode_from`` decodes as 0.3.75 does) or the frame timestamps give no exact window. The window bounds sit a
@@ -188,7 +190,6 @@ def _host_decode(path, start: int, count: int):
     import numpy as np
     from comfy_api.latest import InputImpl
 
-    scan = _scanned(path)
     pts, time_base = scan.pts, scan.time_base
     if not host_trims_clips() or time_base is None or pts[start] < 0 or list(pts) != sorted(pts):
         return None
